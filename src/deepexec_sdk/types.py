@@ -1,0 +1,179 @@
+"""Wire types shared by the SDK and the server.
+
+The server imports these models for its request and response bodies, so the two sides cannot
+drift. Every model ignores fields it does not know when *reading* a response (a newer server may
+add fields) but the server validates requests strictly (see ``JobSubmitRequest``).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+#: Version of the REST protocol spoken by this SDK. Sent as ``DeepExec-Protocol`` on every
+#: request; the server answers with its own and refuses a major version it does not speak.
+PROTOCOL_VERSION = "1"
+PROTOCOL_HEADER = "DeepExec-Protocol"
+REQUEST_ID_HEADER = "X-Request-Id"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 64
+MAX_NAME_LENGTH = 200
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/=+-]*$"
+
+
+class JobStatus(enum.StrEnum):
+    """A job's status. Compares equal to its plain string (``status == "COMPLETED"``)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class JobType(enum.StrEnum):
+    CODE_EXECUTION = "code_execution"
+    TEXT_GENERATION = "text_generation"
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class JobError(_Response):
+    """Why a job failed: a machine-readable ``type`` and a human ``message``."""
+
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+class MCPJobResponse(_Response):
+    """What ``submit_mcp_job`` returns: the new job's id and initial status."""
+
+    job_id: str
+    status: JobStatus
+    name: str
+    job_type: str
+    priority: int
+    timeout: int
+    tags: list[str] = Field(default_factory=list)
+    created_at: datetime
+
+
+class MCPJobStatusResponse(_Response):
+    """A job's full current state, as ``get_mcp_job_status`` returns it."""
+
+    job_id: str
+    name: str
+    job_type: str
+    status: JobStatus
+    progress: int | None = None
+    progress_message: str | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    tags: list[str] = Field(default_factory=list)
+    priority: int = 0
+    timeout: int = 60
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+    cancel_requested_at: datetime | None = None
+    cancel_reason: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+class MCPCancelJobResponse(_Response):
+    """What ``cancel_mcp_job`` returns. ``status`` is ``CANCELED`` unless the job was already
+    running and had not stopped when the server answered (then ``RUNNING``; it will end soon)."""
+
+    job_id: str
+    status: JobStatus
+    canceled_at: datetime
+
+
+class MCPJobListResponse(_Response):
+    """A page of jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    jobs: list[MCPJobStatusResponse]
+    next_cursor: str | None = None
+
+
+EventType = Literal["status", "progress", "output"]
+
+
+class MCPJobEvent(_Response):
+    """One event of a job's live stream.
+
+    - ``status``: ``job`` holds the full job state; the last event of a stream is always a
+      ``status`` event whose job is terminal.
+    - ``progress``: ``progress`` (0-100) and ``message``.
+    - ``output``: ``stream`` (``stdout``, ``stderr`` or ``text`` for generated tokens) and ``text``.
+    """
+
+    type: EventType
+    job_id: str
+    job: MCPJobStatusResponse | None = None
+    progress: int | None = None
+    message: str | None = None
+    stream: str | None = None
+    text: str | None = None
+
+
+class ErrorBody(_Response):
+    type: str
+    message: str
+    details: Any = None
+    request_id: str | None = None
+
+
+class ErrorEnvelope(_Response):
+    """The body of every error response: ``{"error": {type, message, details, request_id}}``."""
+
+    error: ErrorBody
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+Tag = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH, pattern=TAG_PATTERN)
+]
+
+
+class JobSubmitRequest(BaseModel):
+    """Body of ``POST /v1/jobs``. ``data`` is validated per job type by the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    job_type: str = Field(min_length=1, max_length=64)
+    data: dict[str, Any]
+    timeout: int = Field(default=60, ge=1, description="Wall-clock limit in seconds.")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+
+
+class CancelRequest(BaseModel):
+    """Body of ``POST /v1/jobs/{job_id}/cancel`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1000)

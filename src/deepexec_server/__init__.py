@@ -1,0 +1,1 @@
+"""DeepExec server: REST API, job engine, sandbox and model executors."""

@@ -1,0 +1,150 @@
+"""The job, its states and the rules between them. Pure: no I/O, no framework.
+
+Status transitions live in ``TRANSITIONS`` and are checked by ``check_transition`` only:
+
+    PENDING ──▶ RUNNING ──▶ COMPLETED | FAILED | CANCELED
+       └────────────────▶ CANCELED | FAILED (reaped before it could start)
+
+Cancellation is a flag (``cancel_requested_at``), not a status: a pending job moves straight to
+CANCELED; a running one keeps running until its runner honours the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from deepexec_sdk.types import JobStatus
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    def __init__(self, current: JobStatus, target: JobStatus) -> None:
+        super().__init__(f"a {current} job cannot become {target}")
+        self.current = current
+        self.target = target
+
+
+def check_transition(current: JobStatus, target: JobStatus) -> None:
+    """Raise ``InvalidTransition`` unless ``current → target`` is allowed."""
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(current, target)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    """An unguessable job id (128 random bits): ids double as bearer handles (MCP task ids)."""
+    return "job_" + secrets.token_hex(16)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobError:
+    """Why a job failed. ``type`` is one of the documented error types (see ``ErrorType``)."""
+
+    type: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+class ErrorType:
+    """The ``error.type`` values a FAILED job can carry."""
+
+    TIMEOUT = "timeout"
+    RUNTIME_ERROR = "runtime_error"
+    MEMORY_LIMIT = "memory_limit"
+    CPU_LIMIT = "cpu_limit"
+    OUTPUT_LIMIT = "output_limit"
+    COMPILE_ERROR = "compile_error"
+    KILLED = "killed"
+    INTERRUPTED = "interrupted"
+    INTERNAL = "internal_error"
+    MODEL_ERROR = "model_error"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, before the store gives it an identity."""
+
+    tenant_id: str
+    name: str
+    job_type: str
+    data: dict[str, Any]
+    timeout: int
+    priority: int
+    tags: tuple[str, ...]
+    idempotency_key: str | None = None
+    #: Hash of the request body, to tell a retry from a different request reusing a key.
+    fingerprint: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A job as stored. Immutable: every change is a new value returned by the store."""
+
+    id: str
+    tenant_id: str
+    name: str
+    job_type: str
+    data: dict[str, Any]
+    timeout: int
+    priority: int
+    tags: tuple[str, ...]
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: int | None = None
+    progress_message: str | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    cancel_requested_at: datetime | None = None
+    cancel_reason: str | None = None
+    #: Which runner holds the job while RUNNING, and until when its lease is valid.
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobFilter:
+    """What ``list_jobs`` selects, always within one tenant."""
+
+    status: JobStatus | None = None
+    tags: tuple[str, ...] = ()  # a job must carry every tag listed
+    name: str | None = None  # exact name
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored: only the SHA-256 of the secret is kept."""
+
+    id: str
+    tenant_id: str
+    name: str
+    key_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

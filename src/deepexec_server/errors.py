@@ -1,0 +1,72 @@
+"""The server's exception tree. One handler (api/errors.py) turns any of these into the JSON
+error envelope ``{"error": {type, message, details, request_id}}`` with the class's status:
+
+    ServiceError
+    ├── BadRequest            400  invalid_json, unsupported_protocol, invalid_request
+    ├── Unauthorized          401  authentication_required, invalid_api_key
+    ├── NotFound              404  job_not_found, not_found
+    ├── Conflict              409  job_not_cancelable, idempotency_conflict
+    ├── PayloadTooLarge       413  body_too_large
+    ├── UnsupportedMediaType  415  unsupported_media_type
+    ├── Unprocessable         422  validation_error, unknown_job_type, invalid_job_data, ...
+    └── Unavailable           503  not_ready, shutting_down
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    status_code: ClassVar[int] = 500
+    default_type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, type: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type or self.default_type
+        self.details = details
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+    default_type = "invalid_request"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    default_type = "authentication_required"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    default_type = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    default_type = "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    default_type = "body_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    default_type = "unsupported_media_type"
+
+
+class Unprocessable(ServiceError):
+    status_code = 422
+    default_type = "validation_error"
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+    default_type = "not_ready"
+
+
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id!r} for this API key", type="job_not_found")

@@ -1,0 +1,1 @@
+"""Executors: what runs each job type (code in a sandbox, text with a model)."""

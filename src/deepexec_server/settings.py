@@ -1,0 +1,162 @@
+"""Server configuration: one immutable object, built once and passed down.
+
+Precedence: explicit arguments (CLI flags) > ``DEEPEXEC_*`` environment variables > defaults.
+Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deepexec_sdk._config import credentials_path, default_data_dir
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+def _parse_concurrency(raw: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise SettingsError(
+                f"DEEPEXEC_CONCURRENCY: expected 'job_type=N,...' with N >= 1, got {part!r}"
+            )
+        out[name.strip()] = int(value)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: ``sqlite:///path/to/file.db`` or ``postgresql://...``. Empty: SQLite in ``data_dir``.
+    database_url: str = ""
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    #: Where ``serve`` writes the local API key and URL for the SDK and CLI (mode 0600).
+    credentials_file: Path = dataclasses.field(default_factory=credentials_path)
+    #: Require an API key on every /v1 request.
+    auth_enabled: bool = True
+
+    default_timeout: int = 60
+    max_timeout: int = 3600
+    #: Longest ``?wait=`` a client may ask for on GET /v1/jobs/{id}.
+    max_wait_seconds: float = 60.0
+    #: How long POST .../cancel waits for a running job to stop before answering.
+    cancel_wait_seconds: float = 2.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    #: Runner slots per job type on this server.
+    concurrency: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"code_execution": 2, "text_generation": 1}
+    )
+    #: A running job's lease; renewed every third of it. A runner silent this long is dead.
+    lease_seconds: float = 15.0
+
+    # --- sandbox (code_execution) ------------------------------------------------------------
+    #: Host directory holding per-job work dirs. Empty: chosen by the sandbox.
+    work_dir: str = ""
+    #: Name of the unprivileged user sandboxed programs run as (created by set-up); falls back
+    #: to ``nobody`` when missing.
+    sandbox_user: str = "deepexec-sandbox"
+    #: Runs untrusted code WITHOUT namespaces if bubblewrap cannot work. Never on by default.
+    unsafe_no_sandbox: bool = False
+    allow_network: bool = False
+    max_output_bytes: int = 1024 * 1024
+
+    # --- text_generation ---------------------------------------------------------------------
+    #: Model used when a job names none.
+    default_model: str = "smollm2-135m-instruct"
+    llm_threads: int = 2
+    llm_parallel: int = 2
+    #: Optional TOML/JSON model catalog file.
+    models_file: str = ""
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'deepexec.db'}"
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``DEEPEXEC_*`` variables, then apply non-None ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            v = env.get(f"DEEPEXEC_{name}")
+            return v if v not in (None, "") else None
+
+        def to_int(name: str, raw: str) -> int:
+            try:
+                return int(raw)
+            except ValueError:
+                raise SettingsError(f"DEEPEXEC_{name}: expected an integer, got {raw!r}") from None
+
+        def to_float(name: str, raw: str) -> float:
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"DEEPEXEC_{name}: expected a number, got {raw!r}") from None
+
+        def to_bool(name: str, raw: str) -> bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"DEEPEXEC_{name}: expected true or false, got {raw!r}")
+
+        for field in dataclasses.fields(cls):
+            raw = get(field.name.upper())
+            if raw is None:
+                continue
+            if field.name == "concurrency":
+                values["concurrency"] = {**cls().concurrency, **_parse_concurrency(raw)}
+            elif field.type in ("int",):
+                values[field.name] = to_int(field.name.upper(), raw)
+            elif field.type in ("float",):
+                values[field.name] = to_float(field.name.upper(), raw)
+            elif field.type in ("bool",):
+                values[field.name] = to_bool(field.name.upper(), raw)
+            elif field.type in ("Path",):
+                values[field.name] = Path(raw).expanduser()
+            else:
+                values[field.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ``SettingsError`` naming the first invalid value."""
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be 0-65535, got {self.port}")
+        if not 1 <= self.default_timeout <= self.max_timeout:
+            raise SettingsError(
+                f"default_timeout ({self.default_timeout}) must be between 1 and max_timeout "
+                f"({self.max_timeout})"
+            )
+        if self.lease_seconds < 1:
+            raise SettingsError(f"lease_seconds must be >= 1, got {self.lease_seconds}")
+        if self.max_body_bytes < 1024:
+            raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        for job_type, n in self.concurrency.items():
+            if n < 1:
+                raise SettingsError(f"concurrency for {job_type} must be >= 1, got {n}")
+        url = self.effective_database_url
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise SettingsError(
+                f"database_url must start with sqlite:/// or postgresql://, got {url!r}"
+            )

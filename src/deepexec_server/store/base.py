@@ -1,0 +1,124 @@
+"""The store: the source of truth for jobs and API keys, and the owner of the queue.
+
+Written against the domain, never against SQL: ``SQLiteStore`` and ``PostgresStore`` implement
+this protocol and pass one contract test suite (tests/test_store_contract.py).
+
+Every state change is one atomic, conditional update, so concurrent runners, reapers and API
+calls can never move a job along a transition ``domain.TRANSITIONS`` forbids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any, Protocol
+
+from deepexec_sdk.types import JobStatus
+
+from ..domain import ApiKey, Job, JobError, JobFilter, NewJob
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and create or migrate the schema. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer (used by /readyz)."""
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def create_job(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
+        """Insert a PENDING job with a fresh id. If ``new.idempotency_key`` is set and the tenant
+        already has a job with that key, insert nothing and return ``(existing, False)``; the
+        caller compares fingerprints. Otherwise return ``(job, True)``. Safe under races: two
+        concurrent creates with one key yield one job."""
+
+    async def get_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
+        """The job, or None if it does not exist or (when ``tenant_id`` is given) belongs to
+        another tenant."""
+
+    async def list_jobs(
+        self,
+        tenant_id: str,
+        flt: JobFilter,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Job]:
+        """Up to ``limit`` of the tenant's jobs matching ``flt``, newest first (``created_at``
+        DESC, then ``id`` DESC). ``after`` is the ``(created_at, id)`` of the last job of the
+        previous page: only jobs strictly after it in that order are returned."""
+
+    async def claim_next(
+        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+    ) -> Job | None:
+        """Atomically take the next PENDING job of one of ``job_types``: highest ``priority``
+        first, then oldest ``created_at``, then ``id``. It becomes RUNNING with ``started_at =
+        now``, ``lease_owner = owner`` and ``lease_expires_at``. None if nothing is pending.
+        Safe across processes: a job is claimed by exactly one caller."""
+
+    async def renew_leases(
+        self, owner: str, job_ids: Collection[str], lease_expires_at: datetime
+    ) -> set[str]:
+        """Extend the leases of ``owner``'s RUNNING jobs among ``job_ids``. Returns the ids (of
+        those) whose cancellation has been requested, so a runner in another process than the
+        API learns of a cancel."""
+
+    async def set_progress(
+        self, job_id: str, progress: int | None, message: str | None, now: datetime
+    ) -> Job | None:
+        """Record progress (0-100) and its message on a RUNNING job; None if it is not running."""
+
+    async def request_cancel(
+        self, job_id: str, tenant_id: str, reason: str | None, now: datetime
+    ) -> Job | None:
+        """Cancel on behalf of a tenant. A PENDING job becomes CANCELED at once (``finished_at``
+        and ``cancel_requested_at`` = now). A RUNNING job gets ``cancel_requested_at`` = now (if
+        not already set) and ``cancel_reason``; its runner finishes it. A terminal job is
+        returned unchanged. None if the tenant has no such job."""
+
+    async def finish_job(
+        self,
+        job_id: str,
+        owner: str | None,
+        status: JobStatus,
+        result: dict[str, Any] | None,
+        error: JobError | None,
+        now: datetime,
+    ) -> Job | None:
+        """Move a RUNNING job to the terminal ``status`` with its result and error, clearing the
+        lease and setting ``finished_at``. When ``owner`` is given, only if the job's lease
+        belongs to it (a reaped job is never overwritten by a runner that came back). Returns
+        the updated job, or None if nothing was updated."""
+
+    async def reap_running(self, lease_expired_before: datetime, now: datetime) -> list[Job]:
+        """End every RUNNING job whose lease expires before ``lease_expired_before`` as FAILED
+        with ``error.type = "interrupted"`` (their runner died). Pass a far-future cutoff to
+        reap every running job, as a single embedded server does at start. Returns them."""
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        """Number of jobs per status, across tenants (for /metrics)."""
+
+    # --- API keys -------------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        """Store a new key (its hash only)."""
+
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
+        """The key with this SHA-256 hash, revoked or not."""
+
+    async def list_api_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
+        """All keys (of one tenant if given), oldest first."""
+
+    async def revoke_api_key(self, key_id: str, now: datetime) -> ApiKey | None:
+        """Mark a key revoked; None if no such key. Revoking twice keeps the first time."""
+
+
+def interrupted_error() -> JobError:
+    return JobError(
+        type="interrupted",
+        message="the runner executing this job stopped (server crash or restart); "
+        "the job was not retried, so its code ran at most once",
+    )

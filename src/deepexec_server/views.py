@@ -1,0 +1,50 @@
+"""Domain objects as wire models (the SDK's types): the one place that maps them."""
+
+from __future__ import annotations
+
+from deepexec_sdk.types import (
+    JobError as WireJobError,
+)
+from deepexec_sdk.types import (
+    JobStatus,
+    MCPJobResponse,
+    MCPJobStatusResponse,
+)
+
+from .domain import Job
+
+
+def job_status(job: Job) -> MCPJobStatusResponse:
+    """A COMPLETED job reports progress 100 whatever its program last said."""
+    return MCPJobStatusResponse(
+        job_id=job.id,
+        name=job.name,
+        job_type=job.job_type,
+        status=job.status,
+        progress=100 if job.status == JobStatus.COMPLETED else job.progress,
+        progress_message=job.progress_message,
+        result=job.result,
+        error=WireJobError(type=job.error.type, message=job.error.message) if job.error else None,
+        tags=list(job.tags),
+        priority=job.priority,
+        timeout=job.timeout,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        cancel_requested_at=job.cancel_requested_at,
+        cancel_reason=job.cancel_reason,
+    )
+
+
+def job_summary(job: Job) -> MCPJobResponse:
+    return MCPJobResponse(
+        job_id=job.id,
+        status=job.status,
+        name=job.name,
+        job_type=job.job_type,
+        priority=job.priority,
+        timeout=job.timeout,
+        tags=list(job.tags),
+        created_at=job.created_at,
+    )

@@ -1,0 +1,132 @@
+"""The pure functions that decide: transitions, outcome → status, fingerprints, progress
+clamping, event fan-out under load, settings parsing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
+from deepexec_server.domain import TRANSITIONS, InvalidTransition, JobError, check_transition
+from deepexec_server.engine.engine import clamp_progress, decide_status, request_fingerprint
+from deepexec_server.engine.hub import QUEUE_SIZE, EventHub
+from deepexec_server.executors.base import Outcome
+from deepexec_server.settings import Settings, SettingsError
+
+S = JobStatus
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "allowed"),
+    [
+        (S.PENDING, S.RUNNING, True),
+        (S.PENDING, S.CANCELED, True),
+        (S.RUNNING, S.COMPLETED, True),
+        (S.RUNNING, S.FAILED, True),
+        (S.RUNNING, S.CANCELED, True),
+        (S.PENDING, S.COMPLETED, False),
+        (S.RUNNING, S.PENDING, False),
+        (S.COMPLETED, S.FAILED, False),
+        (S.CANCELED, S.RUNNING, False),
+        (S.FAILED, S.COMPLETED, False),
+    ],
+)
+def test_transition_table(current: JobStatus, target: JobStatus, allowed: bool) -> None:
+    if allowed:
+        check_transition(current, target)
+    else:
+        with pytest.raises(InvalidTransition):
+            check_transition(current, target)
+
+
+def test_terminal_statuses_have_no_way_out() -> None:
+    for status in (S.COMPLETED, S.FAILED, S.CANCELED):
+        assert TRANSITIONS[status] == frozenset()
+        assert status.is_terminal
+    assert not S.PENDING.is_terminal and not S.RUNNING.is_terminal
+
+
+def test_status_compares_and_formats_as_a_plain_string() -> None:
+    assert S.COMPLETED == "COMPLETED"
+    assert f"{S.FAILED}" == "FAILED" and str(S.CANCELED) == "CANCELED"
+    assert S.RUNNING in ["RUNNING", "PENDING"]
+
+
+def test_outcome_decides_the_terminal_status() -> None:
+    err = JobError("timeout", "too slow")
+    assert decide_status(Outcome({"stdout": ""})) is S.COMPLETED
+    assert decide_status(Outcome({}, err)) is S.FAILED
+    assert decide_status(Outcome({}, None, canceled=True)) is S.CANCELED
+    assert decide_status(Outcome({}, err, canceled=True)) is S.CANCELED
+
+
+def test_fingerprint_tells_a_retry_from_another_request() -> None:
+    a = JobSubmitRequest(name="n", job_type="code_execution", data={"code": "1", "x": [1, 2]})
+    b = JobSubmitRequest(name="n", job_type="code_execution", data={"x": [1, 2], "code": "1"})
+    c = JobSubmitRequest(name="n", job_type="code_execution", data={"code": "2", "x": [1, 2]})
+    assert request_fingerprint(a) == request_fingerprint(b)
+    assert request_fingerprint(a) != request_fingerprint(c)
+
+
+@pytest.mark.parametrize(
+    ("raw", "clamped"), [(None, None), (-5, 0), (0, 0), (42.9, 42), (100, 100), (250, 100)]
+)
+def test_progress_is_clamped(raw: float | None, clamped: int | None) -> None:
+    assert clamp_progress(raw) == clamped
+
+
+async def test_slow_subscriber_loses_output_but_never_the_final_status() -> None:
+    hub = EventHub()
+    sub = hub.subscribe("job_1")
+    for i in range(QUEUE_SIZE + 50):
+        hub.publish(MCPJobEvent(type="output", job_id="job_1", stream="stdout", text=str(i)))
+    hub.publish(MCPJobEvent(type="status", job_id="job_1"))
+    hub.publish(MCPJobEvent(type="output", job_id="job_2", stream="stdout", text="other job"))
+    events = []
+    while (event := await sub.get(0.01)) is not None:
+        events.append(event)
+    assert len(events) == QUEUE_SIZE
+    assert events[-1].type == "status"
+    assert all(e.job_id == "job_1" for e in events)
+    sub.close()
+    assert not hub.has_subscribers("job_1")
+
+
+async def test_subscription_times_out_with_none() -> None:
+    sub = EventHub().subscribe("job_1")
+    t0 = asyncio.get_running_loop().time()
+    assert await sub.get(0.05) is None
+    assert asyncio.get_running_loop().time() - t0 >= 0.04
+
+
+def test_settings_from_environment(tmp_path: Path) -> None:
+    env = {
+        "DEEPEXEC_PORT": "9000",
+        "DEEPEXEC_CONCURRENCY": "code_execution=5",
+        "DEEPEXEC_AUTH_ENABLED": "false",
+        "DEEPEXEC_DATA_DIR": str(tmp_path),
+        "DEEPEXEC_LEASE_SECONDS": "2.5",
+    }
+    s = Settings.from_env(env)
+    assert s.port == 9000
+    assert s.concurrency == {"code_execution": 5, "text_generation": 1}
+    assert s.auth_enabled is False
+    assert s.lease_seconds == 2.5
+    assert Settings.from_env(env, port=1234).port == 1234
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"DEEPEXEC_PORT": "eighty"}, "DEEPEXEC_PORT"),
+        ({"DEEPEXEC_AUTH_ENABLED": "maybe"}, "DEEPEXEC_AUTH_ENABLED"),
+        ({"DEEPEXEC_CONCURRENCY": "code_execution=0"}, "DEEPEXEC_CONCURRENCY"),
+        ({"DEEPEXEC_DATABASE_URL": "mysql://x"}, "database_url"),
+        ({"DEEPEXEC_DEFAULT_TIMEOUT": "7200"}, "default_timeout"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=names):
+        Settings.from_env(env)
