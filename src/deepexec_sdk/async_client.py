@@ -1,0 +1,243 @@
+"""``DeepExecAsyncClient``: the asyncio client. Only sending, sleeping and closing live here; the
+rest is in ``_core`` and shared with ``DeepExecClient`` (a test keeps the two in parity)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from ._core import Call, RequestSpec, _BaseClient, code_execution_data, text_generation_data
+from .types import (
+    JobStatus,
+    MCPCancelJobResponse,
+    MCPJobEvent,
+    MCPJobListResponse,
+    MCPJobResponse,
+    MCPJobStatusResponse,
+)
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class DeepExecAsyncClient(_BaseClient):
+    """A DeepExec server's jobs, from asyncio code.
+
+    ``base_url`` and ``api_key`` default to ``$DEEPEXEC_BASE_URL`` / ``$DEEPEXEC_API_KEY``, then
+    to the credentials file ``deepexec serve`` writes. ``timeout`` bounds each HTTP request;
+    ``max_retries`` is how often a request is retried after a connection error, a timeout, or
+    an HTTP 408/429/502/503/504. Pass ``http_client`` to bring your own ``httpx.AsyncClient``
+    (proxies, TLS, transports); it is then yours to close.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries)
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
+
+    async def __aenter__(self) -> DeepExecAsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections (not those of an ``http_client`` you passed in)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def close(self) -> None:
+        """Same as :meth:`aclose`, for code written against the synchronous client."""
+        await self.aclose()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def submit_mcp_job(
+        self,
+        name: str,
+        job_type: str,
+        data: Mapping[str, Any],
+        timeout: int = 60,
+        priority: int = 0,
+        tags: Sequence[str] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> MCPJobResponse:
+        """Submit a job; returns its id and initial status. Safe to retry: one idempotency key
+        (yours, or a fresh one) goes with every attempt, so at most one job is created."""
+        return await self._call(
+            self._submit_call(name, job_type, data, timeout, priority, tags, idempotency_key)
+        )
+
+    async def get_mcp_job_status(self, job_id: str) -> MCPJobStatusResponse:
+        """A job's current status, progress, result and error."""
+        return await self._call(self._status_call(job_id))
+
+    async def cancel_mcp_job(self, job_id: str, reason: str | None = None) -> MCPCancelJobResponse:
+        """Cancel a pending or running job. Raises ``MCPConflictError`` if it already ended."""
+        return await self._call(self._cancel_call(job_id, reason))
+
+    async def wait_for_mcp_job_completion(
+        self, job_id: str, poll_interval: float = 1.0, max_wait_time: float | None = None
+    ) -> MCPJobStatusResponse:
+        """Wait until the job is COMPLETED, FAILED or CANCELED and return that status.
+
+        Returns as soon as the job ends (the server holds each request open), asking again at
+        least every ``poll_interval`` seconds. Raises ``JobWaitTimeoutError`` (a
+        ``TimeoutError``) after ``max_wait_time`` seconds; None waits as long as it takes.
+        """
+        clock = self._wait_clock(poll_interval, max_wait_time)
+        while True:
+            sent = time.monotonic()
+            status = await self._call(self._status_call(job_id, wait=clock.long_poll(sent)))
+            now = time.monotonic()
+            if status.is_terminal:
+                return status
+            if clock.expired(now):
+                raise clock.timeout_error(job_id, status)
+            await asyncio.sleep(clock.pause(sent, now))
+
+    async def list_mcp_jobs(
+        self,
+        status: JobStatus | str | None = None,
+        tags: Sequence[str] | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> MCPJobListResponse:
+        """A page of jobs, newest first, filtered by status, tags (all must match) and name."""
+        return await self._call(self._list_call(status, tags, name, limit, cursor))
+
+    async def stream_mcp_job_events(self, job_id: str) -> AsyncIterator[MCPJobEvent]:
+        """The job's live events: its current status first, then progress and output as they
+        happen, and last its terminal status. Reconnects if the connection drops."""
+        stream = self._event_stream(job_id)
+        while True:
+            response = await self._send(stream.spec)
+            try:
+                self._raise_for_response(response)
+                stream.connected()
+                async for chunk in response.aiter_bytes():
+                    for event in stream.feed(chunk):
+                        yield event
+                    if stream.done:
+                        return
+            except httpx.TransportError as exc:
+                delay = stream.dropped(exc, jitter=random.random())
+            else:
+                delay = stream.dropped(None, jitter=random.random())
+            finally:
+                await response.aclose()
+            await asyncio.sleep(delay)
+
+    async def execute_code_and_wait(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        stdin: str | None = None,
+        args: Sequence[str] | None = None,
+        files: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: int = 60,
+        priority: int = 0,
+        tags: Sequence[str] | None = None,
+        name: str | None = None,
+        poll_interval: float = 1.0,
+        max_wait_time: float | None = None,
+    ) -> MCPJobStatusResponse:
+        """Run ``code`` in the sandbox and return the job's terminal status (a failed program
+        is a FAILED status with ``error`` and ``result``, not an exception)."""
+        data = code_execution_data(code, language, stdin=stdin, args=args, files=files, env=env)
+        job = await self.submit_mcp_job(
+            name or f"{language} code", "code_execution", data, timeout, priority, tags
+        )
+        return await self.wait_for_mcp_job_completion(job.job_id, poll_interval, max_wait_time)
+
+    async def generate_text_and_wait(
+        self,
+        prompt: str,
+        model: str | None = None,
+        max_tokens: int = 256,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        system: str | None = None,
+        timeout: int = 60,
+        priority: int = 0,
+        tags: Sequence[str] | None = None,
+        name: str | None = None,
+        poll_interval: float = 1.0,
+        max_wait_time: float | None = None,
+    ) -> MCPJobStatusResponse:
+        """Generate text from ``prompt`` and return the job's terminal status; the text is in
+        ``result["text"]``."""
+        data = text_generation_data(
+            prompt,
+            model,
+            max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            system=system,
+        )
+        job = await self.submit_mcp_job(
+            name or "text generation", "text_generation", data, timeout, priority, tags
+        )
+        return await self.wait_for_mcp_job_completion(job.job_id, poll_interval, max_wait_time)
+
+    # -- I/O -------------------------------------------------------------------------------
+
+    async def _call(self, call: Call[T]) -> T:
+        return self._parse(call, await self._send(call.spec))
+
+    async def _send(self, spec: RequestSpec) -> httpx.Response:
+        """Send ``spec``, retrying as the core decides; the last response (read, unless it is a
+        successful stream) or the translated transport error."""
+        attempt = 0
+        while True:
+            request = self._http.build_request(
+                spec.method,
+                spec.url,
+                params=list(spec.params),
+                headers=dict(spec.headers),
+                json=spec.json,
+                timeout=spec.timeout,
+            )
+            try:
+                response = await self._http.send(request, stream=spec.stream)
+                if spec.stream and not response.is_success:
+                    await response.aread()
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(spec, attempt, error=exc)
+                if delay is None:
+                    raise self._transport_error(spec, exc) from exc
+            else:
+                delay = self._retry_delay(spec, attempt, response=response)
+                if delay is None:
+                    return response
+                await response.aclose()
+            await asyncio.sleep(delay)
+            attempt += 1
