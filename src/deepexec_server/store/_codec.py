@@ -1,0 +1,207 @@
+"""Translation between the domain and what the databases keep, shared by every backend.
+
+Pure functions only: list-page cursors, timestamps as sortable text (SQLite), JSON text, jobs and
+API keys to and from plain column mappings, and the versioned schema scripts in ``sql/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from deepexec_sdk.types import JobStatus
+
+from ..domain import ApiKey, Job, JobError, NewJob
+
+#: Column names of the ``jobs`` table: exactly the fields of ``Job``, in order.
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
+#: Column names of the ``api_keys`` table: exactly the fields of ``ApiKey``, in order.
+API_KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ApiKey))
+
+_INVALID_CURSOR = "invalid cursor"
+
+
+# --- cursors ------------------------------------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    """An opaque page cursor for "after the job ``(created_at, job_id)``" (urlsafe base64 of
+    JSON, so it travels in a query string untouched)."""
+    payload = json.dumps([as_utc(created_at).isoformat(), job_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The ``(created_at, job_id)`` inside a cursor from ``encode_cursor``.
+
+    Raises ``ValueError("invalid cursor")`` for anything else, whatever is wrong with it.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at_text, job_id = json.loads(raw)
+        created_at = datetime.fromisoformat(created_at_text)
+    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+        raise ValueError(_INVALID_CURSOR) from None
+    if not isinstance(job_id, str) or not job_id or created_at.utcoffset() is None:
+        raise ValueError(_INVALID_CURSOR)
+    return created_at.astimezone(UTC), job_id
+
+
+# --- scalars ------------------------------------------------------------------------------------
+
+
+def as_utc(dt: datetime) -> datetime:
+    """``dt`` in UTC. Naive datetimes are refused: their instant is a guess."""
+    if dt.utcoffset() is None:
+        raise ValueError(f"naive datetime {dt!r}: the store needs timezone-aware datetimes")
+    return dt.astimezone(UTC)
+
+
+def ts_to_text(dt: datetime) -> str:
+    """A timestamp as fixed-width UTC text with microseconds, so text order is time order and
+    the value round-trips exactly (``2026-05-09T07:35:25.000042Z``)."""
+    u = as_utc(dt)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T"
+        f"{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}Z"
+    )
+
+
+def ts_from_text(text: str) -> datetime:
+    """The inverse of ``ts_to_text``: a UTC-aware datetime."""
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text. NaN and infinities are refused: they are not JSON, and PostgreSQL's
+    ``jsonb`` would reject what SQLite accepted."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+
+def job_from_new(new: NewJob, job_id: str, now: datetime) -> Job:
+    """The PENDING job a submission becomes."""
+    created = as_utc(now)
+    return Job(
+        id=job_id,
+        tenant_id=new.tenant_id,
+        name=new.name,
+        job_type=new.job_type,
+        data=new.data,
+        timeout=new.timeout,
+        priority=new.priority,
+        tags=tuple(new.tags),
+        status=JobStatus.PENDING,
+        created_at=created,
+        updated_at=created,
+        idempotency_key=new.idempotency_key,
+        fingerprint=new.fingerprint,
+    )
+
+
+def job_to_fields(job: Job) -> dict[str, Any]:
+    """A job as plain values per column: datetimes, dicts, a list of tags, the error as a dict."""
+    fields = {name: getattr(job, name) for name in JOB_COLUMNS}
+    fields["status"] = str(job.status)
+    fields["tags"] = list(job.tags)
+    fields["error"] = job.error.to_dict() if job.error is not None else None
+    return fields
+
+
+def job_from_fields(row: Mapping[str, Any]) -> Job:
+    """A job from plain values per column (the shape ``job_to_fields`` makes). Datetimes come
+    back in UTC whatever zone the driver used."""
+    error = row["error"]
+    return Job(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        job_type=row["job_type"],
+        data=row["data"],
+        timeout=row["timeout"],
+        priority=row["priority"],
+        tags=tuple(row["tags"]),
+        status=JobStatus(row["status"]),
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
+        started_at=_utc_or_none(row["started_at"]),
+        finished_at=_utc_or_none(row["finished_at"]),
+        progress=row["progress"],
+        progress_message=row["progress_message"],
+        result=row["result"],
+        error=JobError(type=error["type"], message=error["message"]) if error else None,
+        cancel_requested_at=_utc_or_none(row["cancel_requested_at"]),
+        cancel_reason=row["cancel_reason"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=_utc_or_none(row["lease_expires_at"]),
+        idempotency_key=row["idempotency_key"],
+        fingerprint=row["fingerprint"],
+    )
+
+
+def api_key_from_fields(row: Mapping[str, Any]) -> ApiKey:
+    """An API key from plain values per column."""
+    return ApiKey(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        key_hash=row["key_hash"],
+        created_at=_utc(row["created_at"]),
+        revoked_at=_utc_or_none(row["revoked_at"]),
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+# --- schema -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema script: ``sql/<dialect>_<version>_<name>.sql``."""
+
+    version: int
+    name: str
+    script: str
+
+
+def migrations(dialect: str) -> list[Migration]:
+    """The schema scripts of one dialect (``sqlite`` or ``postgres``), oldest first."""
+    found = []
+    for entry in resources.files(__name__.rpartition(".")[0]).joinpath("sql").iterdir():
+        stem, dot, ext = entry.name.partition(".")
+        parts = stem.split("_", 2)
+        if ext != "sql" or not dot or len(parts) != 3 or parts[0] != dialect:
+            continue
+        found.append(Migration(int(parts[1]), parts[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"{dialect} schema scripts are not numbered 1..n: {versions}")
+    return found
+
+
+def pending(available: Sequence[Migration], current_version: int) -> list[Migration]:
+    """The migrations a database at ``current_version`` still needs. A database newer than this
+    code is refused rather than used blindly."""
+    latest = available[-1].version if available else 0
+    if current_version > latest:
+        raise RuntimeError(
+            f"the database schema is version {current_version}, newer than this DeepExec "
+            f"understands ({latest}); upgrade DeepExec"
+        )
+    return [m for m in available if m.version > current_version]

@@ -1,0 +1,436 @@
+"""The PostgreSQL store: the one to share between processes and machines.
+
+psycopg 3 with an async connection pool; every operation is one autocommitted statement, and
+every state change one conditional ``UPDATE``, so row locks alone keep concurrent engines
+consistent. The queue is claimed with ``FOR UPDATE SKIP LOCKED``: claimers never wait for each
+other and never take the same job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from deepexec_sdk.types import JobStatus
+
+from ..domain import ApiKey, Job, JobError, JobFilter, NewJob, check_transition, new_job_id
+from ._codec import (
+    API_KEY_COLUMNS,
+    JOB_COLUMNS,
+    api_key_from_fields,
+    as_utc,
+    job_from_fields,
+    job_from_new,
+    job_to_fields,
+    json_text,
+    migrations,
+    pending,
+)
+from .base import interrupted_error
+
+Conn = AsyncConnection[DictRow]
+
+_JSON = frozenset({"data", "result", "error"})
+
+_INSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(JOB_COLUMNS))}) "
+    "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    "RETURNING id"
+)
+_INSERT_KEY = (
+    f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(API_KEY_COLUMNS))})"
+)
+_CLAIM = """
+WITH next AS (
+    SELECT id FROM jobs
+    WHERE status = 'PENDING' AND cancel_requested_at IS NULL AND job_type = ANY(%s)
+    ORDER BY priority DESC, created_at ASC, id ASC
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs
+SET status = 'RUNNING', started_at = %s, updated_at = %s, lease_owner = %s, lease_expires_at = %s
+FROM next
+WHERE jobs.id = next.id
+RETURNING jobs.*
+"""
+# One statement for both cases; every expression reads the row as it was before. A repeated
+# request keeps the first time and reason.
+_CANCEL = """
+UPDATE jobs SET
+    status = CASE WHEN status = 'PENDING' THEN 'CANCELED' ELSE status END,
+    finished_at = CASE WHEN status = 'PENDING' THEN %(now)s ELSE finished_at END,
+    cancel_reason = CASE WHEN cancel_requested_at IS NULL THEN %(reason)s::text
+                         ELSE COALESCE(cancel_reason, %(reason)s::text) END,
+    cancel_requested_at = COALESCE(cancel_requested_at, %(now)s),
+    updated_at = %(now)s
+WHERE id = %(id)s AND tenant_id = %(tenant)s AND status IN ('PENDING', 'RUNNING')
+RETURNING *
+"""
+_FINISH = """
+UPDATE jobs SET status = %s, result = %s, error = %s, finished_at = %s, updated_at = %s,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %s AND status = 'RUNNING'
+"""
+_REAP = """
+UPDATE jobs SET status = 'FAILED', error = %s, finished_at = %s, updated_at = %s,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE status = 'RUNNING' AND (lease_expires_at IS NULL OR lease_expires_at < %s)
+RETURNING *
+"""
+_SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _jsonb(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value, dumps=json_text)
+
+
+def _param(value: Any) -> Any:
+    """A plain value as a query parameter; datetimes must be aware (naive ones are refused)."""
+    return as_utc(value) if isinstance(value, datetime) else value
+
+
+def _advisory_key(schema: str | None) -> int:
+    """A stable 64-bit lock id per schema, so migrations of one schema take turns."""
+    digest = hashlib.sha256(f"deepexec-schema:{schema or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def describe(url: str) -> str:
+    """Where ``url`` points, without its password (for error messages)."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "an invalid URL"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+class PostgresStore:
+    """A ``Store`` in a PostgreSQL database, optionally in its own schema."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        schema: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        """``schema``: keep every table in this schema (created if missing) instead of the
+        default search path. ``connect_timeout``: seconds ``open`` waits for the server."""
+        self.url = url
+        self.schema = schema
+        self._min_size = min_size
+        self._max_size = max_size
+        self._connect_timeout = connect_timeout
+        self._pool: AsyncConnectionPool[Conn] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({describe(self.url)!r}, schema={self.schema!r})"
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _prepare(self, conn: Conn) -> None:
+        """Session settings for every connection: our schema, and UTC."""
+        if self.schema is not None:
+            await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        await conn.execute("SET TIME ZONE 'UTC'")
+
+    async def _one(self, query: str, params: Any) -> DictRow | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone()
+
+    async def _all(self, query: str, params: Any) -> list[DictRow]:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    async def _exec(self, query: str, params: Any) -> None:
+        async with self._connection() as conn:
+            await conn.execute(query, params)
+
+    def _connection(self) -> AbstractAsyncContextManager[Conn]:
+        if self._pool is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return self._pool.connection()
+
+    async def _migrate(self, conn: Conn) -> None:
+        """Create the schema and apply missing scripts in one transaction, under an advisory
+        lock so processes starting together take turns."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_advisory_key(self.schema)])
+            if self.schema is not None:
+                await conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+                )
+            await self._prepare(conn)
+            await conn.execute(_SCHEMA_VERSION)
+            cur = await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+            row = await cur.fetchone()
+            current = 0 if row is None else int(row["v"])
+            for migration in pending(migrations("postgres"), current):
+                # bytes: a script of several statements, sent as it is, without parameters.
+                await conn.execute(migration.script.encode())
+                await conn.execute(
+                    "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                    [migration.version, migration.name],
+                )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema, and open the pool. Idempotent."""
+        if self._pool is not None:
+            return
+        try:
+            conn = await AsyncConnection.connect(
+                self.url,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=max(1, round(self._connect_timeout)),
+            )
+        except psycopg.OperationalError as exc:
+            raise ConnectionError(
+                f"cannot connect to PostgreSQL at {describe(self.url)}: {exc}".strip()
+            ) from exc
+        async with conn:
+            await self._migrate(conn)
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.url,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            open=False,
+            name="deepexec-store",
+            connection_class=AsyncConnection[DictRow],
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=self._prepare,
+            # A connection broken by a server restart is replaced, not handed out.
+            check=AsyncConnectionPool.check_connection,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._connect_timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool. Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+        await self._one("SELECT 1", None)
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def create_job(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
+        """See ``Store.create_job``."""
+        job = job_from_new(new, new_job_id(), now)
+        fields = job_to_fields(job)
+        values = [_jsonb(v) if k in _JSON else _param(v) for k, v in fields.items()]
+        async with self._connection() as conn:
+            cur = await conn.execute(_INSERT_JOB, values)
+            if await cur.fetchone() is not None:
+                return job, True
+            # The key was taken, by a committed insert (ON CONFLICT waited for it to commit).
+            cur = await conn.execute(
+                "SELECT * FROM jobs WHERE tenant_id = %s AND idempotency_key = %s",
+                [new.tenant_id, new.idempotency_key],
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError(f"idempotency key {new.idempotency_key!r} conflicted but vanished")
+        return job_from_fields(row), False
+
+    async def get_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
+        """See ``Store.get_job``."""
+        if tenant_id is None:
+            row = await self._one("SELECT * FROM jobs WHERE id = %s", [job_id])
+        else:
+            row = await self._one(
+                "SELECT * FROM jobs WHERE id = %s AND tenant_id = %s", [job_id, tenant_id]
+            )
+        return None if row is None else job_from_fields(row)
+
+    async def list_jobs(
+        self,
+        tenant_id: str,
+        flt: JobFilter,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Job]:
+        """See ``Store.list_jobs``."""
+        if limit <= 0:
+            return []
+        where = ["tenant_id = %s"]
+        params: list[Any] = [tenant_id]
+        if flt.status is not None:
+            where.append("status = %s")
+            params.append(str(flt.status))
+        if flt.name is not None:
+            where.append("name = %s")
+            params.append(flt.name)
+        if flt.tags:
+            where.append("tags @> %s::text[]")
+            params.append(list(dict.fromkeys(flt.tags)))
+        if after is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            params += [as_utc(after[0]), after[1]]
+        query = (
+            f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id DESC LIMIT %s"
+        )
+        params.append(limit)
+        return [job_from_fields(r) for r in await self._all(query, params)]
+
+    async def claim_next(
+        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+    ) -> Job | None:
+        """See ``Store.claim_next``."""
+        types = list(dict.fromkeys(job_types))
+        if not types:
+            return None
+        at = as_utc(now)
+        row = await self._one(_CLAIM, [types, at, at, owner, as_utc(lease_expires_at)])
+        return None if row is None else job_from_fields(row)
+
+    async def renew_leases(
+        self, owner: str, job_ids: Collection[str], lease_expires_at: datetime
+    ) -> set[str]:
+        """See ``Store.renew_leases``."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return set()
+        rows = await self._all(
+            "UPDATE jobs SET lease_expires_at = %s "
+            "WHERE status = 'RUNNING' AND lease_owner = %s AND id = ANY(%s) "
+            "RETURNING id, cancel_requested_at",
+            [as_utc(lease_expires_at), owner, ids],
+        )
+        return {r["id"] for r in rows if r["cancel_requested_at"] is not None}
+
+    async def set_progress(
+        self, job_id: str, progress: int | None, message: str | None, now: datetime
+    ) -> Job | None:
+        """See ``Store.set_progress``."""
+        row = await self._one(
+            "UPDATE jobs SET progress = %s, progress_message = %s, updated_at = %s "
+            "WHERE id = %s AND status = 'RUNNING' RETURNING *",
+            [progress, message, as_utc(now), job_id],
+        )
+        return None if row is None else job_from_fields(row)
+
+    async def request_cancel(
+        self, job_id: str, tenant_id: str, reason: str | None, now: datetime
+    ) -> Job | None:
+        """See ``Store.request_cancel``. A repeated request keeps the first time and reason."""
+        params = {"now": as_utc(now), "reason": reason, "id": job_id, "tenant": tenant_id}
+        async with self._connection() as conn:
+            cur = await conn.execute(_CANCEL, params)
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute(
+                    "SELECT * FROM jobs WHERE id = %s AND tenant_id = %s", [job_id, tenant_id]
+                )
+                row = await cur.fetchone()
+        return None if row is None else job_from_fields(row)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        owner: str | None,
+        status: JobStatus,
+        result: dict[str, Any] | None,
+        error: JobError | None,
+        now: datetime,
+    ) -> Job | None:
+        """See ``Store.finish_job``. Raises ``InvalidTransition`` for a non-terminal status."""
+        check_transition(JobStatus.RUNNING, status)
+        at = as_utc(now)
+        params: list[Any] = [
+            str(status),
+            _jsonb(result),
+            _jsonb(None if error is None else error.to_dict()),
+            at,
+            at,
+            job_id,
+        ]
+        query = _FINISH
+        if owner is not None:
+            query += " AND lease_owner = %s"
+            params.append(owner)
+        row = await self._one(query + " RETURNING *", params)
+        return None if row is None else job_from_fields(row)
+
+    async def reap_running(self, lease_expired_before: datetime, now: datetime) -> list[Job]:
+        """See ``Store.reap_running``. A RUNNING job with no lease at all is reaped too."""
+        at = as_utc(now)
+        rows = await self._all(
+            _REAP, [_jsonb(interrupted_error().to_dict()), at, at, as_utc(lease_expired_before)]
+        )
+        return sorted((job_from_fields(r) for r in rows), key=lambda j: (j.created_at, j.id))
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        """See ``Store.count_by_status``. Every status is present, zero included."""
+        rows = await self._all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status", None)
+        counts = dict.fromkeys(JobStatus, 0)
+        for row in rows:
+            counts[JobStatus(row["status"])] = int(row["n"])
+        return counts
+
+    # --- API keys -------------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        """See ``Store.create_api_key``. Raises ``ValueError`` if its id or hash exists."""
+        values = [_param(getattr(key, name)) for name in API_KEY_COLUMNS]
+        try:
+            await self._exec(_INSERT_KEY, values)
+        except psycopg.errors.UniqueViolation as exc:
+            raise ValueError(f"an API key with id {key.id!r} or this hash already exists") from exc
+
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
+        """See ``Store.find_api_key``."""
+        row = await self._one("SELECT * FROM api_keys WHERE key_hash = %s", [key_hash])
+        return None if row is None else api_key_from_fields(row)
+
+    async def list_api_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
+        """See ``Store.list_api_keys``."""
+        if tenant_id is None:
+            rows = await self._all("SELECT * FROM api_keys ORDER BY created_at, id", None)
+        else:
+            rows = await self._all(
+                "SELECT * FROM api_keys WHERE tenant_id = %s ORDER BY created_at, id",
+                [tenant_id],
+            )
+        return [api_key_from_fields(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, now: datetime) -> ApiKey | None:
+        """See ``Store.revoke_api_key``."""
+        row = await self._one(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE id = %s RETURNING *",
+            [as_utc(now), key_id],
+        )
+        return None if row is None else api_key_from_fields(row)
