@@ -1,0 +1,90 @@
+"""The progress channel between a sandboxed program and its job: a pipe and a line format.
+
+A code job's program finds the write end of a pipe in the environment variable
+``DEEPEXEC_PROGRESS_FD`` and writes lines ``PERCENT [message]\\n`` to it, for example
+``40 loading data``. PERCENT is a number (decimals allowed), clamped to 0-100. Lines that do
+not parse are ignored; a line longer than ``MAX_LINE_BYTES`` is dropped. One-liners:
+
+python::
+
+    import os; os.write(int(os.environ["DEEPEXEC_PROGRESS_FD"]), b"40 loading\\n")
+
+javascript::
+
+    require("fs").writeSync(Number(process.env.DEEPEXEC_PROGRESS_FD), "40 loading\\n");
+
+bash::
+
+    echo "40 loading" >&"$DEEPEXEC_PROGRESS_FD"
+
+Everything here is pure: the executor feeds the bytes it reads and reports what comes out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+#: Environment variable naming the progress file descriptor inside the sandbox.
+PROGRESS_FD_ENV = "DEEPEXEC_PROGRESS_FD"
+#: Longest accepted line, newline excluded; longer lines are discarded whole.
+MAX_LINE_BYTES = 1024
+#: Longest message kept from a line, in characters.
+MAX_MESSAGE_CHARS = 200
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    """One parsed progress line."""
+
+    percent: int
+    message: str | None
+
+
+def parse_progress_line(line: bytes) -> ProgressUpdate | None:
+    """Parse ``PERCENT [message]``; None for anything else (garbage is ignored, not fatal)."""
+    text = line.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None
+    head, _, rest = text.partition(" ")
+    try:
+        value = float(head.rstrip("%"))
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    percent = int(min(100.0, max(0.0, value)))
+    message = rest.strip()[:MAX_MESSAGE_CHARS] or None
+    return ProgressUpdate(percent, message)
+
+
+class ProgressLineBuffer:
+    """Splits a byte stream into bounded lines: memory stays under ``MAX_LINE_BYTES``."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._max = max_line
+        self._buf = bytearray()
+        self._overlong = False  # inside a line already known to be too long
+
+    def feed(self, data: bytes) -> list[ProgressUpdate]:
+        """Add bytes; return the updates of every complete, valid line they finish."""
+        updates: list[ProgressUpdate] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            if not self._overlong:
+                if len(self._buf) + len(piece) > self._max:
+                    self._overlong = True
+                    self._buf.clear()
+                else:
+                    self._buf += piece
+            if end < 0:
+                return updates
+            if not self._overlong:
+                update = parse_progress_line(bytes(self._buf))
+                if update is not None:
+                    updates.append(update)
+            self._buf.clear()
+            self._overlong = False
+            start = end + 1

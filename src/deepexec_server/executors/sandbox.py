@@ -1,0 +1,678 @@
+"""Running one untrusted program in a bubblewrap sandbox, and stopping it completely.
+
+Process model (see notes/sandbox.md §5)::
+
+    server (root)
+     └─ prlimit (rlimits)  ─exec─▶  bwrap, host uid = the sandbox user, own session
+          └─ bwrap init: pid 1 of a new pid namespace (--die-with-parent)
+               └─ python3 / node / bash main.* (no capabilities, empty netns, read-only /)
+
+The uid drop happens in the spawning child (``Popen(user=..., group=..., extra_groups=[])``)
+before bwrap runs: bwrap started as root keeps host uid 0 and can read ``/etc/shadow`` even with
+``--uid``. No ``preexec_fn`` (unsafe in a threaded server): rlimits are set by exec'ing through
+``prlimit``, the session by ``start_new_session``.
+
+Killing: SIGKILL to the sandbox's pid 1 makes the kernel kill the whole pid namespace, so
+daemons that ``setsid`` and double-fork die too; then SIGKILL to the launcher's process group
+as a backstop. Killing only the outer bwrap works too but leaves a zombie init for the lazy
+host pid 1 to reap (≈1.3 s here).
+
+The pure parts (argument lists, masked dirs, exit decoding, output capture) are separate from
+the thin ``run_program`` that acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import ctypes
+import dataclasses
+import json
+import math
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from ._progress_helper import PROGRESS_FD_ENV, ProgressLineBuffer, ProgressUpdate
+
+#: PATH inside the sandbox.
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: Where the job's work dir appears inside the sandbox (also its HOME and cwd).
+SANDBOX_HOME = "/home/sandbox"
+#: Host scratch and home directories hidden behind an empty tmpfs in every sandbox.
+SCRATCH_DIRS: tuple[str, ...] = (
+    "/tmp", "/var/tmp", "/run", "/home", "/root", "/srv", "/mnt", "/media",  # noqa: S108
+)  # fmt: skip
+#: Size of each masking tmpfs: the sandbox's private /tmp is one of them.
+TMPFS_SIZE = 64 * 1024 * 1024
+#: Environment variable names a job may not set (they steer the loader or the sandbox).
+RESERVED_ENV_NAMES = frozenset({"PATH", "HOME"})
+RESERVED_ENV_PREFIXES: tuple[str, ...] = ("LD_", "DEEPEXEC_")
+#: Read size for the output pipes. The StreamReader buffer bounds what sits in memory.
+READ_CHUNK = 64 * 1024
+#: After the program ends or is killed, how long to wait for its pipes to reach EOF.
+DRAIN_GRACE_S = 1.0
+#: How long to wait for the orphaned sandbox init to become reapable.
+REAP_WINDOW_S = 0.5
+PR_SET_CHILD_SUBREAPER = 36
+#: After SIGKILL to the sandbox init, how long before the launcher's group is killed too.
+KILL_GRACE_S = 0.5
+
+
+# --- identity ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunAs:
+    """The unprivileged host identity sandboxed programs run as (only when the server is root)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def resolve_run_as(user_name: str, server_uid: int | None = None) -> RunAs | None:
+    """Who jobs run as: ``user_name`` if it exists, else ``nobody``; None if the server is not
+    root (then jobs run as the server's own uid inside a user namespace).
+
+    Raises ``LookupError`` if the server is root and neither user exists: root must never run
+    untrusted code as itself.
+    """
+    uid = os.geteuid() if server_uid is None else server_uid
+    if uid != 0:
+        return None
+    for name in (user_name, "nobody"):
+        if not name:
+            continue
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if entry.pw_uid == 0:
+            continue
+        return RunAs(name, entry.pw_uid, entry.pw_gid)
+    raise LookupError(f"neither user {user_name!r} nor 'nobody' exists")
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-process rlimits of a run. No RLIMIT_AS: it breaks node/V8 (notes §2)."""
+
+    cpu_seconds: int
+    file_size_bytes: int = 64 * 1024 * 1024
+    open_files: int = 256
+
+    @classmethod
+    def for_timeout(cls, timeout: float) -> Limits:
+        """CPU limit just above the wall limit: the wall timer should normally fire first."""
+        return cls(cpu_seconds=max(1, math.ceil(timeout)) + 1)
+
+
+def prlimit_args(prlimit: str, limits: Limits) -> list[str]:
+    """``prlimit`` prefix that sets the rlimits, then execs the rest of the command line."""
+    cpu = limits.cpu_seconds
+    return [
+        prlimit,
+        f"--cpu={cpu}:{cpu + 1}",
+        f"--fsize={limits.file_size_bytes}",
+        f"--nofile={limits.open_files}",
+        "--core=0",
+        "--",
+    ]
+
+
+# --- environment and mounts -------------------------------------------------------------------
+
+
+def env_name_problem(name: str) -> str | None:
+    """Why a job may not set environment variable ``name``, or None if it may."""
+    if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+        return f"{name} is reserved and cannot be set by a job"
+    return None
+
+
+def sandbox_env(home: str, user_env: Mapping[str, str], progress_fd: int | None) -> dict[str, str]:
+    """The complete environment of a sandboxed program: nothing from the server's own."""
+    env = {
+        "PATH": SANDBOX_PATH,
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name, value in user_env.items():
+        if env_name_problem(name) is None:
+            env[name] = value
+    if progress_fd is not None:
+        env[PROGRESS_FD_ENV] = str(progress_fd)
+    return env
+
+
+def masked_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+    """Directories to cover with an empty tmpfs: the scratch dirs, then ``extra`` (the server's
+    data, credentials and work dirs) unless already inside one of those or missing on the host
+    (a bwrap mount target must exist on the read-only root)."""
+    out = list(SCRATCH_DIRS)
+    for item in extra:
+        path = os.path.realpath(os.fspath(item))
+        if path == "/" or not os.path.isdir(path):
+            continue
+        if any(path == m or path.startswith(m.rstrip("/") + "/") for m in out):
+            continue
+        out.append(path)
+    return out
+
+
+def bwrap_argv(
+    bwrap: str,
+    *,
+    job_dir: str,
+    masks: Sequence[str],
+    env: Mapping[str, str],
+    command: Sequence[str],
+    status_fd: int | None = None,
+    share_net: bool = False,
+) -> list[str]:
+    """The bubblewrap command line for one run (see module docstring)."""
+    argv = [
+        bwrap,
+        "--unshare-all",
+        # --disable-userns needs an explicit --unshare-user (bwrap 0.8).
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        # A new session blocks TIOCSTI injection into a controlling terminal.
+        "--new-session",
+    ]
+    if share_net:
+        argv.append("--share-net")
+    if status_fd is not None:
+        # Reports the sandbox init's host pid, so the server can reap it (see reap_sandbox_init).
+        argv += ["--json-status-fd", str(status_fd)]
+    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for path in masks:
+        argv += ["--size", str(TMPFS_SIZE), "--tmpfs", path]
+    argv += [
+        # /home is a tmpfs by now, so the mount target can be created.
+        "--bind", job_dir, SANDBOX_HOME,
+        "--chdir", SANDBOX_HOME,
+        "--hostname", "sandbox",
+        "--clearenv",
+    ]  # fmt: skip
+    for name, value in env.items():
+        argv += ["--setenv", name, value]
+    argv.append("--")
+    argv += command
+    return argv
+
+
+# --- exit status ------------------------------------------------------------------------------
+
+
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9; ``SIG<n>`` for numbers without a name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+def decode_exit(returncode: int, via_bwrap: bool) -> tuple[int | None, str | None]:
+    """(exit_code, signal name) of a run.
+
+    bwrap's init turns "killed by signal N" into exit status 128+N, so through bwrap a status
+    above 128 with a valid signal number is read as that signal (a program calling
+    ``exit(137)`` is indistinguishable; the shells' own convention makes this the useful
+    reading).
+    """
+    if returncode < 0:
+        return None, signal_name(-returncode)
+    if via_bwrap and 128 < returncode < 128 + signal.NSIG:
+        return None, signal_name(returncode - 128)
+    return returncode, None
+
+
+def is_bwrap_failure(returncode: int, stderr: bytes) -> bool:
+    """Did bwrap itself fail before the program ran (namespaces refused, mount error...)?"""
+    return returncode == 1 and stderr.startswith(b"bwrap: ")
+
+
+# --- work dirs --------------------------------------------------------------------------------
+
+
+class WorkDirError(RuntimeError):
+    """The work root is unusable (a symlink, someone else's, writable by others)."""
+
+
+def default_work_root(server_uid: int | None = None) -> Path:
+    """Outside root's home (0700, the sandbox uid could not traverse it): /var/tmp."""
+    uid = os.geteuid() if server_uid is None else server_uid
+    # Checked by ensure_work_root (owner, no symlink), so a squatter is refused, not used.
+    return Path(f"/var/tmp/deepexec-work-{uid}")  # noqa: S108
+
+
+def ensure_work_root(path: Path) -> Path:
+    """Create ``path`` 0711 owned by this process, or check an existing one is safe to use.
+
+    0711: the sandbox uid may traverse into its own job dir but not list the others.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o711, parents=False)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise WorkDirError(f"work root {path} is not a plain directory")
+    if st.st_uid != os.geteuid():
+        raise WorkDirError(f"work root {path} is owned by uid {st.st_uid}, not by this server")
+    if st.st_mode & 0o022:
+        raise WorkDirError(f"work root {path} is writable by group or others")
+    if stat.S_IMODE(st.st_mode) != 0o711:
+        os.chmod(path, 0o711)  # noqa: S103 - traversable, not listable: see docstring
+    return path
+
+
+def new_job_dir(root: Path, job_id: str, owner: RunAs | None) -> Path:
+    """A fresh 0700 dir for one job, owned by the sandbox uid. Its name starts with this
+    server's pid so a startup sweep can tell the leftovers of dead servers."""
+    safe = "".join(c for c in job_id if c.isalnum() or c in "-_")[:64] or "job"
+    path = root / f"{os.getpid()}-{safe}-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o700)
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid)
+    return path
+
+
+def write_job_file(job_dir: Path, name: str, content: str, owner: RunAs | None) -> Path:
+    """Write the program's source into its (still empty, not yet shared) job dir."""
+    path = job_dir / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(content)
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid)
+    return path
+
+
+def remove_job_dir(path: Path) -> None:
+    """Remove a job dir. rmtree does not follow symlinks the program may have planted."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_job_dirs(root: Path) -> list[Path]:
+    """Remove job dirs whose server process is gone (left behind by a crash); return them."""
+    removed: list[Path] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name.split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        remove_job_dir(entry)
+        removed.append(entry)
+    return removed
+
+
+# --- output capture ---------------------------------------------------------------------------
+
+
+class StreamCapture:
+    """Keeps the first ``limit`` bytes of a stream and decodes UTF-8 incrementally for live
+    output; the rest is counted and dropped, so memory stays flat whatever the program writes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.truncated = False
+        self.total_bytes = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, chunk: bytes) -> str:
+        """Record ``chunk``; return the newly decodable text of the kept part ('' if none)."""
+        self.total_bytes += len(chunk)
+        room = self.limit - len(self.data)
+        if room <= 0:
+            self.truncated = self.truncated or bool(chunk)
+            return ""
+        kept = chunk[:room]
+        if len(kept) < len(chunk):
+            self.truncated = True
+        self.data += kept
+        final = len(self.data) >= self.limit
+        return self._decoder.decode(kept, final=final)
+
+    def finish(self) -> str:
+        """Flush the decoder (an incomplete trailing character becomes U+FFFD)."""
+        return self._decoder.decode(b"", final=True)
+
+    def text(self) -> str:
+        """Everything kept, decoded."""
+        return bytes(self.data).decode("utf-8", errors="replace")
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunRequest:
+    """Everything ``run_program`` needs to launch and supervise one program."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    stdin: bytes
+    timeout: float
+    max_output_bytes: int
+    run_as: RunAs | None
+    #: True when ``argv`` starts a bwrap sandbox (decides the kill and exit decoding).
+    sandboxed: bool
+    #: (read, write) ends of the progress pipe from ``open_progress_pipe``; the write end is
+    #: inherited by the program under its own number (named in its environment).
+    progress_pipe: tuple[int, int] | None = None
+    #: (read, write) ends of the pipe given to ``bwrap --json-status-fd``.
+    status_pipe: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunResult:
+    """What happened to a run; the executor turns it into a job outcome."""
+
+    returncode: int
+    exit_code: int | None
+    signal: str | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    canceled: bool
+    wall_time_ms: int
+    #: bwrap itself failed before the program started (its message is in ``stderr``).
+    sandbox_failed: bool
+
+
+OutputSink = Callable[[str, str], None]
+ProgressSink = Callable[[ProgressUpdate], None]
+
+
+def _sandbox_init_pids(launcher_pid: int) -> list[int]:
+    """Children of the outer bwrap: the sandbox's pid 1 (as seen from the host)."""
+    try:
+        text = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _kill(pid: int, how: Callable[[int, int], None] = os.kill) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        how(pid, signal.SIGKILL)
+
+
+async def _kill_run(proc: asyncio.subprocess.Process, sandboxed: bool) -> None:
+    """The ordered kill: sandbox init (whole pid namespace), then the launcher's group."""
+    if proc.returncode is not None:
+        return
+    if sandboxed:
+        for pid in _sandbox_init_pids(proc.pid):
+            _kill(pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_GRACE_S)
+    # start_new_session made the launcher a group leader: its pgid is its pid.
+    _kill(proc.pid, os.killpg)
+    _kill(proc.pid)
+
+
+def read_available(fd: int) -> bytes:
+    """Whatever a finished bwrap wrote to its status pipe (a few hundred bytes, buffered)."""
+    os.set_blocking(fd, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError, OSError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_child_pid(status: bytes) -> int | None:
+    """The ``child-pid`` from bwrap's ``--json-status-fd`` output (one JSON object a line)."""
+    for line in status.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("child-pid"), int):
+            return int(obj["child-pid"])
+    return None
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt orphaned descendants (PR_SET_CHILD_SUBREAPER).
+
+    The outer bwrap exits as soon as its init reports the exit status, before reaping that
+    init; the orphaned init then waits as a zombie for the host's pid 1, which on some hosts
+    reaps lazily (≈1.5 s). As a subreaper the server adopts it and reaps it by pid.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+async def reap_sandbox_init(pid: int, within: float = REAP_WINDOW_S) -> bool:
+    """Reap the sandbox init ``pid`` once it is our (adopted) zombie; False if it never
+    became our child in time (not a subreaper, or it is still exiting)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+        except ChildProcessError:
+            done = 0
+            # Not (yet) adopted: only possible while the outer bwrap is still exiting.
+        if done == pid:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+
+
+def reap_sandbox_init_blocking(pid: int, within: float = REAP_WINDOW_S) -> bool:
+    """``reap_sandbox_init`` for threads (the start-up probe)."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _close_process_transport(proc: asyncio.subprocess.Process) -> None:
+    # asyncio.subprocess.Process has no public close(); without it pipes left open by a
+    # killed-but-unreaped run would leak until garbage collection.
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
+async def _pump(
+    reader: asyncio.StreamReader, capture: StreamCapture, name: str, sink: OutputSink
+) -> None:
+    while chunk := await reader.read(READ_CHUNK):
+        text = capture.feed(chunk)
+        if text:
+            sink(name, text)
+    tail = capture.finish()
+    if tail:
+        sink(name, tail)
+
+
+async def _pump_progress(reader: asyncio.StreamReader, sink: ProgressSink) -> None:
+    lines = ProgressLineBuffer()
+    last: ProgressUpdate | None = None
+    while chunk := await reader.read(4096):
+        for update in lines.feed(chunk):
+            if update != last:
+                sink(update)
+                last = update
+
+
+async def _feed_stdin(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    assert proc.stdin is not None
+    # The program may exit or close stdin without reading it all.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        if data:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError):
+        proc.stdin.close()
+        await proc.stdin.wait_closed()
+
+
+async def _open_pipe_reader(read_fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_CHUNK)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    pipe = os.fdopen(read_fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+    return reader, transport
+
+
+async def run_program(
+    req: RunRequest,
+    cancel: asyncio.Event,
+    on_output: OutputSink,
+    on_progress: ProgressSink,
+) -> RunResult:
+    """Run ``req.argv`` to its end, its wall timeout, or ``cancel``; stream its output.
+
+    Takes ownership of ``req.progress_pipe`` (both ends are closed here). Always leaves no
+    process of the run behind when it returns.
+    """
+    progress_r, progress_w = req.progress_pipe if req.progress_pipe else (None, None)
+    status_r, status_w = req.status_pipe if req.status_pipe else (None, None)
+    pass_fds = tuple(fd for fd in (progress_w, status_w) if fd is not None)
+    spawn_kwargs: dict[str, object] = {}
+    if req.run_as is not None:
+        spawn_kwargs.update(user=req.run_as.uid, group=req.run_as.gid, extra_groups=[])
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *req.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=req.env,
+            cwd=req.cwd,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            limit=READ_CHUNK,
+            **spawn_kwargs,  # type: ignore[arg-type]
+        )
+    except BaseException:
+        for fd in (progress_r, status_r):
+            if fd is not None:
+                os.close(fd)
+        raise
+    finally:
+        for fd in (progress_w, status_w):
+            if fd is not None:
+                os.close(fd)
+    assert proc.stdout is not None and proc.stderr is not None
+
+    out_cap = StreamCapture(req.max_output_bytes)
+    err_cap = StreamCapture(req.max_output_bytes)
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(_pump(proc.stdout, out_cap, "stdout", on_output)),
+        asyncio.create_task(_pump(proc.stderr, err_cap, "stderr", on_output)),
+        asyncio.create_task(_feed_stdin(proc, req.stdin)),
+    ]
+    progress_transport: asyncio.BaseTransport | None = None
+    if progress_r is not None:
+        reader, progress_transport = await _open_pipe_reader(progress_r)
+        tasks.append(asyncio.create_task(_pump_progress(reader, on_progress)))
+
+    exited = asyncio.create_task(proc.wait())
+    canceled_wait = asyncio.create_task(cancel.wait())
+    timed_out = canceled = False
+    try:
+        done, _ = await asyncio.wait(
+            {exited, canceled_wait}, timeout=req.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if exited not in done:
+            canceled = canceled_wait in done
+            timed_out = not canceled
+            await _kill_run(proc, req.sandboxed)
+        await exited
+        # Pipes reach EOF once every process holding them is gone; in a sandbox that is as
+        # soon as its init exits. Outside one, an escaped daemon may hold them: kill the group.
+        _, pending = await asyncio.wait(tasks[:2], timeout=DRAIN_GRACE_S)
+        if pending:
+            await _kill_run(proc, req.sandboxed)
+            _, pending = await asyncio.wait(tasks[:2], timeout=DRAIN_GRACE_S)
+    finally:
+        canceled_wait.cancel()
+        if proc.returncode is None:
+            await _kill_run(proc, req.sandboxed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited, DRAIN_GRACE_S)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, exited, return_exceptions=True)
+        if progress_transport is not None:
+            progress_transport.close()
+        _close_process_transport(proc)
+        if status_r is not None:
+            init_pid = parse_child_pid(read_available(status_r))
+            os.close(status_r)
+            if init_pid is not None:
+                await reap_sandbox_init(init_pid)
+
+    returncode = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+    stderr_bytes = bytes(err_cap.data)
+    exit_code, sig = decode_exit(returncode, req.sandboxed)
+    if (timed_out or canceled) and sig is None and exit_code is not None:
+        # We killed it: report the kill, whatever status the launcher passed on.
+        exit_code, sig = None, "SIGKILL"
+    return RunResult(
+        returncode=returncode,
+        exit_code=exit_code,
+        signal=sig,
+        stdout=out_cap.text(),
+        stderr=err_cap.text(),
+        stdout_truncated=out_cap.truncated,
+        stderr_truncated=err_cap.truncated,
+        timed_out=timed_out,
+        canceled=canceled,
+        wall_time_ms=int((time.monotonic() - started) * 1000),
+        sandbox_failed=req.sandboxed
+        and not (timed_out or canceled)
+        and is_bwrap_failure(returncode, stderr_bytes),
+    )
+
+
+def open_pipe() -> tuple[int, int]:
+    """A (read, write) pipe; only the write end is passed to the launched process."""
+    read_fd, write_fd = os.pipe()
+    return read_fd, write_fd

@@ -1,0 +1,513 @@
+"""The code_execution executor against the real bubblewrap sandbox and a real uid drop.
+
+The only fake is the engine seam: ``FakeContext`` records what a job reports and exposes the
+cancel event. Needs root (the uid drop), bwrap and the ``deepexec-sandbox`` user
+(``scripts/setup-sandbox.sh``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deepexec_server.domain import ErrorType
+from deepexec_server.executors.base import JobDataError, Outcome
+from deepexec_server.executors.code import CodeExecutor
+from deepexec_server.settings import Settings
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap"),
+]
+
+
+class FakeContext:
+    """The engine's ExecutionContext, recording what the job reports."""
+
+    def __init__(self, timeout: float = 10, job_id: str | None = None) -> None:
+        self.job_id = job_id or "job_" + secrets.token_hex(4)
+        self.timeout = timeout
+        self.cancel_requested = asyncio.Event()
+        self.outputs: list[tuple[str, str]] = []
+        self.progress: list[tuple[int | None, str | None]] = []
+
+    def report_progress(self, progress: int | None, message: str | None = None) -> None:
+        self.progress.append((progress, message))
+
+    def emit_output(self, stream: str, text: str) -> None:
+        self.outputs.append((stream, text))
+
+    def streamed(self, stream: str) -> str:
+        return "".join(t for s, t in self.outputs if s == stream)
+
+
+@pytest.fixture
+async def executor(tmp_path: Path) -> AsyncIterator[CodeExecutor]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        credentials_file=tmp_path / "cred" / "credentials.json",
+        max_output_bytes=64 * 1024,
+    )
+    ex = CodeExecutor(settings)
+    await ex.start()
+    if ex.describe()["sandbox"]["mode"] != "bubblewrap":
+        pytest.skip(f"sandbox unavailable here: {ex.describe()['sandbox']['problem']}")
+    yield ex
+    await ex.close()
+
+
+async def run(
+    ex: CodeExecutor, data: dict[str, Any], timeout: float = 10
+) -> tuple[Outcome, FakeContext]:
+    ctx = FakeContext(timeout)
+    outcome = await ex.execute(ex.validate(data, int(timeout)), ctx)
+    return outcome, ctx
+
+
+def live_processes_with(marker: str) -> list[int]:
+    """Pids of non-zombie processes whose command line contains ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def sandbox_uid_processes() -> list[int]:
+    uid = pwd.getpwnam("deepexec-sandbox").pw_uid
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+# --- running programs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "print('hello from python')"),
+        ("javascript", "console.log('hello from javascript')"),
+        ("bash", "echo hello from bash"),
+        ("py", "print('hello from python')"),
+        ("node", "console.log('hello from javascript')"),
+        ("sh", "echo hello from bash"),
+    ],
+)
+async def test_hello_world_in_each_language(
+    executor: CodeExecutor, language: str, code: str
+) -> None:
+    outcome, ctx = await run(executor, {"code": code, "language": language})
+    assert outcome.error is None and not outcome.canceled
+    assert outcome.result is not None
+    canonical = outcome.result["language"]
+    assert outcome.result["stdout"] == f"hello from {canonical}\n"
+    assert outcome.result["exit_code"] == 0
+    assert outcome.result["signal"] is None
+    assert ctx.streamed("stdout") == outcome.result["stdout"]
+
+
+async def test_stdin_args_and_env_reach_the_program(executor: CodeExecutor) -> None:
+    code = "import os, sys; print(sys.stdin.read().upper(), sys.argv[1:], os.environ['GREETING'])"
+    outcome, _ = await run(
+        executor,
+        {"code": code, "stdin": "abc", "args": ["x", "y z"], "env": {"GREETING": "hej"}},
+    )
+    assert outcome.result is not None
+    assert outcome.result["stdout"] == "ABC ['x', 'y z'] hej\n"
+
+
+async def test_nonzero_exit_is_a_runtime_error_with_output_kept(executor: CodeExecutor) -> None:
+    code = "import sys; print('before'); sys.stderr.write('oops\\n'); sys.exit(7)"
+    outcome, _ = await run(executor, {"code": code})
+    assert outcome.error is not None
+    assert outcome.error.type == ErrorType.RUNTIME_ERROR
+    assert outcome.error.message == "exited with code 7"
+    assert outcome.result is not None
+    assert outcome.result["exit_code"] == 7
+    assert outcome.result["stdout"] == "before\n"
+    assert outcome.result["stderr"] == "oops\n"
+
+
+async def test_uncaught_exception_reports_traceback(executor: CodeExecutor) -> None:
+    outcome, _ = await run(executor, {"code": "raise ValueError('bad value')"})
+    assert outcome.error is not None and outcome.error.type == ErrorType.RUNTIME_ERROR
+    assert outcome.result is not None
+    assert "ValueError: bad value" in outcome.result["stderr"]
+
+
+async def test_program_killed_by_signal_reports_the_signal(executor: CodeExecutor) -> None:
+    outcome, _ = await run(executor, {"code": "kill -SEGV $$", "language": "bash"})
+    assert outcome.result is not None
+    assert outcome.result["exit_code"] is None
+    assert outcome.result["signal"] == "SIGSEGV"
+    assert outcome.error is not None and outcome.error.type == ErrorType.RUNTIME_ERROR
+
+
+async def test_timeout_keeps_output_and_returns_promptly(executor: CodeExecutor) -> None:
+    code = "import time; print('started', flush=True); time.sleep(5)"
+    started = time.monotonic()
+    outcome, _ = await run(executor, {"code": code}, timeout=1)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0
+    assert outcome.error is not None
+    assert outcome.error.type == ErrorType.TIMEOUT
+    assert outcome.error.message == "exceeded the 1 s time limit"
+    assert outcome.result is not None
+    assert outcome.result["timed_out"] is True
+    assert outcome.result["stdout"] == "started\n"
+    assert outcome.result["signal"] == "SIGKILL"
+    assert outcome.result["exit_code"] is None
+
+
+async def test_cancel_stops_the_job_within_a_second_and_leaves_no_process(
+    executor: CodeExecutor,
+) -> None:
+    marker = "cancelmark" + secrets.token_hex(4)
+    code = "import time; print('running', flush=True); time.sleep(30)"
+    ctx = FakeContext(timeout=30)
+    # The marker rides in argv, so it shows in /proc/<pid>/cmdline of the job's processes.
+    data = executor.validate({"code": code, "args": [marker]}, 30)
+    task = asyncio.create_task(executor.execute(data, ctx))
+    while "running" not in ctx.streamed("stdout"):
+        await asyncio.sleep(0.02)
+    assert live_processes_with(marker)  # positive control: the scan sees the running job
+    asked = time.monotonic()
+    ctx.cancel_requested.set()
+    outcome = await asyncio.wait_for(task, 1.0)
+    assert time.monotonic() - asked < 1.0
+    assert outcome.canceled
+    assert outcome.result is not None and outcome.result["stdout"] == "running\n"
+    assert live_processes_with(marker) == []
+
+
+DAEMON = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.close(1); os.close(2)
+        time.sleep(60)
+        os._exit(0)
+    os._exit(0)
+time.sleep(0.2)
+print("parent done", flush=True)
+{tail}
+"""
+
+
+async def test_double_forked_setsid_daemon_dies_when_the_program_ends(
+    executor: CodeExecutor,
+) -> None:
+    marker = "daemonend" + secrets.token_hex(4)
+    code = DAEMON.format(tail="")
+    started = time.monotonic()
+    outcome, _ = await run(executor, {"code": code, "args": [marker]})
+    assert time.monotonic() - started < 3
+    assert outcome.error is None
+    assert outcome.result is not None and outcome.result["stdout"] == "parent done\n"
+    assert live_processes_with(marker) == []
+
+
+async def test_double_forked_setsid_daemon_dies_on_cancel(executor: CodeExecutor) -> None:
+    marker = "daemoncancel" + secrets.token_hex(4)
+    code = DAEMON.format(tail="time.sleep(30)")
+    ctx = FakeContext(timeout=30)
+    data = executor.validate({"code": code, "args": [marker]}, 30)
+    task = asyncio.create_task(executor.execute(data, ctx))
+    while "parent done" not in ctx.streamed("stdout"):
+        await asyncio.sleep(0.02)
+    assert live_processes_with(marker)  # the daemon is running
+    ctx.cancel_requested.set()
+    outcome = await asyncio.wait_for(task, 1.0)
+    assert outcome.canceled
+    assert live_processes_with(marker) == []
+
+
+async def test_output_flood_is_capped_and_flagged(executor: CodeExecutor) -> None:
+    code = (
+        "import sys\n"
+        "for _ in range(200): sys.stdout.write('x' * 10000)\n"
+        "print('end', file=sys.stderr)"
+    )
+    outcome, ctx = await run(executor, {"code": code})
+    assert outcome.error is None
+    assert outcome.result is not None
+    assert len(outcome.result["stdout"]) == 64 * 1024
+    assert outcome.result["stdout_truncated"] is True
+    assert outcome.result["stderr_truncated"] is False
+    assert outcome.result["stderr"] == "end\n"
+    assert len(ctx.streamed("stdout")) == 64 * 1024
+
+
+async def test_infinite_output_is_capped_until_the_timeout(executor: CodeExecutor) -> None:
+    outcome, _ = await run(executor, {"code": "yes", "language": "bash"}, timeout=1)
+    assert outcome.error is not None and outcome.error.type == ErrorType.TIMEOUT
+    assert outcome.result is not None
+    assert outcome.result["stdout_truncated"] is True
+    assert len(outcome.result["stdout"]) == 64 * 1024
+
+
+# --- isolation --------------------------------------------------------------------------------
+
+
+async def test_no_network_to_a_host_listener(executor: CodeExecutor) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        code = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')\n"
+            "except OSError as e:\n"
+            "    print('refused', type(e).__name__)\n"
+        )
+        outcome, _ = await run(executor, {"code": code})
+        assert outcome.result is not None
+        assert outcome.result["stdout"].startswith("refused")
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing ever reached the host listener
+    finally:
+        listener.close()
+
+
+async def test_cannot_read_etc_shadow(executor: CodeExecutor) -> None:
+    assert Path("/etc/shadow").read_text()  # positive control: readable by the test (root)
+    code = (
+        "try:\n    open('/etc/shadow').read(); print('READ')\n"
+        "except PermissionError:\n    print('denied')\n"
+    )
+    outcome, _ = await run(executor, {"code": code})
+    assert outcome.result is not None and outcome.result["stdout"] == "denied\n"
+
+
+async def test_server_environment_does_not_reach_the_program(
+    executor: CodeExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cr3t-" + secrets.token_hex(8)
+    monkeypatch.setenv("DEEPEXEC_TEST_SECRET", secret)
+    code = "import os; print(sorted(os.environ)); print(open('/proc/1/environ').read())"
+    outcome, _ = await run(executor, {"code": code})
+    assert outcome.result is not None
+    assert "DEEPEXEC_TEST_SECRET" not in outcome.result["stdout"]
+    assert secret not in outcome.result["stdout"] + outcome.result["stderr"]
+
+
+async def test_writes_outside_the_work_dir_fail_and_hidden_dirs_are_empty(
+    executor: CodeExecutor, tmp_path: Path
+) -> None:
+    data_dir = executor.settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "deepexec.db").write_text("private")
+    code = f"""
+import os
+for p in ['/usr/evil', '/etc/evil', '/evil']:
+    try:
+        open(p, 'w'); print('WROTE', p)
+    except OSError as e:
+        print('denied', p, e.errno)
+open('/home/sandbox/ok.txt', 'w').write('fine'); print('work dir ok')
+open('/tmp/t.txt', 'w').write('fine'); print('tmp ok')
+print('data visible', os.path.exists({str(data_dir / "deepexec.db")!r}))
+print('root listing', os.listdir('/root'))
+"""
+    outcome, _ = await run(executor, {"code": code})
+    assert outcome.result is not None
+    out = outcome.result["stdout"]
+    assert "WROTE" not in out
+    assert out.count("denied") == 3
+    assert "work dir ok" in out and "tmp ok" in out
+    assert "data visible False" in out
+    assert "root listing []" in out
+
+
+async def test_work_dir_is_removed_after_the_job(executor: CodeExecutor) -> None:
+    code = "import os; print(os.getcwd()); open('left.txt', 'w').write('x')"
+    root = executor._work_root
+    assert root is not None
+    before = set(root.iterdir())
+    outcome, _ = await run(executor, {"code": code})
+    assert outcome.result is not None and outcome.result["stdout"] == "/home/sandbox\n"
+    assert set(root.iterdir()) == before
+
+
+async def test_progress_lines_reach_report_progress(executor: CodeExecutor) -> None:
+    code = (
+        "import os\n"
+        "fd = int(os.environ['DEEPEXEC_PROGRESS_FD'])\n"
+        "os.write(fd, b'10 starting\\n')\n"
+        "os.write(fd, b'not a progress line\\n')\n"
+        "os.write(fd, b'40 loading\\n150\\n')\n"
+    )
+    outcome, ctx = await run(executor, {"code": code})
+    assert outcome.error is None
+    assert ctx.progress == [(10, "starting"), (40, "loading"), (100, None)]
+
+
+async def test_progress_from_bash_and_node(executor: CodeExecutor) -> None:
+    _, ctx = await run(
+        executor, {"code": 'echo "55 half" >&"$DEEPEXEC_PROGRESS_FD"', "language": "bash"}
+    )
+    assert ctx.progress == [(55, "half")]
+    js = 'require("fs").writeSync(Number(process.env.DEEPEXEC_PROGRESS_FD), "70 js\\n");'
+    _, ctx = await run(executor, {"code": js, "language": "javascript"})
+    assert ctx.progress == [(70, "js")]
+
+
+async def test_ten_concurrent_jobs_get_their_own_outputs(executor: CodeExecutor) -> None:
+    async def one(i: int) -> tuple[int, Outcome]:
+        outcome, _ = await run(
+            executor, {"code": f"import time; time.sleep(0.1); print('job {i}')"}
+        )
+        return i, outcome
+
+    results = await asyncio.gather(*(one(i) for i in range(10)))
+    for i, outcome in results:
+        assert outcome.result is not None and outcome.result["stdout"] == f"job {i}\n"
+
+
+async def test_no_sandbox_process_or_zombie_left_after_jobs(executor: CodeExecutor) -> None:
+    await run(executor, {"code": "sleep 0.1 & echo done", "language": "bash"})
+    await run(executor, {"code": "sleep 5", "language": "bash"}, timeout=0.3)
+    # Zombies count too: the server adopts and reaps the sandbox init instead of leaving it to
+    # the host's (lazy, ≈1.5 s here) pid 1.
+    deadline = time.monotonic() + 0.3
+    while sandbox_uid_processes() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sandbox_uid_processes() == []
+
+
+# --- host without a sandbox -------------------------------------------------------------------
+
+
+async def test_unavailable_sandbox_refuses_jobs_without_failing_start(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, work_dir=str(tmp_path / "link"))
+    (tmp_path / "link").symlink_to(tmp_path)  # an unusable work root
+    ex = CodeExecutor(settings)
+    await ex.start()  # must not raise
+    outcome, _ = await run(ex, {"code": "print(1)"})
+    assert outcome.error is not None
+    assert outcome.error.type == ErrorType.INTERNAL
+    assert outcome.error.message.startswith("sandbox unavailable: work dir unusable")
+    assert "scripts/setup-sandbox.sh" in outcome.error.message
+    assert ex.describe()["sandbox"]["mode"] == "unavailable"
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "loc", "fragment"),
+    [
+        ({}, ["data", "code"], "required"),
+        ({"code": 1}, ["data", "code"], "string"),
+        ({"code": "x" * (1024 * 1024 + 1)}, ["data", "code"], "longer than"),
+        ({"code": "", "language": "cobol"}, ["data", "language"], "python, javascript, bash"),
+        ({"code": "", "stdin": 5}, ["data", "stdin"], "string"),
+        ({"code": "", "stdin": "x" * (1024 * 1024 + 1)}, ["data", "stdin"], "longer than"),
+        ({"code": "", "args": "a"}, ["data", "args"], "list"),
+        ({"code": "", "args": ["a"] * 101}, ["data", "args"], "at most 100"),
+        ({"code": "", "args": ["a", 2]}, ["data", "args", 1], "string"),
+        ({"code": "", "env": []}, ["data", "env"], "object"),
+        ({"code": "", "env": {"1BAD": "x"}}, ["data", "env", "1BAD"], "name must match"),
+        ({"code": "", "env": {"PATH": "/x"}}, ["data", "env", "PATH"], "reserved"),
+        ({"code": "", "env": {"HOME": "/x"}}, ["data", "env", "HOME"], "reserved"),
+        ({"code": "", "env": {"LD_PRELOAD": "x"}}, ["data", "env", "LD_PRELOAD"], "reserved"),
+        (
+            {"code": "", "env": {"DEEPEXEC_PROGRESS_FD": "1"}},
+            ["data", "env", "DEEPEXEC_PROGRESS_FD"],
+            "reserved",
+        ),
+        ({"code": "", "env": {"A": 1}}, ["data", "env", "A"], "string"),
+        ({"code": "", "env": {f"V{i}": "x" for i in range(65)}}, ["data", "env"], "at most 64"),
+        ({"code": "", "timeout_s": 3, "net": True}, ["data", "net"], "net, timeout_s"),
+    ],
+)
+def test_validation_names_the_bad_field(
+    data: dict[str, Any], loc: list[Any], fragment: str
+) -> None:
+    ex = CodeExecutor(Settings())
+    with pytest.raises(JobDataError) as info:
+        ex.validate(data, 10)
+    assert info.value.details[0]["loc"] == loc
+    assert fragment in info.value.message
+
+
+def test_validation_normalises_aliases_and_defaults() -> None:
+    ex = CodeExecutor(Settings())
+    assert ex.validate({"code": "echo", "language": "Shell"}, 10) == {
+        "code": "echo", "language": "bash", "stdin": "", "args": [], "env": {},
+    }  # fmt: skip
+    assert ex.validate({"code": "1"}, 10)["language"] == "python"
+    assert ex.validate({"code": "1", "language": "nodejs"}, 10)["language"] == "javascript"
+
+
+# --- the unsafe launch path (--unsafe-no-sandbox) ---------------------------------------------
+
+
+async def test_unsandboxed_launch_still_drops_uid_and_kills_its_group(tmp_path: Path) -> None:
+    """What --unsafe-no-sandbox runs: no namespaces, but a uid drop, rlimits and a group kill."""
+    from deepexec_server.executors.probe import find_prlimit
+    from deepexec_server.executors.sandbox import (
+        Limits,
+        RunRequest,
+        prlimit_args,
+        resolve_run_as,
+        run_program,
+    )
+
+    run_as = resolve_run_as("deepexec-sandbox")
+    prlimit = find_prlimit()
+    assert prlimit is not None
+    marker = "unsafemark" + secrets.token_hex(4)
+    argv = [
+        *prlimit_args(prlimit, Limits.for_timeout(30)),
+        "/bin/bash",
+        "-c",
+        'id -u; /usr/bin/python3 -c "import time; time.sleep(30)" "$0" & wait',
+        marker,
+    ]
+    req = RunRequest(
+        argv=argv, env={"PATH": "/usr/bin:/bin"}, cwd="/", stdin=b"", timeout=0.5,
+        max_output_bytes=1024, run_as=run_as, sandboxed=False,
+    )  # fmt: skip
+    ctx = FakeContext()
+    started = time.monotonic()
+    task = asyncio.create_task(
+        run_program(req, ctx.cancel_requested, ctx.emit_output, lambda _u: None)
+    )
+    while not live_processes_with(marker) and time.monotonic() - started < 0.4:
+        await asyncio.sleep(0.02)
+    assert live_processes_with(marker)  # positive control: the background child runs
+    result = await task
+    assert time.monotonic() - started < 2
+    assert result.timed_out and result.signal == "SIGKILL"
+    expected_uid = str(run_as.uid) if run_as else str(os.getuid())
+    assert result.stdout.strip() == expected_uid
+    assert live_processes_with(marker) == []

@@ -1,0 +1,388 @@
+"""The sandbox's deciding parts: argument lists, exit decoding, output capture, progress
+parsing, work dirs, languages, the host probe. Pure functions, plus real directories and one
+real probe of this host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from deepexec_server.executors import languages as langs
+from deepexec_server.executors._progress_helper import (
+    MAX_LINE_BYTES,
+    ProgressLineBuffer,
+    ProgressUpdate,
+    parse_progress_line,
+)
+from deepexec_server.executors.code import decide_outcome, unavailable_message
+from deepexec_server.executors.probe import ProbeLine, probe_host, sandbox_problem
+from deepexec_server.executors.sandbox import (
+    SANDBOX_HOME,
+    Limits,
+    RunResult,
+    StreamCapture,
+    WorkDirError,
+    bwrap_argv,
+    decode_exit,
+    ensure_work_root,
+    env_name_problem,
+    is_bwrap_failure,
+    masked_dirs,
+    new_job_dir,
+    parse_child_pid,
+    prlimit_args,
+    sandbox_env,
+    sweep_stale_job_dirs,
+)
+from deepexec_server.settings import Settings
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"40 loading", ProgressUpdate(40, "loading")),
+        (b"40", ProgressUpdate(40, None)),
+        (b"12.7 step two  ", ProgressUpdate(12, "step two")),
+        (b"55% half", ProgressUpdate(55, "half")),
+        (b"150 over", ProgressUpdate(100, "over")),
+        (b"-3 under", ProgressUpdate(0, "under")),
+        (b"nan x", None),
+        (b"inf", None),
+        (b"loading 40", None),
+        (b"", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_progress_line_parsing(line: bytes, expected: ProgressUpdate | None) -> None:
+    assert parse_progress_line(line) == expected
+
+
+def test_progress_message_is_bounded() -> None:
+    update = parse_progress_line(b"5 " + b"m" * 5000)
+    assert update is not None and update.message is not None and len(update.message) == 200
+
+
+def test_progress_buffer_joins_split_lines_and_drops_overlong_ones() -> None:
+    buf = ProgressLineBuffer()
+    assert buf.feed(b"1") == []
+    assert buf.feed(b"0 a\n2") == [ProgressUpdate(10, "a")]
+    assert buf.feed(b"0\n" + b"9" * (MAX_LINE_BYTES + 1)) == [ProgressUpdate(20, None)]
+    assert buf.feed(b"9" * 10_000) == []  # still inside the overlong line: dropped
+    assert buf.feed(b"\n30 ok\n") == [ProgressUpdate(30, "ok")]
+
+
+@given(st.lists(st.binary(max_size=3000), max_size=20))
+def test_progress_buffer_memory_stays_bounded(chunks: list[bytes]) -> None:
+    buf = ProgressLineBuffer()
+    for chunk in chunks:
+        for update in buf.feed(chunk):
+            assert 0 <= update.percent <= 100
+        assert len(buf._buf) <= MAX_LINE_BYTES
+
+
+# --- output capture ---------------------------------------------------------------------------
+
+
+def test_capture_keeps_the_first_bytes_and_flags_the_rest() -> None:
+    cap = StreamCapture(10)
+    assert cap.feed(b"hello ") == "hello "
+    assert cap.feed(b"world and more") == "worl"
+    assert cap.feed(b"dropped") == ""
+    assert cap.text() == "hello worl" and cap.truncated and cap.total_bytes == 27
+
+
+def test_capture_decodes_split_utf8_and_replaces_invalid_bytes() -> None:
+    cap = StreamCapture(100)
+    euro = "€".encode()
+    assert cap.feed(euro[:1]) == ""
+    assert cap.feed(euro[1:] + b"\xff!") == "€\ufffd!"
+    assert cap.finish() == ""
+    assert not cap.truncated
+
+
+def test_capture_exactly_at_the_limit_is_not_truncated() -> None:
+    cap = StreamCapture(3)
+    cap.feed(b"abc")
+    assert not cap.truncated
+    cap.feed(b"")
+    assert not cap.truncated
+
+
+# --- exit status and outcome ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("returncode", "via_bwrap", "expected"),
+    [
+        (0, True, (0, None)),
+        (3, True, (3, None)),
+        (137, True, (None, "SIGKILL")),
+        (139, True, (None, "SIGSEGV")),
+        (152, True, (None, "SIGXCPU")),
+        (137, False, (137, None)),
+        (-9, False, (None, "SIGKILL")),
+        (-9, True, (None, "SIGKILL")),
+        (255, True, (255, None)),
+    ],
+)
+def test_decode_exit(
+    returncode: int, via_bwrap: bool, expected: tuple[int | None, str | None]
+) -> None:
+    assert decode_exit(returncode, via_bwrap) == expected
+
+
+def test_bwrap_failure_is_recognised_only_by_its_own_message() -> None:
+    assert is_bwrap_failure(1, b"bwrap: Creating new namespace failed: ...\n")
+    assert not is_bwrap_failure(1, b"Traceback ...")
+    assert not is_bwrap_failure(2, b"bwrap: x")
+
+
+def _run(**overrides: object) -> RunResult:
+    fields: dict[str, object] = {
+        "returncode": 0, "exit_code": 0, "signal": None, "stdout": "out", "stderr": "",
+        "stdout_truncated": False, "stderr_truncated": False, "timed_out": False,
+        "canceled": False, "wall_time_ms": 5, "sandbox_failed": False,
+    }  # fmt: skip
+    fields.update(overrides)
+    return RunResult(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error_type", "message", "canceled"),
+    [
+        ({}, None, None, False),
+        ({"exit_code": 2, "returncode": 2}, "runtime_error", "exited with code 2", False),
+        ({"exit_code": None, "signal": "SIGSEGV"}, "runtime_error", "killed by SIGSEGV", False),
+        (
+            {"exit_code": None, "signal": "SIGXCPU"},
+            "cpu_limit",
+            "exceeded the CPU time limit",
+            False,
+        ),
+        (
+            {"timed_out": True, "signal": "SIGKILL"},
+            "timeout",
+            "exceeded the 2.5 s time limit",
+            False,
+        ),
+        ({"canceled": True, "timed_out": False}, None, None, True),
+        (
+            {"sandbox_failed": True, "stderr": "bwrap: no\n"},
+            "internal_error",
+            "sandbox failed to start: bwrap: no",
+            False,
+        ),
+    ],
+)
+def test_decide_outcome(
+    overrides: dict[str, object], error_type: str | None, message: str | None, canceled: bool
+) -> None:
+    outcome = decide_outcome(_run(**overrides), "python", 2.5)
+    assert outcome.canceled is canceled
+    assert (outcome.error.type if outcome.error else None) == error_type
+    assert (outcome.error.message if outcome.error else None) == message
+    assert outcome.result is not None
+    assert set(outcome.result) == {
+        "stdout", "stderr", "exit_code", "signal", "timed_out", "stdout_truncated",
+        "stderr_truncated", "wall_time_ms", "language",
+    }  # fmt: skip
+    assert outcome.result["stdout"] == "out"
+
+
+def test_unavailable_message_says_how_to_fix() -> None:
+    msg = unavailable_message("bwrap not found")
+    assert msg == (
+        "sandbox unavailable: bwrap not found; install bubblewrap (scripts/setup-sandbox.sh) "
+        "or start with --unsafe-no-sandbox"
+    )
+
+
+# --- command lines and environment ------------------------------------------------------------
+
+
+def test_bwrap_argv_isolates_and_runs_the_command_last() -> None:
+    argv = bwrap_argv(
+        "/usr/bin/bwrap", job_dir="/w/j1", masks=["/tmp", "/srv/data"],
+        env={"PATH": "/usr/bin", "A": "b"}, command=["/usr/bin/python3", "main.py"],
+        status_fd=7,
+    )  # fmt: skip
+    joined = " ".join(argv)
+    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                 "--new-session", "--clearenv", "--ro-bind / /", "--proc /proc", "--dev /dev",
+                 "--json-status-fd 7", "--hostname sandbox"):  # fmt: skip
+        assert flag in joined
+    assert "--share-net" not in argv
+    assert f"--bind /w/j1 {SANDBOX_HOME}" in joined and f"--chdir {SANDBOX_HOME}" in joined
+    assert "--tmpfs /tmp" in joined and "--tmpfs /srv/data" in joined
+    # --clearenv comes before the variables it would otherwise wipe.
+    assert argv.index("--clearenv") < argv.index("--setenv")
+    assert argv[-3:] == ["--", "/usr/bin/python3", "main.py"]
+    with_net = bwrap_argv("/b", job_dir="/j", masks=[], env={}, command=["x"], share_net=True)
+    assert "--share-net" in with_net
+
+
+def test_prlimit_args_never_limit_address_space() -> None:
+    args = prlimit_args("/usr/bin/prlimit", Limits.for_timeout(4.2))
+    assert args[0] == "/usr/bin/prlimit" and args[-1] == "--"
+    assert "--cpu=6:7" in args and "--core=0" in args
+    assert not any(a.startswith("--as") for a in args)
+
+
+def test_sandbox_env_is_built_from_nothing_and_ignores_reserved_names() -> None:
+    env = sandbox_env("/home/sandbox", {"FOO": "1", "PATH": "/evil", "LD_PRELOAD": "x"}, 9)
+    assert env == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/sandbox", "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "FOO": "1",
+        "DEEPEXEC_PROGRESS_FD": "9",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "reserved"),
+    [("PATH", True), ("HOME", True), ("LD_LIBRARY_PATH", True), ("DEEPEXEC_X", True),
+     ("PYTHONPATH", False), ("LANG", False), ("path", False)],
+)  # fmt: skip
+def test_env_name_problem(name: str, reserved: bool) -> None:
+    assert (env_name_problem(name) is not None) is reserved
+
+
+def test_masked_dirs_add_existing_service_dirs_once(tmp_path: Path) -> None:
+    srv = Path("/var/lib")  # exists, not under a scratch dir
+    masks = masked_dirs([tmp_path, srv, "/nonexistent/dir", "/"])
+    assert masks[:8] == ["/tmp", "/var/tmp", "/run", "/home", "/root", "/srv", "/mnt", "/media"]
+    assert str(tmp_path) not in masks  # already under /tmp
+    assert masks.count("/var/lib") == 1 and "/nonexistent/dir" not in masks and "/" not in masks
+
+
+def test_parse_child_pid() -> None:
+    status = b'{ "child-pid": 8980, "mnt-namespace": 1 }\n{ "exit-code": 3 }\n'
+    assert parse_child_pid(status) == 8980
+    assert parse_child_pid(b"") is None
+    assert parse_child_pid(b"garbage\n") is None
+
+
+# --- work dirs --------------------------------------------------------------------------------
+
+
+def test_work_root_is_created_traversable_but_not_listable(tmp_path: Path) -> None:
+    root = ensure_work_root(tmp_path / "work")
+    assert (root.stat().st_mode & 0o777) == 0o711
+    job = new_job_dir(root, "job_abc/../x", None)
+    assert job.parent == root and (job.stat().st_mode & 0o777) == 0o700
+    assert job.name.startswith(f"{os.getpid()}-job_abcx-")
+
+
+def test_work_root_refuses_symlinks_and_shared_dirs(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(WorkDirError, match="not a plain directory"):
+        ensure_work_root(tmp_path / "link")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(WorkDirError, match="writable by group or others"):
+        ensure_work_root(shared)
+    if os.geteuid() == 0:
+        owned = tmp_path / "owned"
+        owned.mkdir()
+        os.chown(owned, 65534, 65534)
+        with pytest.raises(WorkDirError, match="owned by uid 65534"):
+            ensure_work_root(owned)
+
+
+def test_sweep_removes_only_dirs_of_dead_servers(tmp_path: Path) -> None:
+    root = ensure_work_root(tmp_path / "work")
+    mine = new_job_dir(root, "live", None)
+    # A pid that cannot be alive: above the kernel's pid_max.
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    stale = root / f"{dead_pid}-job_old-0000"
+    stale.mkdir()
+    (stale / "f").write_text("x")
+    other = root / "1-job_init-0000"  # pid 1 is alive
+    other.mkdir()
+    assert sweep_stale_job_dirs(root) == [stale]
+    assert mine.exists() and other.exists() and not stale.exists()
+
+
+# --- languages --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [("python", "python"), ("PY", "python"), ("python3", "python"), ("js", "javascript"),
+     ("node", "javascript"), ("nodejs", "javascript"), ("sh", "bash"), ("shell", "bash"),
+     ("cobol", None)],
+)  # fmt: skip
+def test_language_aliases(name: str, canonical: str | None) -> None:
+    lang = langs.resolve_language(name)
+    assert (lang.name if lang else None) == canonical
+
+
+@pytest.mark.parametrize(
+    ("output", "version"),
+    [("Python 3.11.2\n", "3.11.2"), ("v20.20.2\n", "20.20.2"),
+     ("GNU bash, version 5.2.15(1)-release (x86_64-pc-linux-gnu)\n", "5.2.15"), ("", "unknown")],
+)  # fmt: skip
+def test_parse_version(output: str, version: str) -> None:
+    assert langs.parse_version(output) == version
+
+
+def test_interpreters_are_system_paths_never_shims() -> None:
+    found = langs.detect_interpreters()
+    assert "python" in found and found["python"].path in ("/usr/bin/python3", "/bin/python3")
+    for interp in found.values():
+        assert os.path.isabs(interp.path) and "shims" not in interp.path
+        assert interp.version != "unknown"
+
+
+# --- the host probe ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None or os.geteuid() != 0, reason="root + bwrap")
+def test_probe_reports_each_mechanism_on_this_host() -> None:
+    lines = probe_host(Settings())
+    assert [line.mechanism for line in lines] == [
+        "bubblewrap", "uid_switch", "namespaces", "rlimits", "cgroups", "seccomp",
+    ]  # fmt: skip
+    by_name = {line.mechanism: line for line in lines}
+    assert by_name["bubblewrap"].ok and "bubblewrap" in by_name["bubblewrap"].detail
+    assert by_name["namespaces"].ok
+    assert by_name["uid_switch"].ok and "deepexec-sandbox" in by_name["uid_switch"].detail
+    assert sandbox_problem(lines) is None
+    for line in lines:
+        rendered = line.render()
+        assert rendered.startswith("OK " if line.ok else "MISSING ")
+        if not line.ok:
+            assert "falls back to" in rendered
+
+
+def test_probe_refuses_when_no_unprivileged_user_exists() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("root only")
+    settings = Settings(sandbox_user="no-such-user-xyz")
+    lines = probe_host(settings)
+    # nobody exists here, so it is used instead, and the line says how to fix it.
+    ident = next(line for line in lines if line.mechanism == "uid_switch")
+    assert ident.ok and "nobody" in ident.detail and "setup-sandbox.sh" in ident.detail
+
+
+def test_sandbox_problem_picks_the_first_fatal_line() -> None:
+    lines = [
+        ProbeLine("bubblewrap", True, "ok"),
+        ProbeLine("namespaces", False, "x: code jobs are refused (y)", fatal="x"),
+        ProbeLine("seccomp", False, "no: falls back to z"),
+    ]
+    assert sandbox_problem(lines) == "x"
+    assert sandbox_problem(lines[::2]) is None
+
+
+def test_signal_names_are_real() -> None:
+    assert decode_exit(128 + signal.SIGTERM, True) == (None, "SIGTERM")
