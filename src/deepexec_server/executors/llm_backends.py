@@ -1,0 +1,540 @@
+"""Backends that generate text for a ``ModelSpec``: the embedded llama.cpp model and any
+OpenAI-compatible server.
+
+Both speak OpenAI's streaming chat format: the embedded one through ``xllamacpp``'s in-process
+``Server.handle_chat_completions(request, callback)`` (the callback gets one
+``chat.completion.chunk`` dict per token and stops generation by returning ``True``), the other
+through ``POST {base_url}/chat/completions`` with ``"stream": true`` (server-sent events). So the
+chunk reading (``read_chunk``) and the accumulation (``StreamAccumulator``) are shared and pure.
+
+Cancellation: ``generate`` returns as soon as ``cancel_event`` is set, with the partial text and
+``finish_reason="cancelled"``. The embedded model then stops at its next token (a few ms); while
+it is still reading a long prompt (prefill, ~300 tokens/s on 2 cores) llama.cpp calls no
+callback, so that slot stays busy until the prompt is read; the job does not wait for it. The
+OpenAI-compatible backend closes the HTTP stream, which ends the generation server-side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import httpx
+
+from .models import ModelSpec
+
+log = logging.getLogger("deepexec_server.llm")
+
+TokenCallback = Callable[[str], None]
+
+#: How long ``close`` waits for in-flight embedded generations to notice they must stop.
+CLOSE_JOIN_SECONDS = 5.0
+#: llama.cpp's prompt cache in RAM per model; its default (8 GiB) is far above what we need.
+EMBEDDED_CACHE_RAM_MIB = 64
+
+
+class BackendError(Exception):
+    """The model backend failed (could not load, refused the request, connection lost)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One chat completion to run. ``None`` leaves a parameter to the model's defaults."""
+
+    messages: Sequence[Mapping[str, str]]
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """What a generation produced. ``prompt_tokens`` is None when the backend never said
+    (a generation cancelled before its end)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int
+    ttft_ms: float | None
+    tokens_per_second: float | None
+
+
+class Backend(Protocol):
+    """Generates text for one model."""
+
+    async def start(self) -> None:
+        """Get ready (load weights...); returns once ready. Safe to call many times."""
+
+    async def generate(
+        self, request: GenerationRequest, on_token: TokenCallback, cancel_event: asyncio.Event
+    ) -> GenerationResult:
+        """Run ``request``, calling ``on_token`` with each piece of text as it arrives.
+
+        Returns promptly once ``cancel_event`` is set (``finish_reason="cancelled"``); raises
+        ``BackendError`` when the backend fails.
+        """
+
+    async def close(self) -> None:
+        """Stop in-flight generations and release the model."""
+
+
+# --- the streaming chat format (pure) ---------------------------------------------------------
+
+
+def chat_payload(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]:
+    """The OpenAI-style streaming request body for ``request`` on ``spec``'s model."""
+    payload: dict[str, Any] = dict(spec.default_params)
+    payload.update(
+        {
+            "model": spec.model_id,
+            "messages": [dict(m) for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    if request.temperature is not None:
+        payload["temperature"] = request.temperature
+    if request.top_p is not None:
+        payload["top_p"] = request.top_p
+    if request.stop:
+        payload["stop"] = list(request.stop)
+    if request.seed is not None:
+        payload["seed"] = request.seed
+    return payload
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    """What one ``chat.completion.chunk`` says."""
+
+    texts: tuple[str, ...] = ()
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_per_second: float | None = None
+    error: str | None = None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def read_chunk(chunk: Any) -> ChunkInfo:
+    """Read one streamed chunk (or an ``{"error": ...}`` object) of either backend."""
+    if not isinstance(chunk, Mapping):
+        return ChunkInfo(error=f"unexpected chunk from the model: {str(chunk)[:200]}")
+    error = chunk.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, Mapping) else error
+        return ChunkInfo(error=str(message or error))
+    texts: list[str] = []
+    finish: str | None = None
+    for choice in chunk.get("choices") or []:
+        if not isinstance(choice, Mapping):
+            continue
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, Mapping) else None
+        if isinstance(content, str) and content:
+            texts.append(content)
+        if isinstance(choice.get("finish_reason"), str):
+            finish = choice["finish_reason"]
+    raw_usage, raw_timings = chunk.get("usage"), chunk.get("timings")
+    usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
+    timings: Mapping[str, Any] = raw_timings if isinstance(raw_timings, Mapping) else {}
+    tps = timings.get("predicted_per_second")
+    return ChunkInfo(
+        texts=tuple(texts),
+        finish_reason=finish,
+        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+        completion_tokens=_int_or_none(usage.get("completion_tokens")),
+        tokens_per_second=float(tps) if isinstance(tps, int | float) and tps > 0 else None,
+    )
+
+
+def parse_sse_line(line: str) -> Any:
+    """The JSON of an SSE ``data:`` line; None for other lines; ``"[DONE]"`` at the end."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return "[DONE]"
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"error": {"message": f"unreadable stream data: {data[:200]}"}}
+
+
+class StreamAccumulator:
+    """Collects chunks into a ``GenerationResult`` and forwards text to ``on_token``.
+
+    Lives on the event loop; once ``closed`` it ignores late chunks (a generation that was
+    cancelled may still deliver one or two from its thread).
+    """
+
+    def __init__(self, on_token: TokenCallback, clock: Callable[[], float] = time.monotonic):
+        self._on_token = on_token
+        self._clock = clock
+        self.started = clock()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.parts: list[str] = []
+        self.pieces = 0
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.tokens_per_second: float | None = None
+        self.error: str | None = None
+        self.closed = False
+
+    def feed(self, chunk: Any) -> None:
+        """Take one chunk."""
+        if self.closed:
+            return
+        info = read_chunk(chunk)
+        if info.error is not None:
+            self.error = self.error or info.error
+            return
+        for text in info.texts:
+            now = self._clock()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            self.last_token_at = now
+            self.parts.append(text)
+            self.pieces += 1
+            self._on_token(text)
+        self.finish_reason = info.finish_reason or self.finish_reason
+        if info.prompt_tokens is not None:
+            self.prompt_tokens = info.prompt_tokens
+        if info.completion_tokens is not None:
+            self.completion_tokens = info.completion_tokens
+        if info.tokens_per_second is not None:
+            self.tokens_per_second = info.tokens_per_second
+
+    def result(self, cancelled: bool = False) -> GenerationResult:
+        """The generation so far; ``cancelled`` marks it stopped before its end."""
+        self.closed = True
+        completion = self.pieces if cancelled else (self.completion_tokens or self.pieces)
+        tps = None if cancelled else self.tokens_per_second
+        if tps is None and self.first_token_at is not None and self.last_token_at is not None:
+            span = self.last_token_at - self.first_token_at
+            tps = (self.pieces - 1) / span if span > 0 and self.pieces > 1 else None
+        ttft = None
+        if self.first_token_at is not None:
+            ttft = round((self.first_token_at - self.started) * 1000, 1)
+        return GenerationResult(
+            text="".join(self.parts),
+            finish_reason="cancelled" if cancelled else (self.finish_reason or "stop"),
+            prompt_tokens=None if cancelled else self.prompt_tokens,
+            completion_tokens=completion,
+            ttft_ms=ttft,
+            tokens_per_second=round(tps, 1) if tps is not None else None,
+        )
+
+
+async def _wait_or_cancel(work: asyncio.Future[Any], cancel_event: asyncio.Event) -> bool:
+    """Wait for ``work`` or ``cancel_event``; True when cancelled first."""
+    if cancel_event.is_set():
+        return True
+    waiter = asyncio.ensure_future(cancel_event.wait())
+    try:
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return not work.done()
+
+
+# --- embedded llama.cpp -----------------------------------------------------------------------
+
+
+class EmbeddedBackend:
+    """A GGUF model run in-process by llama.cpp (``xllamacpp``), loaded once, shared by jobs.
+
+    ``n_parallel`` generations run at once (continuous batching), each with ``context_length``
+    tokens of context. Loading happens on a thread, so it is independent of any event loop.
+    xllamacpp also opens an HTTP listener on 127.0.0.1; a random API key we never hand out
+    keeps it closed to other local users.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, *, threads: int, parallel: int, context_length: int | None = None
+    ) -> None:
+        if spec.path is None:
+            raise BackendError(f"model {spec.name!r} has no GGUF file")
+        self.spec = spec
+        self.threads = max(1, threads)
+        self.parallel = max(1, parallel)
+        self.context_length = context_length or spec.context_length
+        self._server: Any = None
+        self._load: concurrent.futures.Future[Any] | None = None
+        self._lock = threading.Lock()
+        self._active: set[threading.Event] = set()
+        self._threads: set[threading.Thread] = set()
+
+    # loading
+
+    def _build_params(self) -> Any:
+        import xllamacpp as xlc
+
+        params = xlc.CommonParams()
+        params.model.path = self.spec.path
+        # llama.cpp splits n_ctx evenly between the parallel slots.
+        params.n_ctx = self.context_length * self.parallel
+        params.n_parallel = self.parallel
+        params.cpuparams.n_threads = self.threads
+        params.cpuparams_batch.n_threads = self.threads
+        params.n_threads_http = 1
+        params.cache_ram_mib = EMBEDDED_CACHE_RAM_MIB
+        params.ui = False
+        params.endpoint_slots = False
+        params.verbosity = 0
+        params.api_keys = [secrets.token_urlsafe(32)]
+        return params
+
+    def _load_blocking(self) -> Any:
+        import xllamacpp as xlc
+
+        started = time.monotonic()
+        try:
+            server = xlc.Server(self._build_params())
+        except Exception as exc:
+            raise BackendError(f"could not load model {self.spec.name!r}: {exc}") from exc
+        log.info(
+            "model %s loaded from %s in %.2f s (%d parallel, %d threads)",
+            self.spec.name,
+            self.spec.path,
+            time.monotonic() - started,
+            self.parallel,
+            self.threads,
+        )
+        return server
+
+    def begin_loading(self) -> concurrent.futures.Future[Any]:
+        """Start loading on a thread unless already started; the future holds the server."""
+        with self._lock:
+            if self._load is None:
+                future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                # Running futures cannot be cancelled: a caller that gives up waiting (its
+                # task cancelled) must not cancel the load for everyone else.
+                future.set_running_or_notify_cancel()
+
+                def load() -> None:
+                    try:
+                        self._server = self._load_blocking()
+                        future.set_result(self._server)
+                    except BaseException as exc:
+                        future.set_exception(exc)
+
+                threading.Thread(target=load, name=f"load-{self.spec.name}", daemon=True).start()
+                self._load = future
+            return self._load
+
+    @property
+    def loaded(self) -> bool:
+        """True once the model is in memory."""
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Load the model (once); returns when it is ready, raises ``BackendError`` if not."""
+        await asyncio.wrap_future(self.begin_loading())
+
+    # generating
+
+    def _run_blocking(
+        self,
+        server: Any,
+        payload: dict[str, Any],
+        stop: threading.Event,
+        deliver: Callable[[Any], None],
+    ) -> None:
+        def callback(chunk: Any) -> bool:
+            if stop.is_set():
+                return True  # tells llama.cpp to stop generating for this request
+            try:
+                deliver(chunk)
+            except RuntimeError:  # the event loop is gone
+                stop.set()
+                return True
+            return False
+
+        answer = server.handle_chat_completions(payload, callback)
+        # Without streaming output (e.g. a request refused before generation) the answer
+        # comes back as the return value instead.
+        if isinstance(answer, Mapping) and "error" in answer and not stop.is_set():
+            deliver(answer)
+
+    async def generate(
+        self, request: GenerationRequest, on_token: TokenCallback, cancel_event: asyncio.Event
+    ) -> GenerationResult:
+        """Run one chat completion on the embedded model; see ``Backend.generate``."""
+        acc = StreamAccumulator(on_token)
+        load = asyncio.wrap_future(self.begin_loading())
+        if await _wait_or_cancel(load, cancel_event):
+            return acc.result(cancelled=True)
+        server = load.result()
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        done.set_running_or_notify_cancel()
+        payload = chat_payload(request, self.spec)
+
+        def deliver(chunk: Any) -> None:
+            loop.call_soon_threadsafe(acc.feed, chunk)
+
+        def run() -> None:
+            try:
+                self._run_blocking(server, payload, stop, deliver)
+                done.set_result(None)
+            except BaseException as exc:
+                done.set_exception(exc)
+            finally:
+                self._active.discard(stop)
+                self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name=f"gen-{self.spec.name}", daemon=True)
+        self._active.add(stop)
+        self._threads.add(thread)
+        thread.start()
+        work = asyncio.wrap_future(done)
+        try:
+            if await _wait_or_cancel(work, cancel_event):
+                return acc.result(cancelled=True)
+            try:
+                work.result()
+            except Exception as exc:
+                raise BackendError(f"model {self.spec.name!r} failed: {exc}") from exc
+            if acc.error is not None:
+                raise BackendError(acc.error)
+            return acc.result()
+        finally:
+            # Also reached when this coroutine itself is cancelled: never leave a generation
+            # running for nobody.
+            stop.set()
+            acc.closed = True
+
+    async def close(self) -> None:
+        """Stop in-flight generations, wait briefly for their threads, drop the model."""
+        for stop in list(self._active):
+            stop.set()
+        threads = list(self._threads)
+
+        def join() -> None:
+            deadline = time.monotonic() + CLOSE_JOIN_SECONDS
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+
+        if threads:
+            await asyncio.to_thread(join)
+        if self._load is not None and not self._load.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(self._load), CLOSE_JOIN_SECONDS)
+        # xllamacpp frees the model and stops its listener when the Server is released.
+        self._server = None
+        self._load = None
+
+
+# --- OpenAI-compatible HTTP -------------------------------------------------------------------
+
+
+class OpenAIBackend:
+    """Any server with an OpenAI-compatible ``/chat/completions`` (DeepSeek, vLLM, SGLang,
+    Ollama, llama.cpp's server): streamed over HTTP with httpx."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        api_key: str | None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not spec.base_url:
+            raise BackendError(f"model {spec.name!r} has no base_url")
+        self.spec = spec
+        headers = {"Accept": "text/event-stream"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=spec.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(30.0, read=300.0),
+            transport=transport,
+        )
+
+    async def start(self) -> None:
+        """Nothing to prepare: connections open on first use."""
+
+    async def _stream(self, payload: dict[str, Any], acc: StreamAccumulator) -> None:
+        try:
+            async with self._client.stream("POST", "/chat/completions", json=payload) as resp:
+                if resp.status_code >= 400:
+                    body = (await resp.aread()).decode("utf-8", errors="replace")
+                    raise BackendError(
+                        f"{self.spec.base_url} answered {resp.status_code}: {_error_message(body)}"
+                    )
+                async for line in resp.aiter_lines():
+                    data = parse_sse_line(line)
+                    if data == "[DONE]":
+                        break
+                    if data is not None:
+                        acc.feed(data)
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"cannot reach {self.spec.base_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def generate(
+        self, request: GenerationRequest, on_token: TokenCallback, cancel_event: asyncio.Event
+    ) -> GenerationResult:
+        """Stream one chat completion; cancelling closes the HTTP stream."""
+        acc = StreamAccumulator(on_token)
+        work = asyncio.ensure_future(self._stream(chat_payload(request, self.spec), acc))
+        try:
+            if await _wait_or_cancel(work, cancel_event):
+                return acc.result(cancelled=True)
+            work.result()
+            if acc.error is not None:
+                raise BackendError(acc.error)
+            return acc.result()
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+            acc.closed = True
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+def _error_message(body: str) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body[:300] or "(empty body)"
+    err = doc.get("error") if isinstance(doc, Mapping) else None
+    if isinstance(err, Mapping) and err.get("message"):
+        return str(err["message"])[:300]
+    return body[:300]
+
+
+def make_backend(
+    spec: ModelSpec, *, env: Mapping[str, str], threads: int, parallel: int
+) -> Backend:
+    """The backend for ``spec``: embedded llama.cpp for local GGUF files, HTTP otherwise."""
+    if spec.backend == "openai":
+        key = env.get(spec.api_key_env) if spec.api_key_env else None
+        return OpenAIBackend(spec, key or None)
+    return EmbeddedBackend(spec, threads=threads, parallel=parallel)

@@ -1,0 +1,366 @@
+"""The ``text_generation`` executor: validate a chat request, generate with the model's backend,
+stream the tokens, report the outcome.
+
+Job data::
+
+    {"prompt": "Explain quantum computing", "system": "Be brief.", "model": "smollm2",
+     "max_tokens": 256, "temperature": 0.2, "top_p": 0.9, "stop": ["\\n\\n"], "seed": 7}
+
+``prompt`` or ``messages`` (``[{"role": "system"|"user"|"assistant", "content": "..."}]``), not
+both. ``model`` is resolved through the catalog (``models``) at submit time, so an unknown or
+unconfigured model is a 422 before the job exists. Each generated piece of text is published as
+``text`` output; progress is completion tokens over ``max_tokens``.
+
+Result: ``text``, ``model``, ``finish_reason`` (``stop``, ``length``, or ``cancelled`` when the
+job was cancelled or timed out before the model finished), ``usage`` (``prompt_tokens``, None
+when the generation was cut short, and ``completion_tokens``), ``time_to_first_token_ms``,
+``tokens_per_second``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..domain import ErrorType, JobError
+from ..settings import Settings
+from .base import ExecutionContext, JobDataError, ModelUnavailableError, Outcome
+from .llm_backends import Backend, BackendError, GenerationRequest, GenerationResult, make_backend
+from .models import ModelCatalog, ModelSpec
+
+log = logging.getLogger("deepexec_server.llm")
+
+MAX_TOKENS_LIMIT = 4096
+DEFAULT_MAX_TOKENS = 256
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 200
+MAX_MESSAGES = 1000
+MAX_SEED = 2**32 - 2  # llama.cpp reads 2**32 - 1 as "pick a random seed"
+ROLES = ("system", "user", "assistant")
+ALLOWED_KEYS = frozenset(
+    {"prompt", "messages", "system", "model", "max_tokens", "temperature", "top_p", "stop", "seed"}
+)
+#: Least time between two progress reports of one job.
+PROGRESS_INTERVAL_SECONDS = 0.1
+
+
+# --- validation (pure) ------------------------------------------------------------------------
+
+
+def _bad(field: str | list[str | int], msg: str) -> JobDataError:
+    loc: list[str | int] = ["data", *(field if isinstance(field, list) else [field])]
+    where = ".".join(str(p) for p in loc)
+    return JobDataError(f"{where}: {msg}", details=[{"loc": loc, "msg": msg}])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(data: Mapping[str, Any], key: str, low: float, high: float, low_open: bool) -> float:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _bad(key, "must be a number")
+    if value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise _bad(key, f"must be in {bracket}{low:g}, {high:g}]")
+    return float(value)
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise _bad("messages", "must be a non-empty list of {role, content} objects")
+    if len(value) > MAX_MESSAGES:
+        raise _bad("messages", f"at most {MAX_MESSAGES} messages")
+    out: list[dict[str, str]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise _bad(["messages", i], "must be an object with 'role' and 'content'")
+        extra = sorted(set(item) - {"role", "content"})
+        if extra:
+            raise _bad(["messages", i], f"unknown keys {extra}; allowed: role, content")
+        role, content = item.get("role"), item.get("content")
+        if role not in ROLES:
+            raise _bad(["messages", i, "role"], f"must be one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise _bad(["messages", i, "content"], "must be a string")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _stop(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise _bad("stop", "must be a string or a list of strings")
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise _bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    for s in items:
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise _bad("stop", f"each stop sequence must be 1-{MAX_STOP_CHARS} characters")
+    return list(items)
+
+
+def validate_text_data(data: Any, catalog: ModelCatalog) -> dict[str, Any]:
+    """Check and normalise ``text_generation`` data; raise ``JobDataError`` naming the field.
+
+    The model is resolved here (``ModelUnavailableError`` for an unknown or unconfigured one)
+    and stored under its canonical name.
+    """
+    if not isinstance(data, Mapping):
+        raise JobDataError(
+            "data must be an object", [{"loc": ["data"], "msg": "must be an object"}]
+        )
+    unknown = sorted(set(data) - ALLOWED_KEYS)
+    if unknown:
+        msg = f"unknown fields {unknown}; allowed: {', '.join(sorted(ALLOWED_KEYS))}"
+        raise JobDataError(
+            f"data: {msg}", details=[{"loc": ["data", k], "msg": "unknown field"} for k in unknown]
+        )
+    out: dict[str, Any] = {}
+    has_prompt, has_messages = "prompt" in data, "messages" in data
+    if has_prompt == has_messages:
+        msg = "give exactly one of 'prompt' (a string) or 'messages' (a list)"
+        raise JobDataError(
+            f"data: {msg}",
+            details=[{"loc": ["data", k], "msg": msg} for k in ("prompt", "messages")],
+        )
+    if has_prompt:
+        if not isinstance(data["prompt"], str) or not data["prompt"].strip():
+            raise _bad("prompt", "must be a non-empty string")
+        out["prompt"] = data["prompt"]
+    else:
+        out["messages"] = _messages(data["messages"])
+    if "system" in data:
+        if not isinstance(data["system"], str):
+            raise _bad("system", "must be a string")
+        out["system"] = data["system"]
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise _bad("model", "must be a non-empty string")
+    spec = catalog.resolve(model.strip() if isinstance(model, str) else None)
+    out["model"] = spec.name
+    max_tokens = data.get("max_tokens", DEFAULT_MAX_TOKENS)
+    limit = min(MAX_TOKENS_LIMIT, spec.context_length)
+    if not _is_int(max_tokens) or not 1 <= max_tokens <= limit:
+        why = f"must be an integer from 1 to {limit}"
+        if _is_int(max_tokens) and max_tokens > limit and limit < MAX_TOKENS_LIMIT:
+            why += f" (the context length of model {spec.name!r})"
+        raise _bad("max_tokens", why)
+    out["max_tokens"] = max_tokens
+    if "temperature" in data:
+        out["temperature"] = _number(data, "temperature", 0.0, 2.0, low_open=False)
+    if "top_p" in data:
+        out["top_p"] = _number(data, "top_p", 0.0, 1.0, low_open=True)
+    if "stop" in data:
+        out["stop"] = _stop(data["stop"])
+    if "seed" in data:
+        seed = data["seed"]
+        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+            raise _bad("seed", f"must be an integer from 0 to {MAX_SEED}")
+        out["seed"] = seed
+    return out
+
+
+def build_messages(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The chat messages of validated data: ``system`` first, then the prompt or messages."""
+    messages: list[dict[str, str]] = []
+    if data.get("system"):
+        messages.append({"role": "system", "content": data["system"]})
+    if "prompt" in data:
+        messages.append({"role": "user", "content": data["prompt"]})
+    else:
+        messages.extend(dict(m) for m in data["messages"])
+    return messages
+
+
+def build_request(data: Mapping[str, Any]) -> GenerationRequest:
+    """The backend request for validated data."""
+    return GenerationRequest(
+        messages=build_messages(data),
+        max_tokens=int(data["max_tokens"]),
+        temperature=data.get("temperature"),
+        top_p=data.get("top_p"),
+        stop=tuple(data.get("stop", ())),
+        seed=data.get("seed"),
+    )
+
+
+# --- progress and results (pure) --------------------------------------------------------------
+
+
+def token_progress(tokens: int, max_tokens: int) -> int:
+    """Percent of ``max_tokens`` generated, 0-100."""
+    return min(100, tokens * 100 // max(1, max_tokens))
+
+
+def progress_due(last_percent: int | None, last_at: float | None, percent: int, now: float) -> bool:
+    """Report when the percent changed and the last report is at least an interval old."""
+    if percent == last_percent:
+        return False
+    return last_at is None or now - last_at >= PROGRESS_INTERVAL_SECONDS
+
+
+def text_result(model: str, gen: GenerationResult) -> dict[str, Any]:
+    """The job result for a generation."""
+    return {
+        "text": gen.text,
+        "model": model,
+        "finish_reason": gen.finish_reason,
+        "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens},
+        "time_to_first_token_ms": gen.ttft_ms,
+        "tokens_per_second": gen.tokens_per_second,
+    }
+
+
+class _TokenSink:
+    """Receives each piece of text: publishes it, counts it, reports throttled progress."""
+
+    def __init__(
+        self, ctx: ExecutionContext, max_tokens: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ctx = ctx
+        self._max = max_tokens
+        self._clock = clock
+        self.parts: list[str] = []
+        self._last_percent: int | None = None
+        self._last_at: float | None = None
+
+    def __call__(self, text: str) -> None:
+        self.parts.append(text)
+        self._ctx.emit_output("text", text)
+        n = len(self.parts)
+        percent, now = token_progress(n, self._max), self._clock()
+        if progress_due(self._last_percent, self._last_at, percent, now):
+            self._last_percent, self._last_at = percent, now
+            self._ctx.report_progress(percent, f"{n}/{self._max} tokens")
+
+    def partial(self) -> GenerationResult:
+        """What was generated before a failure."""
+        return GenerationResult("".join(self.parts), "cancelled", None, len(self.parts), None, None)
+
+
+# --- the executor -----------------------------------------------------------------------------
+
+
+class TextExecutor:
+    """Runs ``text_generation`` jobs on the models of a ``ModelCatalog``.
+
+    ``env`` is where API keys are read (default ``os.environ``); ``catalog`` replaces the one
+    built from ``settings``.
+    """
+
+    job_type = "text_generation"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        env: Mapping[str, str] | None = None,
+        catalog: ModelCatalog | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog or ModelCatalog.from_settings(settings, env)
+        self._backends: dict[str, Backend] = {}
+        self._warmup: asyncio.Task[None] | None = None
+
+    def backend_for(self, spec: ModelSpec) -> Backend:
+        """The (one, shared) backend of a model, created on first use."""
+        backend = self._backends.get(spec.name)
+        if backend is None:
+            backend = make_backend(
+                spec,
+                env=self.catalog.env,
+                threads=self.settings.llm_threads,
+                parallel=self.settings.llm_parallel,
+            )
+            self._backends[spec.name] = backend
+        return backend
+
+    async def start(self) -> None:
+        """Begin loading the default model in the background; jobs wait for it if needed."""
+        spec = self.catalog.lookup(None)
+        if spec is None or spec.backend == "openai":
+            return
+        missing = self.catalog.missing(spec)
+        if missing:
+            log.warning("default model %s is not usable: %s", spec.name, [r.fix for r in missing])
+            return
+        backend = self.backend_for(spec)
+
+        async def warm() -> None:
+            try:
+                await backend.start()
+            except Exception as exc:  # jobs will report it as model_error
+                log.warning("could not load model %s: %s", spec.name, exc)
+
+        self._warmup = asyncio.get_running_loop().create_task(warm())
+
+    async def close(self) -> None:
+        """Stop the warm-up and every backend."""
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmup
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            try:
+                await backend.close()
+            except Exception:
+                log.exception("closing a model backend failed")
+
+    def validate(self, data: Mapping[str, Any], timeout: int) -> dict[str, Any]:
+        """See ``validate_text_data``."""
+        return validate_text_data(data, self.catalog)
+
+    def describe(self) -> dict[str, Any]:
+        """The models of this server and which of them are usable."""
+        return {"default_model": self.catalog.default_model, "models": self.catalog.describe()}
+
+    async def execute(self, data: dict[str, Any], ctx: ExecutionContext) -> Outcome:
+        """Generate; end at the model's stop, ``max_tokens``, cancellation or the timeout."""
+        started = time.monotonic()
+        try:
+            spec = self.catalog.resolve(data.get("model"))
+        except ModelUnavailableError as exc:
+            return Outcome(None, JobError(ErrorType.MODEL_ERROR, exc.message))
+        request = build_request(data)
+        sink = _TokenSink(ctx, request.max_tokens)
+        stop = asyncio.Event()
+        generation = asyncio.ensure_future(self.backend_for(spec).generate(request, sink, stop))
+        cancel_wait = asyncio.ensure_future(ctx.cancel_requested.wait())
+        remaining = max(0.0, ctx.timeout - (time.monotonic() - started))
+        try:
+            await asyncio.wait(
+                {generation, cancel_wait}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            cancel_wait.cancel()
+            if not generation.done():
+                stop.set()
+        timed_out = not generation.done() and not ctx.cancel_requested.is_set()
+        try:
+            gen = await generation
+        except BackendError as exc:
+            return Outcome(
+                text_result(spec.name, sink.partial()),
+                JobError(ErrorType.MODEL_ERROR, str(exc)),
+            )
+        result = text_result(spec.name, gen)
+        if gen.finish_reason == "cancelled":
+            if ctx.cancel_requested.is_set() and not timed_out:
+                return Outcome(result, canceled=True)
+            return Outcome(
+                result,
+                JobError(
+                    ErrorType.TIMEOUT,
+                    f"generation exceeded the {ctx.timeout:g} s time limit after "
+                    f"{gen.completion_tokens} tokens",
+                ),
+            )
+        ctx.report_progress(100, f"{gen.completion_tokens} tokens")
+        return Outcome(result)

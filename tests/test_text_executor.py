@@ -1,0 +1,505 @@
+"""The text_generation executor against the real embedded model (SmolLM2-135M, llama.cpp) and a
+real OpenAI-compatible server (llama.cpp's own HTTP server on loopback).
+
+The fake ``ExecutionContext`` below is the engine's seam: it records what a job publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from deepexec_server.executors.base import JobDataError, ModelUnavailableError, Outcome
+from deepexec_server.executors.llm_backends import parse_sse_line, read_chunk
+from deepexec_server.executors.models import EMBEDDED_MODEL, embedded_gguf_path
+from deepexec_server.executors.text import (
+    PROGRESS_INTERVAL_SECONDS,
+    TextExecutor,
+    build_messages,
+    progress_due,
+    token_progress,
+)
+from deepexec_server.settings import Settings
+
+pytestmark = [pytest.mark.timeout(60)]
+
+LONG = "Write a very long story about a dragon who learns to bake bread."
+SHORT = "Explain quantum computing in one sentence."
+
+
+@dataclasses.dataclass
+class FakeContext:
+    """Records output and progress, and lets a test cancel."""
+
+    timeout: float = 30.0
+    job_id: str = "job-test"
+    outputs: list[tuple[float, str, str]] = dataclasses.field(default_factory=list)
+    progress: list[tuple[int | None, str | None]] = dataclasses.field(default_factory=list)
+    cancel_requested: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def report_progress(self, progress: int | None, message: str | None = None) -> None:
+        self.progress.append((progress, message))
+
+    def emit_output(self, stream: str, text: str) -> None:
+        self.outputs.append((time.monotonic(), stream, text))
+
+    @property
+    def text(self) -> str:
+        return "".join(t for _, _, t in self.outputs)
+
+    async def wait_for_tokens(self, n: int, limit: float = 10.0) -> None:
+        deadline = time.monotonic() + limit
+        while len(self.outputs) < n:
+            assert time.monotonic() < deadline, f"only {len(self.outputs)} tokens in {limit} s"
+            await asyncio.sleep(0.002)
+
+
+async def run(ex: TextExecutor, data: dict[str, Any], ctx: FakeContext | None = None) -> Outcome:
+    return await ex.execute(ex.validate(data, 30), ctx or FakeContext())
+
+
+# --- validation (pure, no model run) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def validator() -> TextExecutor:
+    # Building the executor loads nothing: that happens in start() or the first job.
+    return TextExecutor(Settings(), env={})
+
+
+def test_validation_normalises_and_fills_defaults(validator: TextExecutor) -> None:
+    assert validator.validate({"prompt": "hi"}, 30) == {
+        "prompt": "hi",
+        "model": EMBEDDED_MODEL,
+        "max_tokens": 256,
+    }
+    data = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "system": "be brief",
+        "model": "smollm2",
+        "max_tokens": 5,
+        "temperature": 0,
+        "top_p": 1,
+        "stop": "\n",
+        "seed": 7,
+    }
+    assert validator.validate(data, 30) == {
+        **data,
+        "model": EMBEDDED_MODEL,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "stop": ["\n"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "loc", "msg"),
+    [
+        ({"prompt": 3}, ["data", "prompt"], "must be a non-empty string"),
+        ({"prompt": "  "}, ["data", "prompt"], "must be a non-empty string"),
+        ({"messages": []}, ["data", "messages"], "non-empty list"),
+        ({"messages": ["hi"]}, ["data", "messages", 0], "must be an object"),
+        (
+            {"messages": [{"role": "robot", "content": "x"}]},
+            ["data", "messages", 0, "role"],
+            "one of",
+        ),
+        (
+            {"messages": [{"role": "user", "content": 1}]},
+            ["data", "messages", 0, "content"],
+            "string",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x", "name": "n"}]},
+            ["data", "messages", 0],
+            "name",
+        ),
+        ({"prompt": "x", "system": 1}, ["data", "system"], "must be a string"),
+        ({"prompt": "x", "model": ""}, ["data", "model"], "non-empty string"),
+        ({"prompt": "x", "max_tokens": 0}, ["data", "max_tokens"], "from 1 to 2048"),
+        ({"prompt": "x", "max_tokens": 3000}, ["data", "max_tokens"], "context length"),
+        ({"prompt": "x", "max_tokens": "9"}, ["data", "max_tokens"], "integer"),
+        ({"prompt": "x", "max_tokens": True}, ["data", "max_tokens"], "integer"),
+        ({"prompt": "x", "temperature": 2.5}, ["data", "temperature"], "[0, 2]"),
+        ({"prompt": "x", "temperature": "hot"}, ["data", "temperature"], "number"),
+        ({"prompt": "x", "temperature": float("nan")}, ["data", "temperature"], "number"),
+        ({"prompt": "x", "top_p": 0}, ["data", "top_p"], "(0, 1]"),
+        ({"prompt": "x", "top_p": 1.5}, ["data", "top_p"], "(0, 1]"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, ["data", "stop"], "at most 4"),
+        ({"prompt": "x", "stop": [1]}, ["data", "stop"], "list of strings"),
+        ({"prompt": "x", "stop": [""]}, ["data", "stop"], "1-200 characters"),
+        ({"prompt": "x", "seed": -1}, ["data", "seed"], "integer from 0"),
+        ({"prompt": "x", "seed": 1.5}, ["data", "seed"], "integer from 0"),
+    ],
+)
+def test_each_bad_field_is_named(
+    validator: TextExecutor, data: dict[str, Any], loc: list[Any], msg: str
+) -> None:
+    with pytest.raises(JobDataError) as info:
+        validator.validate(data, 30)
+    assert not isinstance(info.value, ModelUnavailableError)
+    assert info.value.details[0]["loc"] == loc
+    assert msg in info.value.details[0]["msg"]
+
+
+def test_prompt_and_messages_are_exclusive(validator: TextExecutor) -> None:
+    for data in ({"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, {}):
+        with pytest.raises(JobDataError, match="exactly one of 'prompt'") as info:
+            validator.validate(data, 30)
+        assert [d["loc"] for d in info.value.details] == [["data", "prompt"], ["data", "messages"]]
+
+
+def test_unknown_fields_are_named(validator: TextExecutor) -> None:
+    with pytest.raises(JobDataError, match=r"unknown fields \['colour', 'n'\]") as info:
+        validator.validate({"prompt": "x", "n": 2, "colour": "red"}, 30)
+    assert [d["loc"] for d in info.value.details] == [["data", "colour"], ["data", "n"]]
+
+
+def test_unknown_model_is_refused_at_submit_with_the_available_list(
+    validator: TextExecutor,
+) -> None:
+    with pytest.raises(ModelUnavailableError, match=f"available models: {EMBEDDED_MODEL}$"):
+        validator.validate({"prompt": "x", "model": "gpt-17"}, 30)
+
+
+def test_deepseek_without_key_is_refused_naming_the_variable(validator: TextExecutor) -> None:
+    with pytest.raises(ModelUnavailableError) as info:
+        validator.validate({"prompt": "x", "model": "deepseek-v3", "max_tokens": 300}, 30)
+    assert (
+        info.value.message == "model 'deepseek-v3' needs DEEPSEEK_API_KEY to be set on the server"
+    )
+
+
+def test_deepseek_with_key_accepts_long_outputs() -> None:
+    ex = TextExecutor(Settings(), env={"DEEPSEEK_API_KEY": "sk-x"})
+    data = ex.validate({"prompt": "x", "model": "deepseek-v3", "max_tokens": 4096}, 30)
+    assert data["model"] == "deepseek-v3" and data["max_tokens"] == 4096
+
+
+def test_describe_lists_the_models(validator: TextExecutor) -> None:
+    described = validator.describe()
+    assert described["default_model"] == EMBEDDED_MODEL
+    names = {m["name"]: m["available"] for m in described["models"]}
+    assert names == {EMBEDDED_MODEL: True, "deepseek-v3": False, "deepseek-r1": False}
+
+
+def test_system_comes_first_in_the_chat() -> None:
+    assert build_messages({"prompt": "p", "system": "s"}) == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "p"},
+    ]
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert build_messages({"messages": msgs}) == msgs
+
+
+def test_progress_is_throttled_and_only_reported_on_change() -> None:
+    assert token_progress(3, 10) == 30 and token_progress(20, 10) == 100
+    assert progress_due(None, None, 0, 0.0)
+    assert not progress_due(10, 0.0, 10, 5.0)
+    assert not progress_due(10, 1.0, 20, 1.0 + PROGRESS_INTERVAL_SECONDS / 2)
+    assert progress_due(10, 1.0, 20, 1.0 + PROGRESS_INTERVAL_SECONDS)
+
+
+def test_stream_chunks_are_read_from_either_backend() -> None:
+    chunk = {"choices": [{"delta": {"content": "Hi"}, "finish_reason": None}]}
+    assert read_chunk(chunk).texts == ("Hi",)
+    final = {
+        "choices": [],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+        "timings": {"predicted_per_second": 150.0},
+    }
+    info = read_chunk(final)
+    assert (info.prompt_tokens, info.completion_tokens, info.tokens_per_second) == (5, 2, 150.0)
+    assert read_chunk({"error": {"message": "too long"}}).error == "too long"
+    assert parse_sse_line('data: {"a": 1}') == {"a": 1}
+    assert parse_sse_line("data: [DONE]") == "[DONE]"
+    assert parse_sse_line(": ping") is None
+
+
+# --- the embedded model -----------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ex() -> AsyncIterator[TextExecutor]:
+    # One thread per generation: these tests share a small machine with other suites.
+    executor = TextExecutor(Settings(llm_parallel=2, llm_threads=1), env={})
+    await executor.start()
+    yield executor
+    await executor.close()
+
+
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@module_loop
+async def test_generates_real_text_with_usage_and_speed(ex: TextExecutor) -> None:
+    out = await run(ex, {"prompt": SHORT, "temperature": 0, "max_tokens": 40})
+    assert out.error is None and not out.canceled and out.result is not None
+    r = out.result
+    assert r["model"] == EMBEDDED_MODEL
+    assert "quantum" in r["text"].lower()
+    assert r["finish_reason"] in ("stop", "length")
+    assert r["usage"]["prompt_tokens"] > 5
+    assert 5 < r["usage"]["completion_tokens"] <= 40
+    assert r["time_to_first_token_ms"] > 0
+    assert r["tokens_per_second"] > 0
+
+
+@module_loop
+async def test_temperature_zero_and_seed_give_the_same_text_twice(ex: TextExecutor) -> None:
+    data = {"prompt": "Name three fruits.", "temperature": 0, "seed": 42, "max_tokens": 24}
+    first, second = await run(ex, data), await run(ex, data)
+    assert first.result is not None and second.result is not None
+    assert first.result["text"] == second.result["text"] != ""
+
+
+@module_loop
+async def test_tokens_stream_before_completion_and_progress_rises(ex: TextExecutor) -> None:
+    ctx = FakeContext()
+    out = await run(ex, {"prompt": LONG, "max_tokens": 60, "temperature": 0}, ctx)
+    finished = time.monotonic()
+    assert out.result is not None
+    assert ctx.text == out.result["text"]
+    assert all(stream == "text" for _, stream, _ in ctx.outputs)
+    assert len(ctx.outputs) >= 30
+    # At ~100+ tokens/s the first token arrives well before the last one.
+    assert finished - ctx.outputs[0][0] > 0.2
+    percents = [p for p, _ in ctx.progress if p is not None]
+    assert percents == sorted(percents) and len(set(percents)) >= 3
+    assert ctx.progress[-1][0] == 100
+    assert any(m and m.endswith("/60 tokens") for _, m in ctx.progress)
+
+
+@module_loop
+async def test_max_tokens_ends_with_length_after_exactly_n_tokens(ex: TextExecutor) -> None:
+    ctx = FakeContext()
+    out = await run(ex, {"prompt": LONG, "max_tokens": 12}, ctx)
+    assert out.result is not None
+    assert out.result["finish_reason"] == "length"
+    assert out.result["usage"]["completion_tokens"] == 12
+    assert len(ctx.outputs) == 12
+
+
+@module_loop
+async def test_stop_sequence_ends_generation_before_it(ex: TextExecutor) -> None:
+    data = {"prompt": SHORT, "temperature": 0, "max_tokens": 30}
+    full = await run(ex, data)
+    assert full.result is not None
+    text = full.result["text"]
+    word = text.split()[5]  # a word from the middle of the greedy answer
+    cut = await run(ex, {**data, "stop": [word]})
+    assert cut.result is not None and cut.result["finish_reason"] == "stop"
+    assert cut.result["text"].strip() == text[: text.index(word)].strip() != ""
+    assert word not in cut.result["text"]
+
+
+@module_loop
+async def test_cancel_mid_generation_returns_quickly_with_partial_text(ex: TextExecutor) -> None:
+    ctx = FakeContext()
+    task = asyncio.ensure_future(run(ex, {"prompt": LONG, "max_tokens": 2000}, ctx))
+    await ctx.wait_for_tokens(5)
+    ctx.cancel_requested.set()
+    cancelled_at = time.monotonic()
+    out = await task
+    assert time.monotonic() - cancelled_at < 0.2
+    assert out.canceled and out.error is None and out.result is not None
+    assert out.result["finish_reason"] == "cancelled"
+    assert out.result["text"] and out.result["text"] == ctx.text
+    assert out.result["usage"]["completion_tokens"] == len(ctx.outputs)
+    emitted = len(ctx.outputs)
+    await asyncio.sleep(0.1)
+    assert len(ctx.outputs) == emitted  # nothing published after the job ended
+    # The slot is free again: a new job runs at once.
+    after = await run(ex, {"prompt": SHORT, "max_tokens": 5})
+    assert after.result is not None and after.result["usage"]["completion_tokens"] == 5
+
+
+@module_loop
+async def test_cancel_before_the_first_token(ex: TextExecutor) -> None:
+    ctx = FakeContext()
+    ctx.cancel_requested.set()
+    started = time.monotonic()
+    out = await run(ex, {"prompt": LONG, "max_tokens": 500}, ctx)
+    assert time.monotonic() - started < 0.2
+    assert out.canceled and out.result is not None and out.result["finish_reason"] == "cancelled"
+
+
+@module_loop
+async def test_timeout_fails_the_job_with_the_partial_text(ex: TextExecutor) -> None:
+    ctx = FakeContext(timeout=1.5)
+    started = time.monotonic()
+    out = await run(ex, {"prompt": LONG, "max_tokens": 2000}, ctx)
+    assert time.monotonic() - started < 1.5 + 0.2
+    assert not out.canceled
+    assert out.error is not None and out.error.type == "timeout"
+    assert "1.5 s time limit" in out.error.message
+    assert out.result is not None and out.result["text"] == ctx.text != ""
+    assert out.result["finish_reason"] == "cancelled"
+
+
+@module_loop
+async def test_two_concurrent_jobs_and_cancelling_one_leaves_the_other_intact(
+    ex: TextExecutor,
+) -> None:
+    steady = {"prompt": SHORT, "temperature": 0, "seed": 1, "max_tokens": 30}
+    alone = await run(ex, steady)
+    assert alone.result is not None
+
+    ctx_a, ctx_b = FakeContext(), FakeContext()
+    job_a = asyncio.ensure_future(run(ex, steady, ctx_a))
+    job_b = asyncio.ensure_future(run(ex, {"prompt": LONG, "max_tokens": 2000}, ctx_b))
+    await ctx_b.wait_for_tokens(3)
+    assert not job_a.done()  # both are generating at once
+    ctx_b.cancel_requested.set()
+    out_b = await job_b
+    out_a = await job_a
+    assert out_b.canceled and out_b.result is not None and out_b.result["text"]
+    assert out_a.error is None and not out_a.canceled and out_a.result is not None
+    assert out_a.result["text"] == alone.result["text"]
+    assert out_a.result["usage"] == alone.result["usage"]
+    assert ctx_a.text == out_a.result["text"]
+
+
+@module_loop
+async def test_a_prompt_beyond_the_context_is_a_model_error(ex: TextExecutor) -> None:
+    out = await run(ex, {"prompt": "word " * 3000, "max_tokens": 10})
+    assert out.error is not None and out.error.type == "model_error"
+    assert "context" in out.error.message
+    assert out.result is not None and out.result["text"] == ""
+
+
+async def test_start_does_not_wait_for_the_model_but_the_first_job_does() -> None:
+    executor = TextExecutor(Settings(llm_parallel=1, llm_threads=1), env={})
+    try:
+        started = time.monotonic()
+        await executor.start()
+        assert time.monotonic() - started < 0.1
+        # A job abandoned while the model loads (its task cancelled, as the engine does at its
+        # own deadline) must not spoil the load for the next one.
+        abandoned = asyncio.ensure_future(run(executor, {"prompt": SHORT, "max_tokens": 8}))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        out = await run(executor, {"prompt": SHORT, "max_tokens": 8})
+        assert out.result is not None and out.result["usage"]["completion_tokens"] == 8
+    finally:
+        await executor.close()
+
+
+# --- an OpenAI-compatible server ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OpenAIServer:
+    url: str
+    key: str
+
+
+@pytest.fixture(scope="module")
+def openai_server() -> Iterator[OpenAIServer]:
+    """llama.cpp's own HTTP server (OpenAI-compatible) on 127.0.0.1, with an API key."""
+    import xllamacpp as xlc
+
+    path = embedded_gguf_path()
+    assert path is not None
+    params = xlc.CommonParams()
+    params.model.path = path
+    params.n_ctx = 4096
+    params.n_parallel = 2
+    params.cpuparams.n_threads = 2
+    params.cpuparams_batch.n_threads = 2
+    params.verbosity = 0
+    params.ui = False
+    key = secrets.token_hex(16)
+    params.api_keys = [key]
+    server = xlc.Server(params)
+    yield OpenAIServer(server.listening_address, key)
+    del server
+
+
+def openai_executor(tmp_path: Path, server: OpenAIServer, key: str | None) -> TextExecutor:
+    models = tmp_path / "models.json"
+    entry = {
+        "name": "local-llama",
+        "backend": "openai",
+        "base_url": f"{server.url}/v1",
+        "model": "smollm2",
+        "api_key_env": "LOCAL_LLAMA_KEY",
+    }
+    models.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
+    env = {"LOCAL_LLAMA_KEY": key} if key is not None else {}
+    return TextExecutor(Settings(models_file=str(models)), env=env)
+
+
+async def test_openai_compatible_server_from_the_catalog_file(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    executor = openai_executor(tmp_path, openai_server, openai_server.key)
+    try:
+        ctx = FakeContext()
+        out = await run(executor, {"model": "local-llama", "prompt": LONG, "max_tokens": 15}, ctx)
+        assert out.error is None and out.result is not None
+        assert out.result["model"] == "local-llama"
+        assert out.result["finish_reason"] == "length"
+        assert out.result["usage"]["completion_tokens"] == 15
+        assert out.result["usage"]["prompt_tokens"] > 5
+        assert out.result["text"] == ctx.text != ""
+    finally:
+        await executor.close()
+
+
+async def test_deepseek_route_streams_from_the_configured_base_url(
+    openai_server: OpenAIServer,
+) -> None:
+    env = {"DEEPSEEK_API_KEY": openai_server.key, "DEEPSEEK_BASE_URL": f"{openai_server.url}/v1"}
+    executor = TextExecutor(Settings(), env=env)
+    try:
+        ctx = FakeContext()
+        task = asyncio.ensure_future(
+            run(executor, {"model": "deepseek-v3", "prompt": LONG, "max_tokens": 2000}, ctx)
+        )
+        await ctx.wait_for_tokens(5)
+        ctx.cancel_requested.set()
+        cancelled_at = time.monotonic()
+        out = await task
+        assert time.monotonic() - cancelled_at < 0.2
+        assert out.canceled and out.result is not None and out.result["text"] == ctx.text
+    finally:
+        await executor.close()
+
+
+async def test_a_wrong_api_key_is_a_model_error(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    executor = openai_executor(tmp_path, openai_server, "wrong-key")
+    try:
+        out = await run(executor, {"model": "local-llama", "prompt": "hi", "max_tokens": 5})
+        assert out.error is not None and out.error.type == "model_error"
+        assert "401" in out.error.message and "Invalid API Key" in out.error.message
+    finally:
+        await executor.close()
+
+
+async def test_an_unreachable_server_is_a_model_error(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = OpenAIServer(f"http://127.0.0.1:{port}", "k")
+    executor = openai_executor(tmp_path, server, "k")
+    try:
+        out = await run(executor, {"model": "local-llama", "prompt": "hi", "max_tokens": 5})
+        assert out.error is not None and out.error.type == "model_error"
+        assert "cannot reach" in out.error.message
+    finally:
+        await executor.close()
