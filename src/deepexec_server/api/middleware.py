@@ -1,0 +1,136 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request ids, the protocol header, and the
+request body cap. Each answers refusals itself with the JSON error envelope."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from deepexec_sdk.types import PROTOCOL_HEADER, PROTOCOL_VERSION, REQUEST_ID_HEADER
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_PROTOCOL = PROTOCOL_HEADER.lower().encode()
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
+
+
+def error_body(status_type: str, message: str, request_id: str, details: Any = None) -> bytes:
+    return json.dumps(
+        {
+            "error": {
+                "type": status_type,
+                "message": message,
+                "details": details,
+                "request_id": request_id,
+            }
+        }
+    ).encode()
+
+
+def _valid_request_id(raw: bytes) -> bool:
+    return 0 < len(raw) <= 128 and all(33 <= b < 127 for b in raw)
+
+
+class ProtocolMiddleware:
+    """Gives every request an id (the client's ``X-Request-Id`` if sane), stamps
+    ``X-Request-Id`` and ``DeepExec-Protocol`` on every response, refuses a protocol major
+    version the server does not speak, and caps request bodies at ``max_body_bytes``."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        raw_id = headers.get(_REQUEST_ID, b"")
+        request_id = raw_id.decode() if _valid_request_id(raw_id) else "req_" + secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        extra = [(_REQUEST_ID, request_id.encode()), (_PROTOCOL, PROTOCOL_VERSION.encode())]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        async def refuse(status: int, type_: str, msg: str, details: Any = None) -> None:
+            body = error_body(type_, msg, request_id, details)
+            await send_with_headers(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+        proto = headers.get(_PROTOCOL)
+        if proto is not None and proto.split(b".")[0].strip() != PROTOCOL_VERSION.encode():
+            await refuse(
+                400,
+                "unsupported_protocol",
+                f"this server speaks {PROTOCOL_HEADER} {PROTOCOL_VERSION}, the client "
+                f"sent {proto.decode(errors='replace')!r}: upgrade the older side",
+            )
+            return
+
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                await refuse(400, "invalid_request", "Content-Length is not a number")
+                return
+            if int(length) > self.max_body_bytes:
+                await refuse(
+                    413,
+                    "body_too_large",
+                    f"request body is {int(length)} bytes; the limit is {self.max_body_bytes}",
+                )
+                return
+
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # No Content-Length (chunked): read the body here, up to the cap, and replay it.
+            # A limit raised inside the app would be reported by FastAPI as a parse error.
+            chunks: list[bytes] = []
+            size = 0
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    await self.app(scope, receive, send_with_headers)
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    await refuse(
+                        413,
+                        "body_too_large",
+                        f"request body is over the limit of {self.max_body_bytes} bytes",
+                    )
+                    return
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_with_headers)
+            return
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,228 @@
+"""The REST API under /v1 (docs/api.md), plus health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from deepexec_sdk.types import (
+    IDEMPOTENCY_HEADER,
+    CancelRequest,
+    ErrorEnvelope,
+    JobStatus,
+    JobSubmitRequest,
+    MCPCancelJobResponse,
+    MCPJobEvent,
+    MCPJobListResponse,
+    MCPJobResponse,
+    MCPJobStatusResponse,
+)
+
+from ..domain import JobFilter
+from ..errors import BadRequest, Unavailable, UnsupportedMediaType
+from ..views import job_status, job_summary
+from .services import Services
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer dxk_...`")
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorEnvelope, "description": desc}
+    for code, desc in {
+        400: "Malformed request",
+        401: "Missing or invalid API key",
+        404: "No such job for this API key",
+        409: "Conflicts with the job's state",
+        413: "Body too large",
+        415: "Body is not JSON",
+        422: "Invalid job or parameters",
+    }.items()
+}
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def tenant(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    header = f"Bearer {credentials.credentials}" if credentials else None
+    return await services(request).auth.tenant_for(header)
+
+
+def require_json(request: Request) -> None:
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return
+    media = ctype.split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"send the body as application/json (got {media or 'no media type'})"
+        )
+
+
+Tenant = Annotated[str, Depends(tenant)]
+Svc = Annotated[Services, Depends(services)]
+
+router = APIRouter(prefix="/v1", responses=_ERRORS)
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=MCPJobResponse,
+    dependencies=[Depends(require_json)],
+    summary="Submit a job",
+)
+async def submit_job(
+    body: JobSubmitRequest,
+    response: Response,
+    tenant_id: Tenant,
+    svc: Svc,
+    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+) -> MCPJobResponse:
+    """Queue a job. With an `Idempotency-Key`, the same key always returns the same job."""
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= 200
+        and idempotency_key.isprintable()
+        and idempotency_key.isascii()
+    ):
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1-200 printable ASCII characters")
+    job, created = await svc.engine.submit(tenant_id, body, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return job_summary(job)
+
+
+@router.get("/jobs/{job_id}", response_model=MCPJobStatusResponse, summary="Get a job")
+async def get_job(
+    job_id: str,
+    tenant_id: Tenant,
+    svc: Svc,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description="Hold the request until the job ends or this many "
+            "seconds pass (long-poll).",
+        ),
+    ] = 0,
+) -> MCPJobStatusResponse:
+    """A job's current state; with `wait`, returned as soon as the job is terminal."""
+    if wait > 0:
+        job = await svc.engine.wait(tenant_id, job_id, min(wait, svc.settings.max_wait_seconds))
+    else:
+        job = await svc.engine.get(tenant_id, job_id)
+    return job_status(job)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=MCPCancelJobResponse,
+    dependencies=[Depends(require_json)],
+    summary="Cancel a job",
+)
+async def cancel_job(
+    job_id: str, tenant_id: Tenant, svc: Svc, body: CancelRequest | None = None
+) -> MCPCancelJobResponse:
+    """Cancel a pending or running job; 409 if it already ended."""
+    job = await svc.engine.cancel(tenant_id, job_id, body.reason if body else None)
+    assert job.cancel_requested_at is not None
+    return MCPCancelJobResponse(
+        job_id=job.id, status=job.status, canceled_at=job.cancel_requested_at
+    )
+
+
+@router.get("/jobs", response_model=MCPJobListResponse, summary="List jobs")
+async def list_jobs(
+    tenant_id: Tenant,
+    svc: Svc,
+    status: JobStatus | None = None,
+    tag: Annotated[list[str] | None, Query(max_length=32)] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> MCPJobListResponse:
+    """This API key's jobs, newest first, filtered by status, tags (all must match), name."""
+    flt = JobFilter(status=status, tags=tuple(tag or ()), name=name)
+    jobs, next_cursor = await svc.engine.list_jobs(tenant_id, flt, limit, cursor)
+    return MCPJobListResponse(jobs=[job_status(j) for j in jobs], next_cursor=next_cursor)
+
+
+def _sse(event: MCPJobEvent) -> bytes:
+    if event.type == "status":
+        payload = event.job.model_dump(mode="json") if event.job else {}
+    elif event.type == "progress":
+        payload = {"progress": event.progress, "message": event.message}
+    else:
+        payload = {"stream": event.stream, "text": event.text}
+    return f"event: {event.type}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="Stream a job's events (SSE)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "status, progress and output events",
+        }
+    },
+)
+async def job_events(job_id: str, tenant_id: Tenant, svc: Svc) -> StreamingResponse:
+    """Server-sent events: the current status, then progress and output as they happen, and
+    a final terminal status, after which the stream closes."""
+    await svc.engine.get(tenant_id, job_id)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for event in svc.engine.events(tenant_id, job_id):
+            yield b": keep-alive\n\n" if event is None else _sse(event)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/executors", summary="What this server runs")
+async def executors(tenant_id: Tenant, svc: Svc) -> JSONResponse:
+    """Job types with what each offers on this host (languages, models, sandbox checks)."""
+    return JSONResponse(svc.engine.describe())
+
+
+health = APIRouter()
+
+
+@health.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get("/readyz", summary="Readiness: the database answers and the engine runs")
+async def readyz(svc: Svc) -> dict[str, str]:
+    if not svc.engine.ready:
+        raise Unavailable("the engine is not running")
+    try:
+        await svc.store.ping()
+    except Exception as exc:
+        raise Unavailable(f"the database does not answer: {exc}") from exc
+    return {"status": "ready"}
+
+
+@health.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(svc: Svc) -> Response:
+    counts = await svc.store.count_by_status()
+    for status in JobStatus:
+        svc.metrics.jobs_by_status.labels(str(status)).set(counts.get(status, 0))
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,20 @@
+"""What request handlers reach: built once by ``create_app``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..auth import Authenticator
+from ..engine import Engine
+from ..metrics import Metrics
+from ..settings import Settings
+from ..store import Store
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: Store
+    engine: Engine
+    auth: Authenticator
+    metrics: Metrics

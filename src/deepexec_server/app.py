@@ -1,0 +1,149 @@
+"""The composition root: ``create_app(settings)`` builds every part and wires them together."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deepexec_sdk import __version__
+
+from .api.errors import install_error_handlers
+from .api.middleware import ProtocolMiddleware
+from .api.routes import health, router
+from .api.services import Services
+from .auth import Authenticator, provision_local_key
+from .engine import Engine
+from .executors.base import Executor
+from .mcp import install_mcp
+from .metrics import Metrics
+from .settings import Settings
+from .store import Store, open_store
+
+logger = logging.getLogger("deepexec_server")
+
+
+class StoreLockedError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def exclusive_sqlite(url: str) -> Iterator[None]:
+    """Hold an exclusive lock next to a SQLite database for the server's life: two servers on
+    one file would each reap the other's running jobs."""
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(
+                f"another DeepExec server is using {path}; stop it, or give this one its own "
+                "database with --database-url (PostgreSQL is the store to share)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def default_executors(settings: Settings) -> dict[str, Executor]:
+    from .executors.code import CodeExecutor
+    from .executors.text import TextExecutor
+
+    return {"code_execution": CodeExecutor(settings), "text_generation": TextExecutor(settings)}
+
+
+class _CountRequests:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.http_requests.labels(method, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    provision_credentials: bool = False,
+) -> FastAPI:
+    """The whole server as an ASGI app. Starting it (lifespan) opens the store, reaps what a
+    crash left, and starts the engine; stopping it stops running jobs and closes the store.
+    With ``provision_credentials``, it also makes sure ``settings.credentials_file`` holds a
+    working key and this server's URL, so the SDK and CLI of this user need no configuration."""
+    url = settings.effective_database_url
+    the_store = store if store is not None else open_store(url)
+    metrics = Metrics()
+    engine = Engine(
+        settings,
+        the_store,
+        executors if executors is not None else default_executors(settings),
+        metrics=metrics,
+        exclusive_store=url.startswith("sqlite:"),
+    )
+    services = Services(
+        settings=settings,
+        store=the_store,
+        engine=engine,
+        auth=Authenticator(the_store, enabled=settings.auth_enabled),
+        metrics=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with contextlib.ExitStack() as stack:
+            if url.startswith("sqlite:"):
+                stack.enter_context(exclusive_sqlite(url))
+            t0 = time.monotonic()
+            await the_store.open()
+            try:
+                await engine.start()
+                if provision_credentials:
+                    await provision_local_key(
+                        the_store, settings.credentials_file, settings.base_url
+                    )
+                logger.info(
+                    "DeepExec engine ready in %.0f ms (store %s)",
+                    (time.monotonic() - t0) * 1000,
+                    url.split("://")[0],
+                )
+                async with mcp_lifespan:
+                    yield
+            finally:
+                await engine.stop()
+                await the_store.close()
+
+    app = FastAPI(
+        title="DeepExec",
+        version=__version__,
+        summary="Sandboxed code execution and text generation behind one job lifecycle.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    mcp_lifespan = install_mcp(app, services)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(health)
+    app.add_middleware(ProtocolMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(_CountRequests, metrics=metrics)
+    return app

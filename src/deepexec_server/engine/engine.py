@@ -1,0 +1,500 @@
+"""The job engine: accepts jobs, runs them in priority order on local runner slots, and tells
+waiters the moment a job changes.
+
+The store is the source of truth and owns the queue; the engine holds only what is live in this
+process (running jobs' contexts and event subscribers). Any number of engines may share a
+PostgreSQL store: claims are atomic, each running job holds a lease its runner renews, and an
+expired lease means the runner died (the job ends FAILED, ``interrupted``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
+
+from ..domain import ErrorType, Job, JobError, JobFilter, NewJob, check_transition, utcnow
+from ..errors import Conflict, Unavailable, Unprocessable, job_not_found
+from ..executors.base import Executor, JobDataError, Outcome
+from ..metrics import Metrics
+from ..settings import Settings
+from ..store import Store
+from ..store._codec import decode_cursor, encode_cursor
+from ..views import job_status
+from .hub import EventHub, Subscription
+
+logger = logging.getLogger("deepexec_server.engine")
+
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=utcnow().tzinfo)
+#: Extra time the engine gives an executor past the job's timeout before it stops waiting.
+EXECUTOR_GRACE_SECONDS = 5.0
+#: How often a waiter re-reads the store, in case the change happened in another process.
+STORE_RECHECK_SECONDS = 2.0
+PROGRESS_FLUSH_SECONDS = 0.1
+
+
+def decide_status(outcome: Outcome) -> JobStatus:
+    """The terminal status an outcome maps to: canceled wins, then error, else success."""
+    if outcome.canceled:
+        return JobStatus.CANCELED
+    if outcome.error is not None:
+        return JobStatus.FAILED
+    return JobStatus.COMPLETED
+
+
+def request_fingerprint(req: JobSubmitRequest) -> str:
+    """A stable hash of a submission, to tell a retry from another request reusing its key."""
+    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def clamp_progress(value: int | float | None) -> int | None:
+    if value is None:
+        return None
+    return max(0, min(100, int(value)))
+
+
+class _RunContext:
+    """The ``ExecutionContext`` a running job sees (executors/base.py)."""
+
+    def __init__(self, engine: Engine, job: Job) -> None:
+        self._engine = engine
+        self.job = job
+        self._cancel = asyncio.Event()
+        self._pending_progress: tuple[int | None, str | None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def timeout(self) -> float:
+        return float(self.job.timeout)
+
+    @property
+    def cancel_requested(self) -> asyncio.Event:
+        return self._cancel
+
+    def report_progress(self, progress: int | None, message: str | None = None) -> None:
+        value = clamp_progress(progress)
+        if message is not None:
+            message = message[:500]
+        self._engine.hub.publish(
+            MCPJobEvent(type="progress", job_id=self.job.id, progress=value, message=message)
+        )
+        self._pending_progress = (value, message)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_progress())
+
+    async def _flush_progress(self) -> None:
+        # Coalesce: at most one store write per PROGRESS_FLUSH_SECONDS, always the latest value.
+        while self._pending_progress is not None:
+            await self._write_progress()
+            if self._pending_progress is not None:
+                await asyncio.sleep(PROGRESS_FLUSH_SECONDS)
+
+    async def _write_progress(self) -> None:
+        if self._pending_progress is None:
+            return
+        progress, message = self._pending_progress
+        self._pending_progress = None
+        try:
+            await self._engine.store.set_progress(self.job.id, progress, message, utcnow())
+        except Exception:
+            logger.exception("could not record progress of job %s", self.job.id)
+
+    async def drain_progress(self) -> None:
+        """Stop the flusher and write the last reported progress, before the job ends."""
+        if self._flush_task is not None and not self._flush_task.done():
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+        await self._write_progress()
+
+    def emit_output(self, stream: str, text: str) -> None:
+        if text and self._engine.hub.has_subscribers(self.job.id):
+            self._engine.hub.publish(
+                MCPJobEvent(type="output", job_id=self.job.id, stream=stream, text=text)
+            )
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        executors: Mapping[str, Executor],
+        *,
+        metrics: Metrics | None = None,
+        exclusive_store: bool = False,
+    ) -> None:
+        """``exclusive_store``: this engine is the only one using the store (the embedded
+        SQLite mode), so at start every RUNNING job is an orphan of a crash and is reaped at
+        once instead of after its lease expires."""
+        self.settings = settings
+        self.store = store
+        self.executors = dict(executors)
+        self.metrics = metrics or Metrics()
+        self.hub = EventHub()
+        self.exclusive_store = exclusive_store
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._running: dict[str, _RunContext] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._stopping = False
+        self._paused = False
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, *, run_jobs: bool = True) -> None:
+        now = utcnow()
+        cutoff = FAR_FUTURE if self.exclusive_store else now
+        for job in await self.store.reap_running(cutoff, now):
+            logger.warning(
+                "job %s was running when the server stopped: FAILED (interrupted)", job.id
+            )
+            self._finished(job)
+        for executor in self.executors.values():
+            await executor.start()
+        self._started = True
+        if run_jobs:
+            self._tasks = [
+                asyncio.create_task(self._schedule_loop(), name="deepexec-scheduler"),
+                asyncio.create_task(self._lease_loop(), name="deepexec-leases"),
+            ]
+            if not self.exclusive_store:
+                self._tasks.append(asyncio.create_task(self._reap_loop(), name="deepexec-reaper"))
+
+    async def stop(self) -> None:
+        """Stop claiming, stop every running job, and end them FAILED (``interrupted``)."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        running = list(self._running.values())
+        for ctx in running:
+            if ctx.task is not None:
+                ctx.task.cancel()
+        for ctx in running:
+            if ctx.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ctx.task
+        for executor in self.executors.values():
+            with contextlib.suppress(Exception):
+                await executor.close()
+
+    def pause(self, paused: bool = True) -> None:
+        """Stop (or resume) starting new jobs; running ones go on. For operators and benches."""
+        self._paused = paused
+        if not paused:
+            self._wake.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._stopping
+
+    # --- API operations -------------------------------------------------------------------------
+
+    async def submit(
+        self, tenant_id: str, req: JobSubmitRequest, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Validate and store a job; returns ``(job, created)``. A replayed idempotency key
+        returns the first job with ``created = False``."""
+        if self._stopping:
+            raise Unavailable("the server is shutting down", type="shutting_down")
+        executor = self.executors.get(req.job_type)
+        if executor is None:
+            known = ", ".join(sorted(self.executors))
+            raise Unprocessable(
+                f"unknown job_type {req.job_type!r}; this server runs: {known}",
+                type="unknown_job_type",
+                details=[{"loc": ["body", "job_type"], "msg": f"must be one of: {known}"}],
+            )
+        if req.timeout > self.settings.max_timeout:
+            raise Unprocessable(
+                f"timeout {req.timeout} s is over this server's maximum of "
+                f"{self.settings.max_timeout} s",
+                details=[
+                    {"loc": ["body", "timeout"], "msg": f"must be <= {self.settings.max_timeout}"}
+                ],
+            )
+        try:
+            data = executor.validate(req.data, req.timeout)
+        except JobDataError as exc:
+            raise Unprocessable(
+                exc.message,
+                type="model_unavailable"
+                if type(exc).__name__ == "ModelUnavailableError"
+                else "invalid_job_data",
+                details=exc.details,
+            ) from exc
+        fingerprint = request_fingerprint(req)
+        new = NewJob(
+            tenant_id=tenant_id,
+            name=req.name,
+            job_type=req.job_type,
+            data=data,
+            timeout=req.timeout,
+            priority=req.priority,
+            tags=tuple(dict.fromkeys(req.tags)),
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+        job, created = await self.store.create_job(new, utcnow())
+        if not created and job.fingerprint != fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request; "
+                "use a new key for a new job",
+                type="idempotency_conflict",
+                details={"job_id": job.id},
+            )
+        if created:
+            self.metrics.jobs_submitted.labels(job.job_type).inc()
+            self._wake.set()
+        return job, created
+
+    async def get(self, tenant_id: str, job_id: str) -> Job:
+        job = await self.store.get_job(job_id, tenant_id)
+        if job is None:
+            raise job_not_found(job_id)
+        return job
+
+    async def wait(self, tenant_id: str, job_id: str, timeout: float) -> Job:
+        """The job once it is terminal, or as it is after ``timeout`` seconds."""
+        with self.hub.subscribe(job_id) as sub:
+            job = await self.get(tenant_id, job_id)
+            return await self._wait_terminal(job, sub, timeout)
+
+    async def _wait_terminal(self, job: Job, sub: Subscription, timeout: float) -> Job:
+        deadline = time.monotonic() + timeout
+        while not job.is_terminal:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            event = await sub.get(min(remaining, STORE_RECHECK_SECONDS))
+            if event is not None and event.type != "status":
+                continue
+            refreshed = await self.store.get_job(job.id, job.tenant_id)
+            if refreshed is None:  # deleted under us; report what we had
+                break
+            job = refreshed
+        return job
+
+    async def cancel(self, tenant_id: str, job_id: str, reason: str | None) -> Job:
+        """Cancel a job. Pending: CANCELED now. Running: the runner is told, and this waits up
+        to ``cancel_wait_seconds`` for it to stop. Already ended: ``Conflict``."""
+        now = utcnow()
+        with self.hub.subscribe(job_id) as sub:
+            job = await self.store.request_cancel(job_id, tenant_id, reason, now)
+            if job is None:
+                raise job_not_found(job_id)
+            if job.is_terminal:
+                if job.status == JobStatus.CANCELED and job.cancel_requested_at == now:
+                    self._finished(job)  # it was pending: canceled by this very request
+                    return job
+                raise Conflict(
+                    f"job {job_id} already ended ({job.status}); only PENDING or RUNNING "
+                    "jobs can be canceled",
+                    type="job_not_cancelable",
+                    details={"status": str(job.status)},
+                )
+            ctx = self._running.get(job_id)
+            if ctx is not None:
+                ctx.cancel_requested.set()
+            return await self._wait_terminal(job, sub, self.settings.cancel_wait_seconds)
+
+    async def list_jobs(
+        self, tenant_id: str, flt: JobFilter, limit: int, cursor: str | None
+    ) -> tuple[list[Job], str | None]:
+        after = None
+        if cursor:
+            try:
+                after = decode_cursor(cursor)
+            except ValueError:
+                raise Unprocessable(
+                    "invalid cursor: pass back the next_cursor of a previous page",
+                    details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
+                ) from None
+        jobs = await self.store.list_jobs(tenant_id, flt, limit + 1, after)
+        next_cursor = None
+        if len(jobs) > limit:
+            jobs = jobs[:limit]
+            next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id)
+        return jobs, next_cursor
+
+    async def events(
+        self, tenant_id: str, job_id: str, idle: float = 15.0
+    ) -> AsyncIterator[MCPJobEvent | None]:
+        """The job's events: its current status first, then live events, ending with a
+        terminal status. Yields None after ``idle`` seconds of silence (for keep-alives)."""
+        with self.hub.subscribe(job_id) as sub:
+            job = await self.get(tenant_id, job_id)
+            yield MCPJobEvent(type="status", job_id=job.id, job=job_status(job))
+            last_seen = time.monotonic()
+            while not job.is_terminal:
+                event = await sub.get(min(idle, STORE_RECHECK_SECONDS))
+                if event is not None:
+                    last_seen = time.monotonic()
+                    if event.type == "status" and event.job is not None:
+                        job_terminal = event.job.status.is_terminal
+                        yield event
+                        if job_terminal:
+                            return
+                        continue
+                    yield event
+                    continue
+                refreshed = await self.store.get_job(job.id, tenant_id)
+                if refreshed is None:
+                    return
+                if refreshed.is_terminal or refreshed.status != job.status:
+                    job = refreshed
+                    yield MCPJobEvent(type="status", job_id=job.id, job=job_status(job))
+                    continue
+                if time.monotonic() - last_seen >= idle:
+                    last_seen = time.monotonic()
+                    yield None
+
+    # --- running jobs ---------------------------------------------------------------------------
+
+    def _free_job_types(self) -> list[str]:
+        busy: dict[str, int] = {}
+        for ctx in self._running.values():
+            busy[ctx.job.job_type] = busy.get(ctx.job.job_type, 0) + 1
+        return [t for t in self.executors if busy.get(t, 0) < self.settings.concurrency.get(t, 1)]
+
+    def _lease_until(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.settings.lease_seconds)
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                while not self._paused and (free := self._free_job_types()):
+                    job = await self.store.claim_next(
+                        free, self.owner, self._lease_until(), utcnow()
+                    )
+                    if job is None:
+                        break
+                    self._launch(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("scheduler could not claim jobs; retrying")
+                await asyncio.sleep(1.0)
+            # Woken by a submit or a finished job; the timeout catches jobs submitted through
+            # another process sharing the store.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def _launch(self, job: Job) -> None:
+        ctx = _RunContext(self, job)
+        self._running[job.id] = ctx
+        self.metrics.running_jobs.labels(job.job_type).inc()
+        if job.started_at is not None:
+            self.metrics.job_queue_seconds.labels(job.job_type).observe(
+                (job.started_at - job.created_at).total_seconds()
+            )
+        self.hub.publish(MCPJobEvent(type="status", job_id=job.id, job=job_status(job)))
+        ctx.task = asyncio.create_task(self._run(ctx), name=f"job-{job.id}")
+
+    async def _run(self, ctx: _RunContext) -> None:
+        job = ctx.job
+        executor = self.executors[job.job_type]
+        started = time.monotonic()
+        outcome: Outcome
+        try:
+            if job.cancel_requested_at is not None:
+                ctx.cancel_requested.set()
+            try:
+                outcome = await asyncio.wait_for(
+                    executor.execute(job.data, ctx), job.timeout + EXECUTOR_GRACE_SECONDS
+                )
+            except TimeoutError:
+                outcome = Outcome(
+                    None, JobError(ErrorType.TIMEOUT, f"exceeded the {job.timeout} s time limit")
+                )
+            except asyncio.CancelledError:
+                outcome = Outcome(
+                    None,
+                    JobError(
+                        ErrorType.INTERRUPTED, "the server shut down while the job was running"
+                    ),
+                )
+                await self._finish(ctx, outcome, started)
+                raise
+            except Exception as exc:
+                logger.exception("executor %s failed on job %s", job.job_type, job.id)
+                outcome = Outcome(
+                    None, JobError(ErrorType.INTERNAL, f"the {job.job_type} executor failed: {exc}")
+                )
+            await self._finish(ctx, outcome, started)
+        finally:
+            self._running.pop(job.id, None)
+            self.metrics.running_jobs.labels(job.job_type).dec()
+            self._wake.set()
+
+    async def _finish(self, ctx: _RunContext, outcome: Outcome, started: float) -> None:
+        job = ctx.job
+        status = decide_status(outcome)
+        check_transition(job.status, status)
+        await ctx.drain_progress()
+        finished = await asyncio.shield(
+            self.store.finish_job(
+                job.id, self.owner, status, outcome.result, outcome.error, utcnow()
+            )
+        )
+        if finished is None:
+            logger.warning("job %s was reaped before its runner finished; result dropped", job.id)
+            return
+        self.metrics.job_duration.labels(job.job_type).observe(time.monotonic() - started)
+        self._finished(finished)
+
+    def _finished(self, job: Job) -> None:
+        self.metrics.jobs_finished.labels(job.job_type, str(job.status)).inc()
+        self.hub.publish(MCPJobEvent(type="status", job_id=job.id, job=job_status(job)))
+
+    async def _lease_loop(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self._running:
+                continue
+            try:
+                canceled = await self.store.renew_leases(
+                    self.owner, list(self._running), self._lease_until()
+                )
+            except Exception:
+                logger.exception("could not renew job leases")
+                continue
+            for job_id in canceled:  # canceled through another process sharing the store
+                ctx = self._running.get(job_id)
+                if ctx is not None:
+                    ctx.cancel_requested.set()
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds)
+            try:
+                for job in await self.store.reap_running(utcnow(), utcnow()):
+                    logger.warning("job %s lost its runner: FAILED (interrupted)", job.id)
+                    self._finished(job)
+            except Exception:
+                logger.exception("could not reap expired jobs")
+
+    def describe(self) -> dict[str, Any]:
+        return {t: e.describe() for t, e in self.executors.items()}

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deepexec_sdk import DeepExecClient
+from tests.serverproc import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real server on its defaults (SQLite, sandbox, embedded model) for the session."""
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("home"), "--concurrency", "code_execution=4,text_generation=2"
+    ).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[DeepExecClient]:
+    with DeepExecClient(base_url=server.base_url, api_key=server.api_key) as c:
+        yield c
+
+
+def sandbox_uid() -> int | None:
+    for name in ("deepexec-sandbox", "nobody"):
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            continue
+    return None
+
+
+def processes_of_uid(uid: int) -> list[str]:
+    """Command lines of live (non-zombie) processes owned by ``uid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            stat = (entry / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
+
+
+def wait_until_no_processes(marker: str, timeout: float = 3.0) -> list[str]:
+    """Wait until no live process's command line contains ``marker``; return survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        survivors = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd and "pytest" not in cmd:
+                survivors.append(cmd)
+        if not survivors or time.monotonic() > deadline:
+            return survivors
+        time.sleep(0.05)
+
+
+def run_script(
+    server: ServerProcess, code: str, timeout: float = 120.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a Python program as a user's script in another shell of the server's user."""
+    return subprocess.run(
+        [str(Path(__import__("sys").executable)), "-c", code],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or server.home,
+    )

@@ -1,0 +1,302 @@
+"""The REST API against the real server: envelope, validation, idempotency, tenants, listing,
+long-poll, events, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from deepexec_sdk import (
+    DeepExecClient,
+    MCPAuthenticationError,
+    MCPConflictError,
+    MCPJobNotFoundError,
+    MCPValidationError,
+)
+from tests.serverproc import ServerProcess
+
+PY = "code_execution"
+
+
+def http(server: ServerProcess, key: str | None = None) -> httpx.Client:
+    headers = {"DeepExec-Protocol": "1"}
+    if key is not None or server.api_key:
+        headers["Authorization"] = f"Bearer {key or server.api_key}"
+    return httpx.Client(base_url=server.base_url, headers=headers, timeout=30)
+
+
+def job_body(code: str = "print('hi')", **extra: Any) -> dict[str, Any]:
+    return {"name": "t", "job_type": PY, "data": {"code": code, "language": "python"}, **extra}
+
+
+def assert_envelope(r: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"type", "message", "details", "request_id"}
+    assert err["message"]
+    assert err["request_id"] == r.headers["x-request-id"]
+    assert r.headers["deepexec-protocol"] == "1"
+    if type_ is not None:
+        assert err["type"] == type_, err
+    return dict(err)
+
+
+# --- malformed input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "type_", "names"),
+    [
+        ({"job_type": PY, "data": {"code": "1"}}, 422, "validation_error", "name"),
+        ({"name": 5, "job_type": PY, "data": {"code": "1"}}, 422, "validation_error", "name"),
+        (job_body(timeout=-1), 422, "validation_error", "timeout"),
+        (job_body(timeout=10**6), 422, "validation_error", "timeout"),
+        (job_body(priority="high"), 422, "validation_error", "priority"),
+        (job_body(tags="x"), 422, "validation_error", "tags"),
+        (job_body(tags=["bad tag with spaces"]), 422, "validation_error", "tags"),
+        (job_body(surprise=1), 422, "validation_error", "surprise"),
+        ({"name": "t", "job_type": "mining", "data": {}}, 422, "unknown_job_type", "job_type"),
+        (
+            {"name": "t", "job_type": PY, "data": {"code": "1", "language": "cobol"}},
+            422,
+            "invalid_job_data",
+            "language",
+        ),
+        (
+            {"name": "t", "job_type": PY, "data": {"language": "python"}},
+            422,
+            "invalid_job_data",
+            "code",
+        ),
+        ({"name": "t", "job_type": PY, "data": "print(1)"}, 422, "validation_error", "data"),
+    ],
+)
+def test_bad_submissions_get_a_4xx_envelope_naming_the_problem(
+    server: ServerProcess, body: dict[str, Any], status: int, type_: str, names: str
+) -> None:
+    with http(server) as c:
+        err = assert_envelope(c.post("/v1/jobs", json=body), status, type_)
+    assert names in err["message"] + json.dumps(err["details"])
+
+
+def test_invalid_json_is_400(server: ServerProcess) -> None:
+    with http(server) as c:
+        r = c.post(
+            "/v1/jobs", content=b'{"name": "t", ', headers={"content-type": "application/json"}
+        )
+    assert_envelope(r, 400, "invalid_json")
+
+
+def test_non_json_body_is_415(server: ServerProcess) -> None:
+    with http(server) as c:
+        r = c.post("/v1/jobs", content=b"name=t", headers={"content-type": "text/plain"})
+    assert_envelope(r, 415, "unsupported_media_type")
+
+
+def test_body_over_the_cap_is_413(server: ServerProcess) -> None:
+    with http(server) as c:
+        r = c.post("/v1/jobs", json=job_body("x" * (3 * 1024 * 1024)))
+    assert_envelope(r, 413, "body_too_large")
+
+
+def test_chunked_body_over_the_cap_is_413(server: ServerProcess) -> None:
+    def chunks() -> Any:
+        yield b'{"name": "t", "job_type": "code_execution", "data": {"code": "'
+        for _ in range(40):
+            yield b"x" * 100_000
+        yield b'"}}'
+
+    with http(server) as c:
+        r = c.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert_envelope(r, 413, "body_too_large")
+
+
+def test_wrong_protocol_major_is_refused(server: ServerProcess) -> None:
+    with http(server) as c:
+        r = c.get("/v1/jobs", headers={"DeepExec-Protocol": "2"})
+    assert_envelope(r, 400, "unsupported_protocol")
+
+
+def test_unknown_route_is_a_404_envelope(server: ServerProcess) -> None:
+    with http(server) as c:
+        assert_envelope(c.get("/v1/nothing-here"), 404, "not_found")
+
+
+def test_bad_query_values_are_422(server: ServerProcess) -> None:
+    with http(server) as c:
+        assert_envelope(c.get("/v1/jobs", params={"limit": 0}), 422)
+        assert_envelope(c.get("/v1/jobs", params={"status": "DONE"}), 422)
+        assert_envelope(c.get("/v1/jobs", params={"cursor": "garbage"}), 422)
+        assert_envelope(c.get("/v1/jobs/job_x", params={"wait": -1}), 422)
+
+
+# --- auth and tenants -------------------------------------------------------------------------
+
+
+def test_missing_and_wrong_keys_are_401(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.base_url) as c:
+        assert_envelope(c.get("/v1/jobs"), 401, "authentication_required")
+        r = c.get("/v1/jobs", headers={"Authorization": "Bearer dxk_not_a_key"})
+        assert_envelope(r, 401, "invalid_api_key")
+    with (
+        DeepExecClient(base_url=server.base_url, api_key="dxk_wrong") as sdk,
+        pytest.raises(MCPAuthenticationError) as info,
+    ):
+        sdk.get_mcp_job_status("job_x")
+    assert info.value.status_code == 401
+
+
+def test_revoked_key_stops_working(server: ServerProcess) -> None:
+    key = server.new_tenant_key("short-lived")
+    with http(server, key) as c:
+        assert c.get("/v1/jobs").status_code == 200
+    listing = server.cli("keys", "list", "--tenant", "short-lived").stdout
+    key_id = listing.splitlines()[1].split()[0]
+    server.cli("keys", "revoke", key_id)
+    time.sleep(2.1)  # the server caches key lookups for 2 s
+    with http(server, key) as c:
+        assert_envelope(c.get("/v1/jobs"), 401, "invalid_api_key")
+
+
+def test_another_tenant_gets_404_for_every_operation(server: ServerProcess) -> None:
+    other = server.new_tenant_key("tenant-b")
+    with DeepExecClient(base_url=server.base_url, api_key=server.api_key) as owner:
+        job = owner.submit_mcp_job(
+            "mine", PY, {"code": "import time; time.sleep(3)"}, tags=["secret-tag"]
+        )
+    with DeepExecClient(base_url=server.base_url, api_key=other) as intruder:
+        with pytest.raises(MCPJobNotFoundError):
+            intruder.get_mcp_job_status(job.job_id)
+        with pytest.raises(MCPJobNotFoundError):
+            intruder.cancel_mcp_job(job.job_id)
+        with pytest.raises(MCPJobNotFoundError):
+            intruder.wait_for_mcp_job_completion(job.job_id, max_wait_time=1)
+        with pytest.raises(MCPJobNotFoundError):
+            list(intruder.stream_mcp_job_events(job.job_id))
+        assert intruder.list_mcp_jobs().jobs == []
+        assert intruder.list_mcp_jobs(tags=["secret-tag"]).jobs == []
+    with http(server, other) as c:
+        assert_envelope(c.get(f"/v1/jobs/{job.job_id}", params={"wait": 1}), 404, "job_not_found")
+    with DeepExecClient(base_url=server.base_url, api_key=server.api_key) as owner:
+        assert owner.get_mcp_job_status(job.job_id).status != "CANCELED"
+        owner.cancel_mcp_job(job.job_id)
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+
+def test_same_idempotency_key_twice_yields_one_job(server: ServerProcess) -> None:
+    key = str(uuid.uuid4())
+    tag = f"idem-{key[:8]}"
+    body = job_body(tags=[tag])
+    with http(server) as c:
+        first = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        second = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        assert first.status_code == 201
+        assert second.status_code == 200
+        assert first.json()["job_id"] == second.json()["job_id"]
+        listed = c.get("/v1/jobs", params={"tag": tag}).json()["jobs"]
+        assert len(listed) == 1
+        other = c.post("/v1/jobs", json=job_body("print(2)"), headers={"Idempotency-Key": key})
+        assert_envelope(other, 409, "idempotency_conflict")
+
+
+# --- reading jobs -----------------------------------------------------------------------------
+
+
+def test_list_filters_and_paginates(client: DeepExecClient) -> None:
+    tag = f"page-{uuid.uuid4().hex[:8]}"
+    ids = [
+        client.submit_mcp_job(f"p{i}", PY, {"code": "pass"}, tags=[tag, "paging"]).job_id
+        for i in range(5)
+    ]
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        page = client.list_mcp_jobs(tags=[tag], limit=2, cursor=cursor)
+        seen += [j.job_id for j in page.jobs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))  # newest first, each once
+    assert [j.name for j in client.list_mcp_jobs(tags=[tag], name="p3").jobs] == ["p3"]
+    assert client.list_mcp_jobs(tags=[tag, "no-such-tag"]).jobs == []
+    for job_id in ids:
+        client.wait_for_mcp_job_completion(job_id, max_wait_time=30)
+    done = client.list_mcp_jobs(tags=[tag], status="COMPLETED")
+    assert len(done.jobs) == 5
+
+
+def test_long_poll_returns_as_soon_as_the_job_ends(client: DeepExecClient) -> None:
+    job = client.submit_mcp_job("sleepy", PY, {"code": "import time; time.sleep(1.5)"})
+    t0 = time.monotonic()
+    final = client.wait_for_mcp_job_completion(job.job_id, poll_interval=30)
+    elapsed = time.monotonic() - t0
+    assert final.status == "COMPLETED"
+    assert elapsed < 5, "a 30 s poll interval must not delay seeing completion"
+
+
+def test_wait_for_completion_raises_timeout_error(client: DeepExecClient) -> None:
+    job = client.submit_mcp_job("slow", PY, {"code": "import time; time.sleep(10)"})
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.wait_for_mcp_job_completion(job.job_id, poll_interval=0.2, max_wait_time=0.5)
+    assert time.monotonic() - t0 < 3
+    client.cancel_mcp_job(job.job_id)
+
+
+def test_cancel_a_finished_job_is_a_clear_conflict(client: DeepExecClient) -> None:
+    job = client.submit_mcp_job("quick", PY, {"code": "print(1)"})
+    client.wait_for_mcp_job_completion(job.job_id, max_wait_time=30)
+    with pytest.raises(MCPConflictError) as info:
+        client.cancel_mcp_job(job.job_id)
+    assert info.value.error_type == "job_not_cancelable"
+    assert "COMPLETED" in str(info.value)
+
+
+def test_events_stream_shows_output_before_the_end(client: DeepExecClient) -> None:
+    code = (
+        "import time\nfor i in range(3):\n    print(f'line {i}', flush=True)\n    time.sleep(0.3)\n"
+    )
+    job = client.submit_mcp_job("stream", PY, {"code": code})
+    events = list(client.stream_mcp_job_events(job.job_id))
+    assert events[0].type == "status"
+    assert events[-1].type == "status" and events[-1].job is not None
+    assert events[-1].job.status == "COMPLETED"
+    output = "".join(e.text or "" for e in events if e.type == "output")
+    assert "line 0" in output and "line 2" in output
+    first_output = next(i for i, e in enumerate(events) if e.type == "output")
+    assert first_output < len(events) - 1
+
+
+def test_validation_error_surfaces_in_the_sdk(client: DeepExecClient) -> None:
+    with pytest.raises(MCPValidationError) as info:
+        client.submit_mcp_job("bad", PY, {"code": "1", "language": "cobol"})
+    assert info.value.status_code == 422
+    assert "cobol" in str(info.value)
+
+
+# --- health and metrics -----------------------------------------------------------------------
+
+
+def test_health_readiness_metrics_and_openapi(
+    server: ServerProcess, client: DeepExecClient
+) -> None:
+    job = client.submit_mcp_job("m", PY, {"code": "print(1)"})
+    client.wait_for_mcp_job_completion(job.job_id, max_wait_time=30)
+    with httpx.Client(base_url=server.base_url) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").json() == {"status": "ready"}
+        metrics = c.get("/metrics").text
+        assert (
+            'deepexec_jobs_finished_total{job_type="code_execution",status="COMPLETED"}' in metrics
+        )
+        assert 'deepexec_jobs{status="COMPLETED"}' in metrics
+        spec = c.get("/openapi.json").json()
+        assert "/v1/jobs" in spec["paths"]
+        assert "/v1/jobs/{job_id}/events" in spec["paths"]
