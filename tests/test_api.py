@@ -300,3 +300,16 @@ def test_health_readiness_metrics_and_openapi(
         spec = c.get("/openapi.json").json()
         assert "/v1/jobs" in spec["paths"]
         assert "/v1/jobs/{job_id}/events" in spec["paths"]
+
+
+def test_nul_characters_are_refused_at_the_edge(server: ServerProcess) -> None:
+    # PostgreSQL cannot store U+0000; both stores must accept the same input, so it is a 4xx.
+    with http(server) as c:
+        err = assert_envelope(c.post("/v1/jobs", json=job_body("print('\u0000')")), 422)
+        assert "NUL" in err["message"] and err["details"][0]["loc"][-1] == "code"
+        assert_envelope(c.get("/v1/jobs", params={"name": "a\u0000b"}), 400, "invalid_request")
+        assert_envelope(c.get("/v1/jobs/job_%00x"), 400, "invalid_request")
+        job = c.post("/v1/jobs", json=job_body("import time; time.sleep(5)")).json()
+        r = c.post(f"/v1/jobs/{job['job_id']}/cancel", json={"reason": "x\u0000"})
+        assert_envelope(r, 422, "validation_error")
+        c.post(f"/v1/jobs/{job['job_id']}/cancel", json={"reason": "cleanup"})

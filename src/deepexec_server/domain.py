@@ -40,6 +40,25 @@ def check_transition(current: JobStatus, target: JobStatus) -> None:
         raise InvalidTransition(current, target)
 
 
+def find_nul(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where the first NUL character (U+0000) hides in a JSON-like value, or None. NUL is
+    refused at the edge: PostgreSQL cannot store it in text or jsonb, SQLite can, and both
+    stores must accept the same jobs."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in str(k):
+                return (*loc, str(k))
+            if (found := find_nul(v, (*loc, str(k)))) is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            if (found := find_nul(v, (*loc, i))) is not None:
+                return found
+    return None
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -85,6 +85,11 @@ class ProtocolMiddleware:
             )
             return
 
+        raw_path = scope.get("raw_path") or scope.get("path", "").encode()
+        if b"%00" in raw_path or b"\x00" in raw_path or b"%00" in scope.get("query_string", b""):
+            await refuse(400, "invalid_request", "the URL must not contain a NUL character (%00)")
+            return
+
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():

@@ -23,7 +23,16 @@ from typing import Any
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
 
-from ..domain import ErrorType, Job, JobError, JobFilter, NewJob, check_transition, utcnow
+from ..domain import (
+    ErrorType,
+    Job,
+    JobError,
+    JobFilter,
+    NewJob,
+    check_transition,
+    find_nul,
+    utcnow,
+)
 from ..errors import Conflict, Unavailable, Unprocessable, job_not_found
 from ..executors.base import Executor, JobDataError, Outcome
 from ..metrics import Metrics
@@ -217,6 +226,12 @@ class Engine:
         returns the first job with ``created = False``."""
         if self._stopping:
             raise Unavailable("the server is shutting down", type="shutting_down")
+        nul_at = find_nul(req.model_dump(mode="json"), ("body",))
+        if nul_at is not None:
+            raise Unprocessable(
+                "strings must not contain the NUL character (\\u0000)",
+                details=[{"loc": list(nul_at), "msg": "contains U+0000"}],
+            )
         executor = self.executors.get(req.job_type)
         if executor is None:
             known = ", ".join(sorted(self.executors))
@@ -298,6 +313,11 @@ class Engine:
     async def cancel(self, tenant_id: str, job_id: str, reason: str | None) -> Job:
         """Cancel a job. Pending: CANCELED now. Running: the runner is told, and this waits up
         to ``cancel_wait_seconds`` for it to stop. Already ended: ``Conflict``."""
+        if reason is not None and "\x00" in reason:
+            raise Unprocessable(
+                "the reason must not contain the NUL character (\\u0000)",
+                details=[{"loc": ["body", "reason"], "msg": "contains U+0000"}],
+            )
         now = utcnow()
         with self.hub.subscribe(job_id) as sub:
             job = await self.store.request_cancel(job_id, tenant_id, reason, now)

@@ -1,0 +1,86 @@
+"""The real server on PostgreSQL (the shared store): jobs run, bad input stays a 4xx, and a
+crashed server's running job is reaped once its lease expires."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from deepexec_sdk import DeepExecClient
+from tests.serverproc import ServerProcess
+
+PG = os.environ.get("DEEPEXEC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        os.environ.get("DEEPEXEC_TEST_SKIP_POSTGRES") == "1",
+        reason="DEEPEXEC_TEST_SKIP_POSTGRES=1",
+    ),
+]
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    schema = f"dx_server_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in PG else "?"
+    yield f"{PG}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_server_on_postgresql_runs_jobs_and_reaps_a_crashed_runner(
+    tmp_path: Path, pg_url: str
+) -> None:
+    home = tmp_path / "home"
+    env = {"DEEPEXEC_LEASE_SECONDS": "2"}
+    srv = ServerProcess(
+        home, "--database-url", pg_url, "--concurrency", "code_execution=1", env=env
+    ).start()
+    try:
+        with DeepExecClient(base_url=srv.base_url, api_key=srv.api_key) as c:
+            done = c.execute_code_and_wait("print('on postgres')", max_wait_time=30)
+            assert done.status == "COMPLETED"
+            assert done.result is not None and "on postgres" in done.result["stdout"]
+            r = httpx.post(
+                f"{srv.base_url}/v1/jobs",
+                headers={"Authorization": f"Bearer {srv.api_key}"},
+                json={"name": "nul\u0000", "job_type": "code_execution", "data": {"code": "1"}},
+            )
+            assert r.status_code == 422, r.text
+            running = c.submit_mcp_job(
+                "running", "code_execution", {"code": "import time; time.sleep(60)"}
+            )
+            pending = c.submit_mcp_job("pending", "code_execution", {"code": "print(2)"})
+            deadline = time.monotonic() + 10
+            while c.get_mcp_job_status(running.job_id).status != "RUNNING":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        srv.kill9()
+
+        srv2 = ServerProcess(
+            home, "--database-url", pg_url, "--concurrency", "code_execution=1", env=env
+        )
+        srv2.start()
+        try:
+            with DeepExecClient(base_url=srv2.base_url, api_key=srv2.api_key) as c:
+                final = c.wait_for_mcp_job_completion(running.job_id, max_wait_time=20)
+                assert final.status == "FAILED"
+                assert final.error is not None and final.error.type == "interrupted"
+                assert c.wait_for_mcp_job_completion(pending.job_id, max_wait_time=20).status == (
+                    "COMPLETED"
+                )
+                assert c.get_mcp_job_status(done.job_id).result == done.result
+        finally:
+            srv2.stop()
+    finally:
+        srv.stop()
