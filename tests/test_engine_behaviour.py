@@ -150,3 +150,29 @@ def test_kill_minus_9_then_restart_loses_no_job(tmp_path: Path) -> None:
             assert all(j.is_terminal for j in jobs)
     finally:
         srv2.stop()
+
+
+def test_graceful_shutdown_stops_running_jobs_and_says_so(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    srv = ServerProcess(home).start()
+    with sdk(srv) as c:
+        job = c.submit_mcp_job("long", PY, {"code": "import time; time.sleep(60)"})
+        deadline = time.monotonic() + 10
+        while c.get_mcp_job_status(job.job_id).status != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    srv.stop()  # SIGTERM
+    uid = sandbox_uid()
+    assert uid is not None
+    assert processes_of_uid(uid) == []
+    srv2 = ServerProcess(home)
+    srv2.port = srv.port
+    srv2.start()
+    try:
+        with sdk(srv2) as c:
+            final = c.get_mcp_job_status(job.job_id)
+        assert final.status == "FAILED"
+        assert final.error is not None and final.error.type == "interrupted"
+        assert "shut down" in final.error.message
+    finally:
+        srv2.stop()
