@@ -157,6 +157,7 @@ def test_catalog_file_adds_an_openai_compatible_server(tmp_path: Path) -> None:
                     "api_key_env": "VLLM_API_KEY",
                     "context_length": 32768,
                     "aliases": ["qwen"],
+                    "timeout": 90,
                 }
             ]
         },
@@ -170,6 +171,8 @@ def test_catalog_file_adds_an_openai_compatible_server(tmp_path: Path) -> None:
         "http://127.0.0.1:8000/v1",
         32768,
     )
+    assert spec.request_timeout == 90.0
+    assert catalog({"DEEPSEEK_API_KEY": "k"}).resolve("deepseek-v3").request_timeout == 120.0
 
 
 def test_an_openai_entry_without_key_env_needs_nothing(tmp_path: Path) -> None:
@@ -231,6 +234,8 @@ def test_catalog_file_entry_replaces_a_builtin_of_the_same_name(tmp_path: Path) 
         ({"name": "a", "backend": "gguf", "path": "/p", "params": {"t": "hot"}}, "numbers"),
         ({"name": "a", "backend": "gguf", "path": "/p", "aliases": "b"}, "'aliases'"),
         ({"name": "a", "backend": "gguf", "path": "/p", "api_key_env": "K"}, "only applies"),
+        ({"name": "a", "backend": "gguf", "path": "/p", "timeout": "1m"}, "number of seconds"),
+        ({"name": "a", "backend": "gguf", "path": "/p", "timeout": 0}, "between 0.1 and 3600"),
         ("a string", "each model must be an object"),
     ],
 )

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.server
+import itertools
 import json
 import secrets
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +23,16 @@ import pytest
 import pytest_asyncio
 
 from deepexec_server.executors.base import JobDataError, ModelUnavailableError, Outcome
-from deepexec_server.executors.llm_backends import parse_sse_line, read_chunk
+from deepexec_server.executors.llm_backends import (
+    MAX_ATTEMPTS,
+    BackendError,
+    backoff_delay,
+    http_error,
+    parse_retry_after,
+    parse_sse_line,
+    read_chunk,
+    retry_delay,
+)
 from deepexec_server.executors.models import EMBEDDED_MODEL, embedded_gguf_path
 from deepexec_server.executors.text import (
     PROGRESS_INTERVAL_SECONDS,
@@ -371,9 +383,9 @@ async def test_two_concurrent_jobs_and_cancelling_one_leaves_the_other_intact(
 
 
 @module_loop
-async def test_a_prompt_beyond_the_context_is_a_model_error(ex: TextExecutor) -> None:
+async def test_a_prompt_beyond_the_context_is_context_length_exceeded(ex: TextExecutor) -> None:
     out = await run(ex, {"prompt": "word " * 3000, "max_tokens": 10})
-    assert out.error is not None and out.error.type == "model_error"
+    assert out.error is not None and out.error.type == "context_length_exceeded"
     assert "context" in out.error.message
     assert out.result is not None and out.result["text"] == ""
 
@@ -479,27 +491,359 @@ async def test_deepseek_route_streams_from_the_configured_base_url(
         await executor.close()
 
 
-async def test_a_wrong_api_key_is_a_model_error(
+async def test_a_wrong_api_key_is_upstream_auth(
     tmp_path: Path, openai_server: OpenAIServer
 ) -> None:
     executor = openai_executor(tmp_path, openai_server, "wrong-key")
     try:
         out = await run(executor, {"model": "local-llama", "prompt": "hi", "max_tokens": 5})
-        assert out.error is not None and out.error.type == "model_error"
+        assert out.error is not None and out.error.type == "upstream_auth"
         assert "401" in out.error.message and "Invalid API Key" in out.error.message
     finally:
         await executor.close()
 
 
-async def test_an_unreachable_server_is_a_model_error(tmp_path: Path) -> None:
+async def test_a_prompt_beyond_the_upstream_context_is_context_length_exceeded(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    executor = openai_executor(tmp_path, openai_server, openai_server.key)
+    try:
+        data = {"model": "local-llama", "prompt": "word " * 3000, "max_tokens": 5}
+        out = await run(executor, data)
+        assert out.error is not None and out.error.type == "context_length_exceeded"
+        assert "400" in out.error.message and "context size" in out.error.message
+    finally:
+        await executor.close()
+
+
+async def test_an_unreachable_server_is_retried_then_upstream_error(tmp_path: Path) -> None:
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = OpenAIServer(f"http://127.0.0.1:{port}", "k")
     executor = openai_executor(tmp_path, server, "k")
     try:
+        started = time.monotonic()
         out = await run(executor, {"model": "local-llama", "prompt": "hi", "max_tokens": 5})
-        assert out.error is not None and out.error.type == "model_error"
+        elapsed = time.monotonic() - started
+        assert out.error is not None and out.error.type == "upstream_error"
         assert "cannot reach" in out.error.message
+        assert f"after {MAX_ATTEMPTS} attempts" in out.error.message
+        # Backoff: at least half of 0.5 + 1 + 2 seconds between the four attempts.
+        assert 1.75 <= elapsed < 10
     finally:
         await executor.close()
+
+
+# --- upstream failures: a real loopback HTTP server in the role of a remote API ----------------
+
+
+class FakeUpstream:
+    """A tiny OpenAI-compatible HTTP server on 127.0.0.1 standing in for a remote API that
+    cannot run here. What it does depends on the prompt's first word:
+
+    ``auth`` 401; ``rate`` 429 with ``Retry-After: 0.4``; ``ratelong`` 429 with
+    ``Retry-After: 120``; ``down`` 503; ``flaky`` 503 twice, then a stream; ``hang`` reads the
+    request and never answers; ``context`` 400 with DeepSeek's context-length message; ``bad``
+    400 with another message; ``slow`` streams a token every 50 ms for 10 s; anything else
+    streams "Hello from upstream" with usage. Each request is recorded with its arrival time.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[float, str, str | None]] = []
+        self.disconnected = threading.Event()
+        self.closing = threading.Event()
+        self._counts: dict[str, int] = {}
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = str(body["messages"][-1]["content"])
+                upstream.requests.append(
+                    (time.monotonic(), prompt, self.headers.get("Authorization"))
+                )
+                word = prompt.split()[0] if prompt.split() else ""
+                upstream._counts[prompt] = upstream._counts.get(prompt, 0) + 1
+                upstream.answer(self, word, upstream._counts[prompt])
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def times(self, prompt: str) -> list[float]:
+        return [t for t, p, _ in self.requests if p == prompt]
+
+    def close(self) -> None:
+        self.closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    @staticmethod
+    def _json(h: http.server.BaseHTTPRequestHandler, status: int, doc: Any, **hdrs: str) -> None:
+        raw = json.dumps(doc).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(raw)))
+        for k, v in hdrs.items():
+            h.send_header(k.replace("_", "-"), v)
+        h.end_headers()
+        h.wfile.write(raw)
+
+    def _stream(
+        self, h: http.server.BaseHTTPRequestHandler, pieces: list[str], pause: float
+    ) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.end_headers()
+        try:
+            for piece in pieces:
+                chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+                h.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                h.wfile.flush()
+                if pause and self.closing.wait(pause):
+                    return
+            end = {
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": len(pieces)},
+            }
+            h.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+            h.wfile.flush()
+        except OSError:  # the client closed the connection
+            self.disconnected.set()
+
+    def answer(self, h: http.server.BaseHTTPRequestHandler, word: str, count: int) -> None:
+        def err(msg: str, kind: str) -> dict[str, Any]:
+            return {"error": {"message": msg, "type": kind}}
+
+        if word == "auth":
+            self._json(h, 401, err("Authentication Fails, Your api key is invalid", "auth"))
+        elif word == "rate":
+            self._json(h, 429, err("Rate limit reached", "rate_limit"), Retry_After="0.4")
+        elif word == "ratelong":
+            self._json(h, 429, err("Quota exceeded", "rate_limit"), Retry_After="120")
+        elif word == "down" or (word == "flaky" and count <= 2):
+            self._json(h, 503, err("Service Unavailable", "server_error"))
+        elif word == "hang":
+            self.closing.wait(30)
+        elif word == "context":
+            msg = (
+                "This model's maximum context length is 65536 tokens. However, you requested "
+                "70000 tokens (69000 in the messages, 1000 in the completion)."
+            )
+            self._json(h, 400, err(msg, "invalid_request_error"))
+        elif word == "bad":
+            self._json(h, 400, err("Unknown parameter: frobnicate", "invalid_request_error"))
+        elif word == "slow":
+            self._stream(h, [f" t{i}" for i in range(200)], 0.05)
+        else:
+            self._stream(h, ["Hello", " from", " upstream"], 0.0)
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream()
+    yield server
+    server.close()
+
+
+@pytest_asyncio.fixture
+async def remote(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[TextExecutor]:
+    """An executor whose ``remote`` model is the fake upstream, with a 1 s silence limit."""
+    models = tmp_path / "models.json"
+    entry = {
+        "name": "remote",
+        "backend": "openai",
+        "base_url": upstream.url,
+        "model": "remote-1",
+        "api_key_env": "REMOTE_KEY",
+        "timeout": 1,
+    }
+    models.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
+    executor = TextExecutor(Settings(models_file=str(models)), env={"REMOTE_KEY": "sk-remote"})
+    yield executor
+    await executor.close()
+
+
+async def run_remote(
+    ex: TextExecutor, prompt: str, timeout: float = 20.0, ctx: FakeContext | None = None
+) -> Outcome:
+    ctx = ctx or FakeContext(timeout=timeout)
+    return await ex.execute(ex.validate({"model": "remote", "prompt": prompt}, 30), ctx)
+
+
+def test_http_failures_are_classified() -> None:
+    kinds = {
+        status: http_error(status, "nope", "http://u").error_type
+        for status in (400, 401, 403, 404, 408, 429, 500, 502, 503)
+    }
+    assert kinds == {
+        400: "model_error",
+        401: "upstream_auth",
+        403: "upstream_auth",
+        404: "model_error",
+        408: "upstream_timeout",
+        429: "upstream_rate_limited",
+        500: "upstream_error",
+        502: "upstream_error",
+        503: "upstream_error",
+    }
+    assert http_error(400, "maximum context length is 8k", "u").error_type == (
+        "context_length_exceeded"
+    )
+    assert [s for s in kinds if http_error(s, "x", "u").retryable] == [408, 429, 500, 502, 503]
+
+
+def test_retry_policy_backs_off_honours_retry_after_and_stays_within_the_time_left() -> None:
+    transient = BackendError("503", "upstream_error", retryable=True)
+    assert [backoff_delay(a, 0.0) for a in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [backoff_delay(a, 0.999) for a in range(6)] == pytest.approx(
+        [0.5, 1.0, 2.0, 4.0, 8.0, 8.0], abs=0.01
+    )
+    assert retry_delay(transient, 0, jitter=0.5, time_left=None) == 0.375
+    assert retry_delay(transient, MAX_ATTEMPTS - 1, jitter=0.5, time_left=None) is None
+    assert retry_delay(transient, 2, jitter=0.5, time_left=1.0) is None  # 1.5 s > 1 s left
+    limited = BackendError("429", "upstream_rate_limited", retryable=True, retry_after=3.0)
+    assert retry_delay(limited, 0, jitter=0.0, time_left=10.0) == 3.0
+    assert retry_delay(limited, 0, jitter=0.0, time_left=2.0) is None
+    assert retry_delay(BackendError("401", "upstream_auth"), 0, jitter=0.0, time_left=9) is None
+    assert parse_retry_after("2") == 2.0 and parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert parse_retry_after("-1") is None and parse_retry_after(None) is None
+
+
+async def test_remote_happy_path_streams_with_the_api_key(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    ctx = FakeContext()
+    out = await run_remote(remote, "say hello", ctx=ctx)
+    assert out.error is None and out.result is not None
+    assert out.result["text"] == ctx.text == "Hello from upstream"
+    assert out.result["usage"] == {"prompt_tokens": 7, "completion_tokens": 3}
+    assert upstream.requests[0][2] == "Bearer sk-remote"
+
+
+async def test_upstream_401_fails_at_once_as_upstream_auth(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    out = await run_remote(remote, "auth please")
+    assert out.error is not None and out.error.type == "upstream_auth"
+    assert "401" in out.error.message and "api key is invalid" in out.error.message
+    assert len(upstream.times("auth please")) == 1  # a refused key is not retried
+
+
+async def test_upstream_429_is_retried_after_retry_after_then_upstream_rate_limited(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    out = await run_remote(remote, "rate me")
+    assert out.error is not None and out.error.type == "upstream_rate_limited"
+    assert "429" in out.error.message and f"after {MAX_ATTEMPTS} attempts" in out.error.message
+    times = upstream.times("rate me")
+    assert len(times) == MAX_ATTEMPTS
+    assert all(b - a >= 0.4 for a, b in itertools.pairwise(times))  # Retry-After: 0.4
+
+
+async def test_a_retry_after_beyond_the_jobs_time_fails_at_once(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    started = time.monotonic()
+    out = await run_remote(remote, "ratelong x", timeout=20)
+    assert time.monotonic() - started < 1
+    assert out.error is not None and out.error.type == "upstream_rate_limited"
+    assert len(upstream.times("ratelong x")) == 1
+
+
+async def test_upstream_5xx_is_retried_then_upstream_error(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    out = await run_remote(remote, "down again")
+    assert out.error is not None and out.error.type == "upstream_error"
+    assert "503" in out.error.message
+    times = upstream.times("down again")
+    assert len(times) == MAX_ATTEMPTS
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # Exponential: each wait is in [base * 2**n / 2, base * 2**n) for base 0.5 s.
+    for n, gap in enumerate(gaps):
+        assert 0.5 * 2**n / 2 <= gap < 0.5 * 2**n + 0.5, gaps
+
+
+async def test_a_transient_5xx_is_retried_and_the_job_completes(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    out = await run_remote(remote, "flaky hello")
+    assert out.error is None and out.result is not None
+    assert out.result["text"] == "Hello from upstream"
+    assert len(upstream.times("flaky hello")) == 3
+
+
+async def test_a_silent_upstream_is_retried_then_upstream_timeout(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    out = await run_remote(remote, "hang on", timeout=20)
+    assert out.error is not None and out.error.type == "upstream_timeout"
+    assert "did not answer in time" in out.error.message
+    assert len(upstream.times("hang on")) == MAX_ATTEMPTS  # 1 s silence limit, 4 attempts
+
+
+async def test_a_silent_upstream_near_the_jobs_limit_is_upstream_timeout_not_timeout(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    # deepseek-v3 keeps its long default silence limit: the job's own time bounds it.
+    env = {"DEEPSEEK_API_KEY": "k", "DEEPSEEK_BASE_URL": upstream.url}
+    executor = TextExecutor(Settings(), env=env)
+    try:
+        started = time.monotonic()
+        ctx = FakeContext(timeout=2.0)
+        data = executor.validate({"model": "deepseek-v3", "prompt": "hang tight"}, 30)
+        out = await executor.execute(data, ctx)
+        assert 1.5 <= time.monotonic() - started < 2.0
+        assert out.error is not None and out.error.type == "upstream_timeout"
+    finally:
+        await executor.close()
+
+
+async def test_upstream_context_overflow_and_other_refusals(remote: TextExecutor) -> None:
+    out = await run_remote(remote, "context overflow")
+    assert out.error is not None and out.error.type == "context_length_exceeded"
+    assert "maximum context length" in out.error.message
+    out = await run_remote(remote, "bad request")
+    assert out.error is not None and out.error.type == "model_error"
+    assert "Unknown parameter" in out.error.message
+
+
+async def test_cancel_during_backoff_ends_the_job_promptly(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    ctx = FakeContext()
+    task = asyncio.ensure_future(run_remote(remote, "down below", ctx=ctx))
+    while not upstream.times("down below"):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    ctx.cancel_requested.set()
+    cancelled_at = time.monotonic()
+    out = await task
+    assert time.monotonic() - cancelled_at < 0.2
+    assert out.canceled and out.result is not None and out.result["text"] == ""
+    await asyncio.sleep(1.0)
+    assert len(upstream.times("down below")) == 1  # no retry after the cancel
+
+
+async def test_cancel_mid_stream_closes_the_upstream_request(
+    remote: TextExecutor, upstream: FakeUpstream
+) -> None:
+    ctx = FakeContext()
+    task = asyncio.ensure_future(run_remote(remote, "slow story", ctx=ctx))
+    await ctx.wait_for_tokens(3)
+    ctx.cancel_requested.set()
+    out = await task
+    assert out.canceled and out.result is not None and out.result["text"] == ctx.text != ""
+    # The upstream notices the closed connection at its next write (every 50 ms).
+    assert await asyncio.to_thread(upstream.disconnected.wait, 2.0)

@@ -35,11 +35,15 @@ from .types import (
     JobError,
     JobStatus,
     JobType,
+    LanguageInfo,
+    LanguageListResponse,
     MCPCancelJobResponse,
     MCPJobEvent,
     MCPJobListResponse,
     MCPJobResponse,
     MCPJobStatusResponse,
+    ModelInfo,
+    ModelListResponse,
 )
 
 __all__ = [
@@ -50,6 +54,8 @@ __all__ = [
     "JobStatus",
     "JobType",
     "JobWaitTimeoutError",
+    "LanguageInfo",
+    "LanguageListResponse",
     "MCPAuthenticationError",
     "MCPCancelJobResponse",
     "MCPConflictError",
@@ -66,5 +72,7 @@ __all__ = [
     "MCPServerError",
     "MCPTimeoutError",
     "MCPValidationError",
+    "ModelInfo",
+    "ModelListResponse",
     "__version__",
 ]

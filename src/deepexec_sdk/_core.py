@@ -48,11 +48,13 @@ from .types import (
     REQUEST_ID_HEADER,
     ErrorEnvelope,
     JobStatus,
+    LanguageListResponse,
     MCPCancelJobResponse,
     MCPJobEvent,
     MCPJobListResponse,
     MCPJobResponse,
     MCPJobStatusResponse,
+    ModelListResponse,
 )
 
 logger = logging.getLogger("deepexec_sdk")
@@ -645,6 +647,24 @@ class _BaseClient:
             params=params,
         )
         return Call(spec, MCPJobListResponse)
+
+    def _models_call(self) -> Call[ModelListResponse]:
+        spec = RequestSpec(
+            "GET",
+            f"{self._base_url}/v1/models",
+            httpx.Timeout(self._timeout),
+            headers=self._headers(),
+        )
+        return Call(spec, ModelListResponse)
+
+    def _languages_call(self) -> Call[LanguageListResponse]:
+        spec = RequestSpec(
+            "GET",
+            f"{self._base_url}/v1/languages",
+            httpx.Timeout(self._timeout),
+            headers=self._headers(),
+        )
+        return Call(spec, LanguageListResponse)
 
     def _event_stream(self, job_id: str) -> EventStreamState:
         spec = RequestSpec(

@@ -15,11 +15,13 @@ from pydantic import BaseModel
 from ._core import Call, RequestSpec, _BaseClient, code_execution_data, text_generation_data
 from .types import (
     JobStatus,
+    LanguageListResponse,
     MCPCancelJobResponse,
     MCPJobEvent,
     MCPJobListResponse,
     MCPJobResponse,
     MCPJobStatusResponse,
+    ModelListResponse,
 )
 
 T = TypeVar("T", bound=BaseModel)
@@ -201,6 +203,17 @@ class DeepExecClient(_BaseClient):
             name or "text generation", "text_generation", data, timeout, priority, tags
         )
         return self.wait_for_mcp_job_completion(job.job_id, poll_interval, max_wait_time)
+
+    # -- the server's offer ---------------------------------------------------------------
+
+    def list_models(self) -> ModelListResponse:
+        """The models ``text_generation`` jobs may name, each with whether it is usable now
+        and, if not, what to set on the server (``hint``)."""
+        return self._call(self._models_call())
+
+    def list_languages(self) -> LanguageListResponse:
+        """The languages ``code_execution`` jobs can use on this server, with versions."""
+        return self._call(self._languages_call())
 
     # -- I/O -------------------------------------------------------------------------------
 

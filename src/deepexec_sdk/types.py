@@ -138,6 +138,46 @@ class MCPJobEvent(_Response):
     text: str | None = None
 
 
+class ModelInfo(_Response):
+    """One model a ``text_generation`` job may name, and whether it is usable now.
+
+    When it is not, ``missing`` names what is lacking (``DEEPSEEK_API_KEY``...) and ``hint``
+    says what to set on the server.
+    """
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    backend: str
+    model_id: str | None = None
+    context_length: int | None = None
+    available: bool
+    missing: list[str] = Field(default_factory=list)
+    hint: str | None = None
+    default: bool = False
+    description: str = ""
+
+
+class ModelListResponse(_Response):
+    """``GET /v1/models``: every model of the server, and the one used when a job names none."""
+
+    default_model: str | None = None
+    models: list[ModelInfo] = Field(default_factory=list)
+
+
+class LanguageInfo(_Response):
+    """A language ``code_execution`` jobs can use on this server."""
+
+    name: str
+    version: str | None = None
+    path: str | None = None
+
+
+class LanguageListResponse(_Response):
+    """``GET /v1/languages``: the languages available on this server."""
+
+    languages: list[LanguageInfo] = Field(default_factory=list)
+
+
 class ErrorBody(_Response):
     type: str
     message: str

@@ -2,7 +2,8 @@
 
 Server side: ``serve`` (API + scheduler + runners in one process), ``keys`` (API keys, straight
 on the database), ``doctor`` (what the sandbox can use on this host).
-Client side, through the SDK: ``submit``, ``status``, ``wait``, ``cancel``, ``list``, ``logs``.
+Client side, through the SDK: ``submit``, ``status``, ``wait``, ``cancel``, ``list``, ``logs``,
+``models`` (text generation models and what each needs), ``languages`` (code languages).
 """
 
 from __future__ import annotations
@@ -296,6 +297,39 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        listing = client.list_models()
+    if args.json:
+        print(listing.model_dump_json(indent=2))
+        return 0
+    rows = [
+        [
+            m.name + (" (default)" if m.default else ""),
+            "yes" if m.available else "no",
+            m.backend,
+            ", ".join(m.aliases),
+            "" if m.available else (m.hint or ", ".join(m.missing)),
+        ]
+        for m in listing.models
+    ]
+    _table(["MODEL", "AVAILABLE", "BACKEND", "ALIASES", "TO USE IT"], rows)
+    return 0
+
+
+def cmd_languages(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        listing = client.list_languages()
+    if args.json:
+        print(listing.model_dump_json(indent=2))
+        return 0
+    rows = [[lang.name, lang.version or "", lang.path or ""] for lang in listing.languages]
+    _table(["LANGUAGE", "VERSION", "PATH"], rows)
+    if not rows:
+        print("(no language is available on this server)", file=sys.stderr)
+    return 0
+
+
 # --- rendering --------------------------------------------------------------------------------
 
 
@@ -518,6 +552,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="stream output live")
     client_opts(p)
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("models", help="list the text generation models and what each needs")
+    p.add_argument("--json", action="store_true")
+    client_opts(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("languages", help="list the languages code jobs can use")
+    p.add_argument("--json", action="store_true")
+    client_opts(p)
+    p.set_defaults(func=cmd_languages)
 
     p = sub.add_parser("keys", help="manage API keys (on the server's database)")
     server_opts(p)

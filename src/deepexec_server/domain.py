@@ -92,6 +92,11 @@ class ErrorType:
     INTERRUPTED = "interrupted"
     INTERNAL = "internal_error"
     MODEL_ERROR = "model_error"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    UPSTREAM_AUTH = "upstream_auth"
+    UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

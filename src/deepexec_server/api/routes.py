@@ -17,11 +17,13 @@ from deepexec_sdk.types import (
     ErrorEnvelope,
     JobStatus,
     JobSubmitRequest,
+    LanguageListResponse,
     MCPCancelJobResponse,
     MCPJobEvent,
     MCPJobListResponse,
     MCPJobResponse,
     MCPJobStatusResponse,
+    ModelListResponse,
 )
 
 from ..domain import JobFilter
@@ -199,6 +201,21 @@ async def job_events(job_id: str, tenant_id: Tenant, svc: Svc) -> StreamingRespo
 async def executors(tenant_id: Tenant, svc: Svc) -> JSONResponse:
     """Job types with what each offers on this host (languages, models, sandbox checks)."""
     return JSONResponse(svc.engine.describe())
+
+
+@router.get("/models", response_model=ModelListResponse, summary="Text generation models")
+async def models(tenant_id: Tenant, svc: Svc) -> ModelListResponse:
+    """Every model a `text_generation` job may name: whether it is usable now and, if not,
+    what to set on the server (`hint`)."""
+    described = svc.engine.describe().get("text_generation") or {}
+    return ModelListResponse.model_validate(described)
+
+
+@router.get("/languages", response_model=LanguageListResponse, summary="Code execution languages")
+async def languages(tenant_id: Tenant, svc: Svc) -> LanguageListResponse:
+    """The languages `code_execution` jobs can use on this server, with their versions."""
+    described = svc.engine.describe().get("code_execution") or {}
+    return LanguageListResponse(languages=described.get("languages") or [])
 
 
 health = APIRouter()

@@ -12,6 +12,12 @@ Cancellation: ``generate`` returns as soon as ``cancel_event`` is set, with the 
 it is still reading a long prompt (prefill, ~300 tokens/s on 2 cores) llama.cpp calls no
 callback, so that slot stays busy until the prompt is read; the job does not wait for it. The
 OpenAI-compatible backend closes the HTTP stream, which ends the generation server-side.
+
+Failures carry an ``error_type`` (``LLMErrorType``) that becomes the job's ``error.type``. The
+OpenAI-compatible backend retries transient failures (connection errors, 429, 5xx, timeouts)
+that happen before the first token, with capped exponential backoff and jitter, honouring
+``Retry-After``, and never past the request's ``deadline``; after the first token a retry would
+repeat text the client has already seen, so the failure ends the job with the partial text.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import random
 import secrets
 import threading
 import time
@@ -30,6 +37,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from ..domain import ErrorType
 from .models import ModelSpec
 
 log = logging.getLogger("deepexec_server.llm")
@@ -42,8 +50,54 @@ CLOSE_JOIN_SECONDS = 5.0
 EMBEDDED_CACHE_RAM_MIB = 64
 
 
+#: Attempts of one OpenAI-compatible request (the first and up to three retries).
+MAX_ATTEMPTS = 4
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 8.0
+#: A ``Retry-After`` longer than this is taken as "not within this job".
+RETRY_AFTER_CAP_SECONDS = 60.0
+#: Seconds to wait for a TCP connection to an OpenAI-compatible server.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class LLMErrorType:
+    """``error.type`` values of FAILED ``text_generation`` jobs (besides ``timeout``); the
+    strings are the domain's (``domain.ErrorType``), named here for the backends."""
+
+    #: The prompt (plus ``max_tokens``) does not fit the model's context window.
+    CONTEXT_LENGTH_EXCEEDED = ErrorType.CONTEXT_LENGTH_EXCEEDED
+    #: The upstream server refused our API key (HTTP 401/403).
+    UPSTREAM_AUTH = ErrorType.UPSTREAM_AUTH
+    #: The upstream server kept answering 429 (rate limit or quota) through every retry.
+    UPSTREAM_RATE_LIMITED = ErrorType.UPSTREAM_RATE_LIMITED
+    #: The upstream server answered 5xx, was unreachable, or broke the stream.
+    UPSTREAM_ERROR = ErrorType.UPSTREAM_ERROR
+    #: The upstream server stayed silent longer than its timeout.
+    UPSTREAM_TIMEOUT = ErrorType.UPSTREAM_TIMEOUT
+    #: Anything else the model or its server refused or failed at.
+    MODEL_ERROR = ErrorType.MODEL_ERROR
+
+
 class BackendError(Exception):
-    """The model backend failed (could not load, refused the request, connection lost)."""
+    """The model backend failed (could not load, refused the request, connection lost).
+
+    ``error_type`` is an ``LLMErrorType``; ``retryable`` marks a transient failure and
+    ``retry_after`` the seconds the server asked us to wait before trying again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        error_type: str = LLMErrorType.MODEL_ERROR,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.retryable = retryable
+        self.retry_after = retry_after
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,6 +110,9 @@ class GenerationRequest:
     top_p: float | None = None
     stop: Sequence[str] = ()
     seed: int | None = None
+    #: ``time.monotonic()`` by which the backend must have given up (retries included), so
+    #: that the job can still say why; None: no limit but cancellation.
+    deadline: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,6 +313,114 @@ async def _wait_or_cancel(work: asyncio.Future[Any], cancel_event: asyncio.Event
     return not work.done()
 
 
+# --- failures and retries (pure) --------------------------------------------------------------
+
+_CONTEXT_MARKERS = (
+    "context length",
+    "context size",
+    "context window",
+    "context_length_exceeded",
+    "exceed_context_size",
+    "maximum context",
+    "too many tokens",
+)
+
+
+def is_context_overflow(message: str) -> bool:
+    """Whether an error message (llama.cpp, OpenAI, DeepSeek, vLLM...) says the prompt does
+    not fit the model's context window."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in _CONTEXT_MARKERS)
+
+
+def model_error(message: str) -> BackendError:
+    """The error for a failure the model reported itself (an ``error`` object or chunk)."""
+    if is_context_overflow(message):
+        return BackendError(message, LLMErrorType.CONTEXT_LENGTH_EXCEEDED)
+    return BackendError(message, LLMErrorType.MODEL_ERROR)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in delay-seconds form; None otherwise.
+
+    (The HTTP-date form is not worth supporting for waits that must fit inside one job.)
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def http_error(
+    status: int, message: str, where: str, retry_after: float | None = None
+) -> BackendError:
+    """The error for an HTTP error answer of an OpenAI-compatible server."""
+    text = f"{where} answered {status}: {message}"
+    if status in (401, 403):
+        return BackendError(text, LLMErrorType.UPSTREAM_AUTH)
+    if status == 429:
+        return BackendError(
+            text, LLMErrorType.UPSTREAM_RATE_LIMITED, retryable=True, retry_after=retry_after
+        )
+    if status == 408:
+        return BackendError(text, LLMErrorType.UPSTREAM_TIMEOUT, retryable=True)
+    if status >= 500:
+        return BackendError(
+            text, LLMErrorType.UPSTREAM_ERROR, retryable=True, retry_after=retry_after
+        )
+    if is_context_overflow(message):
+        return BackendError(text, LLMErrorType.CONTEXT_LENGTH_EXCEEDED)
+    return BackendError(text, LLMErrorType.MODEL_ERROR)
+
+
+def transport_error(exc: httpx.HTTPError, where: str) -> BackendError:
+    """The error for a failed connection or a silent server; all of them are transient."""
+    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError(
+            f"{where} did not answer in time ({detail})",
+            LLMErrorType.UPSTREAM_TIMEOUT,
+            retryable=True,
+        )
+    return BackendError(
+        f"cannot reach {where} ({detail})", LLMErrorType.UPSTREAM_ERROR, retryable=True
+    )
+
+
+def backoff_delay(attempt: int, jitter: float) -> float:
+    """Seconds before retry ``attempt + 1``: capped exponential backoff, half of it random
+    (``jitter`` in [0, 1)) so that jobs that failed together do not retry together."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** min(attempt, 16))
+    return ceiling / 2 + ceiling / 2 * min(max(jitter, 0.0), 1.0)
+
+
+def retry_delay(
+    error: BackendError, attempt: int, *, jitter: float, time_left: float | None
+) -> float | None:
+    """Seconds to wait before retrying after ``error`` on attempt ``attempt`` (0 = first), or
+    None to give up: not transient, attempts used up, or the wait would not fit the time left.
+    A ``Retry-After`` from the server wins over the backoff."""
+    if not error.retryable or attempt + 1 >= MAX_ATTEMPTS:
+        return None
+    if error.retry_after is not None:
+        if error.retry_after > RETRY_AFTER_CAP_SECONDS:
+            return None
+        delay = error.retry_after
+    else:
+        delay = backoff_delay(attempt, jitter)
+    if time_left is not None and delay >= time_left:
+        return None
+    return delay
+
+
+def time_left(deadline: float | None, now: float) -> float | None:
+    """Seconds until ``deadline`` (never negative), None without one."""
+    return None if deadline is None else max(0.0, deadline - now)
+
+
 # --- embedded llama.cpp -----------------------------------------------------------------------
 
 
@@ -416,7 +581,7 @@ class EmbeddedBackend:
             except Exception as exc:
                 raise BackendError(f"model {self.spec.name!r} failed: {exc}") from exc
             if acc.error is not None:
-                raise BackendError(acc.error)
+                raise model_error(acc.error)
             return acc.result()
         finally:
             # Also reached when this coroutine itself is cancelled: never leave a generation
@@ -450,7 +615,11 @@ class EmbeddedBackend:
 
 class OpenAIBackend:
     """Any server with an OpenAI-compatible ``/chat/completions`` (DeepSeek, vLLM, SGLang,
-    Ollama, llama.cpp's server): streamed over HTTP with httpx."""
+    Ollama, llama.cpp's server): streamed over HTTP with httpx, transient failures retried.
+
+    ``sleep`` waits between attempts and returns True when ``cancel_event`` interrupted it;
+    ``jitter`` draws the random part of the backoff. Tests may replace either.
+    """
 
     def __init__(
         self,
@@ -458,30 +627,48 @@ class OpenAIBackend:
         api_key: str | None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         if not spec.base_url:
             raise BackendError(f"model {spec.name!r} has no base_url")
         self.spec = spec
+        self._jitter = jitter
         headers = {"Accept": "text/event-stream"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._client = httpx.AsyncClient(
             base_url=spec.base_url,
             headers=headers,
-            timeout=httpx.Timeout(30.0, read=300.0),
+            timeout=self._timeout(None),
             transport=transport,
         )
+
+    def _timeout(self, left: float | None) -> httpx.Timeout:
+        """Per-attempt limits: the model's own, shortened to the time the job has left."""
+        silence = self.spec.request_timeout
+        connect = CONNECT_TIMEOUT_SECONDS
+        if left is not None:
+            silence, connect = min(silence, left), min(connect, left)
+        return httpx.Timeout(silence, connect=connect)
 
     async def start(self) -> None:
         """Nothing to prepare: connections open on first use."""
 
-    async def _stream(self, payload: dict[str, Any], acc: StreamAccumulator) -> None:
+    async def _stream(
+        self, payload: dict[str, Any], acc: StreamAccumulator, timeout: httpx.Timeout
+    ) -> None:
+        where = self.spec.base_url or self.spec.name
         try:
-            async with self._client.stream("POST", "/chat/completions", json=payload) as resp:
+            async with self._client.stream(
+                "POST", "/chat/completions", json=payload, timeout=timeout
+            ) as resp:
                 if resp.status_code >= 400:
                     body = (await resp.aread()).decode("utf-8", errors="replace")
-                    raise BackendError(
-                        f"{self.spec.base_url} answered {resp.status_code}: {_error_message(body)}"
+                    raise http_error(
+                        resp.status_code,
+                        _error_message(body),
+                        where,
+                        parse_retry_after(resp.headers.get("retry-after")),
                     )
                 async for line in resp.aiter_lines():
                     data = parse_sse_line(line)
@@ -490,33 +677,80 @@ class OpenAIBackend:
                     if data is not None:
                         acc.feed(data)
         except httpx.HTTPError as exc:
+            raise transport_error(exc, where) from exc
+
+    def _attempt(
+        self, payload: dict[str, Any], acc: StreamAccumulator, deadline: float | None
+    ) -> asyncio.Future[None]:
+        left = time_left(deadline, time.monotonic())
+        if left is not None and left <= 0:
             raise BackendError(
-                f"cannot reach {self.spec.base_url}: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"{self.spec.base_url} did not answer before the job's time ran out",
+                LLMErrorType.UPSTREAM_TIMEOUT,
+            )
+        return asyncio.ensure_future(self._stream(payload, acc, self._timeout(left)))
 
     async def generate(
         self, request: GenerationRequest, on_token: TokenCallback, cancel_event: asyncio.Event
     ) -> GenerationResult:
-        """Stream one chat completion; cancelling closes the HTTP stream."""
+        """Stream one chat completion, retrying transient failures before the first token;
+        cancelling closes the HTTP stream."""
         acc = StreamAccumulator(on_token)
-        work = asyncio.ensure_future(self._stream(chat_payload(request, self.spec), acc))
-        try:
-            if await _wait_or_cancel(work, cancel_event):
+        payload = chat_payload(request, self.spec)
+        attempt = 0
+        while True:
+            work = self._attempt(payload, acc, request.deadline)
+            try:
+                if await _wait_or_cancel(work, cancel_event):
+                    return acc.result(cancelled=True)
+                error = work.exception()
+            finally:
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await work
+            if error is None:
+                if acc.error is not None:
+                    acc.closed = True
+                    raise model_error(acc.error)
+                return acc.result()
+            if not isinstance(error, BackendError):
+                acc.closed = True
+                raise error
+            delay = None
+            if acc.pieces == 0:  # after the first token a retry would repeat text
+                left = time_left(request.deadline, time.monotonic())
+                delay = retry_delay(error, attempt, jitter=self._jitter(), time_left=left)
+            if delay is None:
+                acc.closed = True
+                if attempt > 0:
+                    error.message = f"{error.message} (after {attempt + 1} attempts)"
+                    error.args = (error.message,)
+                raise error
+            attempt += 1
+            log.info(
+                "model %s: %s; retry %d/%d in %.2f s",
+                self.spec.name,
+                error.message,
+                attempt,
+                MAX_ATTEMPTS - 1,
+                delay,
+            )
+            if await _sleep_or_cancel(delay, cancel_event):
                 return acc.result(cancelled=True)
-            work.result()
-            if acc.error is not None:
-                raise BackendError(acc.error)
-            return acc.result()
-        finally:
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await work
-            acc.closed = True
 
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+
+async def _sleep_or_cancel(delay: float, cancel_event: asyncio.Event) -> bool:
+    """Sleep ``delay`` seconds; True when ``cancel_event`` was set first."""
+    sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+    try:
+        return await _wait_or_cancel(sleeper, cancel_event)
+    finally:
+        sleeper.cancel()
 
 
 def _error_message(body: str) -> str:

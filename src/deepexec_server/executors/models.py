@@ -14,7 +14,7 @@ An optional catalog file (``Settings.models_file``, JSON or TOML) adds or replac
     {"models": [
       {"name": "qwen-7b", "backend": "openai", "base_url": "http://127.0.0.1:8000/v1",
        "model": "Qwen/Qwen2.5-7B-Instruct", "api_key_env": "VLLM_API_KEY",
-       "context_length": 32768, "aliases": ["qwen"]},
+       "context_length": 32768, "aliases": ["qwen"], "timeout": 120},
       {"name": "tiny-gguf", "backend": "gguf", "path": "/srv/models/tiny.gguf",
        "context_length": 2048, "params": {"repeat_penalty": 1.1}}
     ]}
@@ -51,6 +51,10 @@ LOCAL_CONTEXT_LENGTH = 2048
 #: ``temperature`` wins.
 LOCAL_DEFAULT_PARAMS: Mapping[str, float] = {"temperature": 0.3, "repeat_penalty": 1.15}
 
+#: Seconds an OpenAI-compatible server may stay silent (before its answer, or between two
+#: pieces of a stream) before the request counts as timed out; catalog key ``timeout``.
+DEFAULT_REQUEST_TIMEOUT = 120.0
+
 DEEPSEEK_BASE_URL = "https://api.deepseek.com"
 DEEPSEEK_KEY_ENV = "DEEPSEEK_API_KEY"
 DEEPSEEK_URL_ENV = "DEEPSEEK_BASE_URL"
@@ -80,6 +84,8 @@ class ModelSpec:
     path: str | None = None
     aliases: tuple[str, ...] = ()
     description: str = ""
+    #: See ``DEFAULT_REQUEST_TIMEOUT``; only used by the ``openai`` backend.
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,6 +165,7 @@ _ENTRY_KEYS = frozenset(
         "params",
         "aliases",
         "description",
+        "timeout",
     }
 )
 
@@ -202,6 +209,11 @@ def spec_from_entry(entry: Any, source: str, index: int) -> ModelSpec:
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise fail("'aliases' must be a list of non-empty strings")
     description = _optional_str(entry, "description", fail)
+    timeout = entry.get("timeout", DEFAULT_REQUEST_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise fail("'timeout' must be a number of seconds")
+    if not 0.1 <= timeout <= 3600:
+        raise fail("'timeout' must be between 0.1 and 3600 seconds")
     api_key_env = _optional_str(entry, "api_key_env", fail)
     common: dict[str, Any] = {
         "name": name,
@@ -209,6 +221,7 @@ def spec_from_entry(entry: Any, source: str, index: int) -> ModelSpec:
         "default_params": {k: float(v) for k, v in params.items()},
         "aliases": tuple(aliases),
         "description": description,
+        "request_timeout": float(timeout),
     }
     if backend == "openai":
         base_url = _optional_str(entry, "base_url", fail)

@@ -15,6 +15,10 @@ Result: ``text``, ``model``, ``finish_reason`` (``stop``, ``length``, or ``cance
 job was cancelled or timed out before the model finished), ``usage`` (``prompt_tokens``, None
 when the generation was cut short, and ``completion_tokens``), ``time_to_first_token_ms``,
 ``tokens_per_second``.
+
+A FAILED job's ``error.type`` is ``timeout`` (the job's own limit), or one of ``LLMErrorType``:
+``context_length_exceeded``, ``upstream_auth``, ``upstream_rate_limited``, ``upstream_error``,
+``upstream_timeout``, ``model_error``; the partial text is still in the result.
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ from typing import Any
 from ..domain import ErrorType, JobError
 from ..settings import Settings
 from .base import ExecutionContext, JobDataError, ModelUnavailableError, Outcome
-from .llm_backends import Backend, BackendError, GenerationRequest, GenerationResult, make_backend
+from .llm_backends import (
+    Backend,
+    BackendError,
+    GenerationRequest,
+    GenerationResult,
+    LLMErrorType,
+    make_backend,
+)
 from .models import ModelCatalog, ModelSpec
 
 log = logging.getLogger("deepexec_server.llm")
@@ -47,6 +58,18 @@ ALLOWED_KEYS = frozenset(
 )
 #: Least time between two progress reports of one job.
 PROGRESS_INTERVAL_SECONDS = 0.1
+#: The backend gives up this long before the job's limit (at most ``DEADLINE_MARGIN_MAX``
+#: seconds), so that a silent upstream is reported as ``upstream_timeout``, not ``timeout``.
+DEADLINE_MARGIN_FRACTION = 0.1
+DEADLINE_MARGIN_MAX = 1.0
+
+#: ``error.type`` values of FAILED text jobs, besides ``timeout`` (see ``LLMErrorType``).
+CONTEXT_LENGTH_EXCEEDED = LLMErrorType.CONTEXT_LENGTH_EXCEEDED
+UPSTREAM_AUTH = LLMErrorType.UPSTREAM_AUTH
+UPSTREAM_RATE_LIMITED = LLMErrorType.UPSTREAM_RATE_LIMITED
+UPSTREAM_ERROR = LLMErrorType.UPSTREAM_ERROR
+UPSTREAM_TIMEOUT = LLMErrorType.UPSTREAM_TIMEOUT
+MODEL_ERROR = LLMErrorType.MODEL_ERROR
 
 
 # --- validation (pure) ------------------------------------------------------------------------
@@ -178,7 +201,13 @@ def build_messages(data: Mapping[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-def build_request(data: Mapping[str, Any]) -> GenerationRequest:
+def backend_deadline(started: float, timeout: float) -> float:
+    """When the backend must give up for a job that started at ``started`` (monotonic)."""
+    margin = min(DEADLINE_MARGIN_MAX, timeout * DEADLINE_MARGIN_FRACTION)
+    return started + max(0.0, timeout - margin)
+
+
+def build_request(data: Mapping[str, Any], deadline: float | None = None) -> GenerationRequest:
     """The backend request for validated data."""
     return GenerationRequest(
         messages=build_messages(data),
@@ -187,6 +216,7 @@ def build_request(data: Mapping[str, Any]) -> GenerationRequest:
         top_p=data.get("top_p"),
         stop=tuple(data.get("stop", ())),
         seed=data.get("seed"),
+        deadline=deadline,
     )
 
 
@@ -328,7 +358,7 @@ class TextExecutor:
             spec = self.catalog.resolve(data.get("model"))
         except ModelUnavailableError as exc:
             return Outcome(None, JobError(ErrorType.MODEL_ERROR, exc.message))
-        request = build_request(data)
+        request = build_request(data, backend_deadline(started, ctx.timeout))
         sink = _TokenSink(ctx, request.max_tokens)
         stop = asyncio.Event()
         generation = asyncio.ensure_future(self.backend_for(spec).generate(request, sink, stop))
@@ -347,8 +377,7 @@ class TextExecutor:
             gen = await generation
         except BackendError as exc:
             return Outcome(
-                text_result(spec.name, sink.partial()),
-                JobError(ErrorType.MODEL_ERROR, str(exc)),
+                text_result(spec.name, sink.partial()), JobError(exc.error_type, exc.message)
             )
         result = text_result(spec.name, gen)
         if gen.finish_reason == "cancelled":
