@@ -84,3 +84,66 @@ def test_server_on_postgresql_runs_jobs_and_reaps_a_crashed_runner(
             srv2.stop()
     finally:
         srv.stop()
+
+
+def test_api_only_server_with_a_separate_worker_process(tmp_path: Path, pg_url: str) -> None:
+    """The scale-out shape: `serve --no-runners` answers the API, `deepexec worker` processes
+    sharing the PostgreSQL store run the jobs. Cancels reach the worker through the store; a
+    worker that dies has its running job reaped by the server once the lease expires."""
+    import signal
+    import subprocess
+
+    from tests.serverproc import DEEPEXEC
+
+    env = {"DEEPEXEC_LEASE_SECONDS": "1.5"}
+    srv = ServerProcess(tmp_path / "home", "--database-url", pg_url, "--no-runners", env=env)
+    srv.start()
+    worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [DEEPEXEC, "worker", "--database-url", pg_url],
+            env=srv.env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    worker = start_worker()
+    try:
+        with DeepExecClient(base_url=srv.base_url, api_key=srv.api_key) as c:
+            done = c.execute_code_and_wait("print('ran on a worker')", max_wait_time=30)
+            assert done.status == "COMPLETED", (done.error, (tmp_path / "worker.log").read_text())
+            assert done.result is not None and "ran on a worker" in done.result["stdout"]
+
+            slow = c.submit_mcp_job(
+                "slow", "code_execution", {"code": "import time; time.sleep(60)"}
+            )
+            deadline = time.monotonic() + 10
+            while c.get_mcp_job_status(slow.job_id).status != "RUNNING":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            c.cancel_mcp_job(slow.job_id)
+            final = c.wait_for_mcp_job_completion(slow.job_id, poll_interval=0.2, max_wait_time=10)
+            assert final.status == "CANCELED"
+
+            orphan = c.submit_mcp_job(
+                "orphan", "code_execution", {"code": "import time; time.sleep(60)"}
+            )
+            deadline = time.monotonic() + 10
+            while c.get_mcp_job_status(orphan.job_id).status != "RUNNING":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            reaped = c.wait_for_mcp_job_completion(
+                orphan.job_id, poll_interval=0.5, max_wait_time=15
+            )
+            assert reaped.status == "FAILED"
+            assert reaped.error is not None and reaped.error.type == "interrupted"
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(20)
+        worker_log.close()
+        srv.stop()

@@ -86,11 +86,14 @@ def create_app(
     store: Store | None = None,
     executors: Mapping[str, Executor] | None = None,
     provision_credentials: bool = False,
+    run_jobs: bool = True,
 ) -> FastAPI:
     """The whole server as an ASGI app. Starting it (lifespan) opens the store, reaps what a
     crash left, and starts the engine; stopping it stops running jobs and closes the store.
     With ``provision_credentials``, it also makes sure ``settings.credentials_file`` holds a
-    working key and this server's URL, so the SDK and CLI of this user need no configuration."""
+    working key and this server's URL, so the SDK and CLI of this user need no configuration.
+    Without ``run_jobs`` the server only serves the API; ``deepexec worker`` processes sharing
+    its PostgreSQL store run the jobs."""
     url = settings.effective_database_url
     the_store = store if store is not None else open_store(url)
     metrics = Metrics()
@@ -117,7 +120,7 @@ def create_app(
             t0 = time.monotonic()
             await the_store.open()
             try:
-                await engine.start()
+                await engine.start(run_jobs=run_jobs)
                 if provision_credentials:
                     await provision_local_key(
                         the_store, settings.credentials_file, settings.base_url

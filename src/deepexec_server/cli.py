@@ -90,7 +90,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "pick another with --port"
         ) from exc
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
-    app = create_app(settings, provision_credentials=True)
+    url = settings.effective_database_url
+    if args.no_runners and url.startswith("sqlite:"):
+        raise CliError(
+            "--no-runners needs a store that workers share: pass --database-url "
+            "postgresql://... and start `deepexec worker` processes on it"
+        )
+    app = create_app(settings, provision_credentials=True, run_jobs=not args.no_runners)
     # The stdlib loop, not uvloop: the sandbox drops privileges with subprocess' user=/group=,
     # which uvloop's subprocess support does not implement.
     config = uvicorn.Config(
@@ -109,6 +115,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server.run(sockets=[sock])
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from .app import default_executors
+    from .engine import Engine
+    from .store import open_store
+
+    _configure_logging(args.log_level)
+    settings = _settings(args)
+    url = settings.effective_database_url
+    if url.startswith("sqlite:"):
+        raise CliError(
+            "a worker shares its store with `deepexec serve`: pass --database-url "
+            "postgresql://... (SQLite belongs to one server process)"
+        )
+
+    async def run() -> int:
+        store = open_store(url)
+        await store.open()
+        engine = Engine(settings, store, default_executors(settings), exclusive_store=False)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await engine.start()
+            logging.getLogger("deepexec_server").info(
+                "worker %s running jobs from %s (%s)",
+                engine.owner,
+                url.split("@")[-1],
+                ", ".join(f"{t}={n}" for t, n in settings.concurrency.items()),
+            )
+            await stop.wait()
+        finally:
+            await engine.stop()
+            await store.close()
+        return 0
+
+    return asyncio.run(run())
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -483,8 +530,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="UNSAFE: if the sandbox cannot work here, run untrusted code without "
         "namespaces (only for trusted code on a throwaway machine)",
     )
+    p.add_argument(
+        "--no-runners",
+        action="store_true",
+        help="serve the API only; `deepexec worker` processes on the same "
+        "PostgreSQL store run the jobs",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run jobs from a shared PostgreSQL store (no API)")
+    server_opts(p)
+    p.add_argument(
+        "--concurrency", help="runner slots per job type, e.g. 'code_execution=4,text_generation=1'"
+    )
+    p.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="UNSAFE: run untrusted code without namespaces if the sandbox cannot work",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a job (code from a file or --code, or a prompt)")
     p.add_argument("file", nargs="?", help="program to run ('-' reads standard input)")

@@ -180,12 +180,13 @@ class Engine:
             await executor.start()
         self._started = True
         if run_jobs:
-            self._tasks = [
+            self._tasks += [
                 asyncio.create_task(self._schedule_loop(), name="deepexec-scheduler"),
                 asyncio.create_task(self._lease_loop(), name="deepexec-leases"),
             ]
-            if not self.exclusive_store:
-                self._tasks.append(asyncio.create_task(self._reap_loop(), name="deepexec-reaper"))
+        if not self.exclusive_store:
+            # Even an API-only server reaps: the runner of a job may have died elsewhere.
+            self._tasks.append(asyncio.create_task(self._reap_loop(), name="deepexec-reaper"))
 
     async def stop(self) -> None:
         """Stop claiming, stop every running job, and end them FAILED (``interrupted``)."""
