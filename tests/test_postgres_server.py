@@ -95,7 +95,7 @@ def test_api_only_server_with_a_separate_worker_process(tmp_path: Path, pg_url: 
 
     from tests.serverproc import DEEPEXEC
 
-    env = {"DEEPEXEC_LEASE_SECONDS": "1.5"}
+    env = {"DEEPEXEC_LEASE_SECONDS": "3"}
     srv = ServerProcess(tmp_path / "home", "--database-url", pg_url, "--no-runners", env=env)
     srv.start()
     worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below

@@ -24,7 +24,6 @@ A FAILED job's ``error.type`` is ``timeout`` (the job's own limit), or one of ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -296,7 +295,6 @@ class TextExecutor:
         self.settings = settings
         self.catalog = catalog or ModelCatalog.from_settings(settings, env)
         self._backends: dict[str, Backend] = {}
-        self._warmup: asyncio.Task[None] | None = None
 
     def backend_for(self, spec: ModelSpec) -> Backend:
         """The (one, shared) backend of a model, created on first use."""
@@ -312,7 +310,9 @@ class TextExecutor:
         return backend
 
     async def start(self) -> None:
-        """Begin loading the default model in the background; jobs wait for it if needed."""
+        """Load the default model before the server serves. Loading a GGUF holds the GIL for
+        its whole duration (0.3-2 s measured), which would freeze the event loop, so it happens
+        here, at start, never in the middle of serving requests or renewing job leases."""
         spec = self.catalog.lookup(None)
         if spec is None or spec.backend == "openai":
             return
@@ -320,22 +320,13 @@ class TextExecutor:
         if missing:
             log.warning("default model %s is not usable: %s", spec.name, [r.fix for r in missing])
             return
-        backend = self.backend_for(spec)
-
-        async def warm() -> None:
-            try:
-                await backend.start()
-            except Exception as exc:  # jobs will report it as model_error
-                log.warning("could not load model %s: %s", spec.name, exc)
-
-        self._warmup = asyncio.get_running_loop().create_task(warm())
+        try:
+            await self.backend_for(spec).start()
+        except Exception as exc:  # jobs will report it as model_error
+            log.warning("could not load model %s: %s", spec.name, exc)
 
     async def close(self) -> None:
         """Stop the warm-up and every backend."""
-        if self._warmup is not None and not self._warmup.done():
-            self._warmup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warmup
         backends, self._backends = list(self._backends.values()), {}
         for backend in backends:
             try:
