@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this host for DeepExec's code_execution sandbox (run as root; safe to run again):
 #   - install bubblewrap (bwrap) if it is missing;
+#   - install libseccomp2 (the library pyseccomp loads for the sandbox's seccomp filter);
 #   - create the unprivileged system user `deepexec-sandbox` (no home, no login shell) that
 #     sandboxed programs run as on the host.
 # It only does what is missing and says what it did.
@@ -26,6 +27,14 @@ else
         apt-get install -y bubblewrap
     fi
     say "installed: $(bwrap --version)"
+fi
+
+if ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2' >/dev/null; then
+    say "libseccomp2 present"
+else
+    say "installing libseccomp2"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y libseccomp2 || { apt-get update && apt-get install -y libseccomp2; }
 fi
 
 if getent passwd "$SANDBOX_USER" >/dev/null; then

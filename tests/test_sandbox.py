@@ -356,6 +356,9 @@ def test_probe_reports_each_mechanism_on_this_host() -> None:
     assert by_name["bubblewrap"].ok and "bubblewrap" in by_name["bubblewrap"].detail
     assert by_name["namespaces"].ok
     assert by_name["uid_switch"].ok and "deepexec-sandbox" in by_name["uid_switch"].detail
+    # This host (root, cgroup v1 hybrid, libseccomp2): both hardening layers apply.
+    assert by_name["cgroups"].ok and "pids.max" in by_name["cgroups"].detail
+    assert by_name["seccomp"].ok and "EPERM" in by_name["seccomp"].detail
     assert sandbox_problem(lines) is None
     for line in lines:
         rendered = line.render()
@@ -386,3 +389,61 @@ def test_sandbox_problem_picks_the_first_fatal_line() -> None:
 
 def test_signal_names_are_real() -> None:
     assert decode_exit(128 + signal.SIGTERM, True) == (None, "SIGTERM")
+
+
+# --- hardened sandbox: pure parts ---------------------------------------------------------------
+
+
+def test_cgroup_keyed_files_and_job_names() -> None:
+    from deepexec_server.executors.cgroups import job_cgroup_name, owner_pid, parse_keyed
+
+    assert parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 3\nbad line\n") == {
+        "oom_kill_disable": 0, "under_oom": 0, "oom_kill": 3,
+    }  # fmt: skip
+    assert parse_keyed(None) == {}
+    name = job_cgroup_name("job/../x y")
+    assert "/" not in name and owner_pid(name) == os.getpid()
+    assert owner_pid("system.slice") is None
+
+
+def test_bwrap_argv_passes_the_seccomp_fd_before_the_command() -> None:
+    argv = bwrap_argv(
+        "/usr/bin/bwrap", job_dir="/w", masks=[], env={}, command=["/bin/true"], seccomp_fd=7
+    )
+    assert argv[argv.index("--seccomp") + 1] == "7"
+    assert argv.index("--seccomp") < argv.index("--")
+
+
+def test_decide_outcome_with_cgroup_stats_and_limits() -> None:
+    from deepexec_server.executors.cgroups import CgroupStats
+    from deepexec_server.executors.code import Collected, JobLimits
+
+    limits = JobLimits(cpu_time_s=1, memory_mb=256, max_output_bytes=10)
+    oom = Collected(CgroupStats(5, 262144, True), {}, False, limits)
+    out = decide_outcome(_run(exit_code=None, signal="SIGKILL"), "python", 5, oom)
+    assert out.error is not None and out.error.type == "memory_limit"
+    assert "256 MB" in out.error.message
+    assert out.result is not None and out.result["oom_killed"] is True
+    fine = Collected(CgroupStats(5, 100, False), {"a": "b"}, False, limits)
+    out = decide_outcome(_run(limit_exceeded="cpu_limit"), "python", 5, fine)
+    assert out.error is not None and out.error.type == "cpu_limit"
+    out = decide_outcome(_run(stdout_truncated=True), "python", 5, fine)
+    assert out.error is not None and out.error.type == "output_limit"
+    out = decide_outcome(_run(), "python", 5, fine)
+    assert out.error is None and out.result is not None and out.result["files"] == {"a": "b"}
+
+
+def test_seccomp_filter_compiles_once_and_denies_network_only_when_asked() -> None:
+    from deepexec_server.executors.seccomp_filter import compile_filter
+
+    closed = compile_filter(False)
+    assert compile_filter(False) is closed
+    assert len(compile_filter(True)) < len(closed)
+
+
+def test_cgroup_probe_says_what_it_falls_back_to_when_unusable(tmp_path: Path) -> None:
+    from deepexec_server.executors.cgroups import CgroupHost
+
+    host, detail = CgroupHost.detect(root=tmp_path)  # no controllers mounted there
+    assert host is None
+    assert "neither cgroup v2" in detail

@@ -10,17 +10,33 @@ to the job's events and the first ``Settings.max_output_bytes`` of each are kept
 result. A program reports progress by writing ``PERCENT [message]`` lines to the file
 descriptor in ``$DEEPEXEC_PROGRESS_FD`` (see ``_progress_helper`` for one-liners).
 
-Output beyond the cap is drained and discarded (``stdout_truncated``/``stderr_truncated``
-set); the program keeps running until it ends or reaches its time limit.
+``data.limits`` (all optional; defaults and maxima below, over a maximum is a 422):
+``cpu_time_s`` (total CPU of every process), ``memory_mb`` (cgroup memory+swap),
+``max_processes`` (cgroup pids.max, threads included), ``max_output_bytes`` (per stream),
+``max_file_size_mb`` (RLIMIT_FSIZE). Exceeding them ends the job FAILED with
+``memory_limit``, ``cpu_limit`` or ``output_limit`` (the first ``max_output_bytes`` of each
+stream kept, ``*_truncated`` set, the program killed).
+
+``data.files``: ``{"rel/path": "text" | {"content": base64, "encoding": "base64"}}`` written
+into the work dir before the run. Files the program leaves under ``outputs/`` come back in
+``result.files`` (text, or ``{"content", "encoding": "base64"}`` when not UTF-8), at most
+``MAX_RESULT_FILES_BYTES`` in all (``files_truncated`` otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
 import logging
+import math
 import os
 import re
-from collections.abc import Mapping
+import stat
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +45,10 @@ from ..settings import Settings
 from . import languages as langs
 from ._progress_helper import ProgressUpdate
 from .base import ExecutionContext, JobDataError, Outcome
+from .cgroups import CgroupError, CgroupHost, CgroupLimits, CgroupStats, JobCgroup, job_cgroup_name
 from .probe import ProbeLine, find_prlimit, probe_host, sandbox_problem
 from .sandbox import (
+    GATE_ARGV,
     SANDBOX_HOME,
     Limits,
     RunAs,
@@ -53,6 +71,7 @@ from .sandbox import (
     sweep_stale_job_dirs,
     write_job_file,
 )
+from .seccomp_filter import SeccompUnavailable, compile_filter, filter_pipe
 
 log = logging.getLogger("deepexec_server.sandbox")
 
@@ -63,7 +82,66 @@ MAX_ARG_BYTES = 64 * 1024
 MAX_ENV_VARS = 64
 MAX_ENV_VALUE_BYTES = 32 * 1024
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ALLOWED_KEYS = frozenset({"code", "language", "stdin", "args", "env"})
+ALLOWED_KEYS = frozenset({"code", "language", "stdin", "args", "env", "limits", "files"})
+
+# Job limits: (default, maximum). Settings has no fields for these yet (the lead adds
+# ``code_default_*``/``code_max_*``); ``max_output_bytes`` defaults to the Settings value.
+#: None: just above the job's wall-clock timeout (the wall timer normally fires first).
+DEFAULT_CPU_TIME_S: int | None = None
+MAX_CPU_TIME_S = 3600
+DEFAULT_MEMORY_MB = 512
+MAX_MEMORY_MB = 8192
+DEFAULT_MAX_PROCESSES = 128
+MAX_MAX_PROCESSES = 1024
+MAX_OUTPUT_BYTES_LIMIT = 16 * 1024 * 1024
+DEFAULT_MAX_FILE_SIZE_MB = 64
+MAX_MAX_FILE_SIZE_MB = 1024
+LIMIT_KEYS = ("cpu_time_s", "memory_mb", "max_processes", "max_output_bytes", "max_file_size_mb")
+#: Input files: how many, and how long a path.
+MAX_INPUT_FILES = 100
+MAX_FILE_PATH_CHARS = 255
+#: Output files returned in the result (total decoded bytes).
+MAX_RESULT_FILES_BYTES = 1024 * 1024
+OUTPUTS_DIR = "outputs"
+#: The compile step of compiled languages: its own wall clock and limits (javac's JVM needs
+#: room; gcc's cc1 forks as and ld).
+COMPILE_TIMEOUT_S = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobLimits:
+    """A code job's effective limits."""
+
+    cpu_time_s: int | None = DEFAULT_CPU_TIME_S
+    memory_mb: int = DEFAULT_MEMORY_MB
+    max_processes: int = DEFAULT_MAX_PROCESSES
+    max_output_bytes: int = 1024 * 1024
+    max_file_size_mb: int = DEFAULT_MAX_FILE_SIZE_MB
+
+    def to_dict(self) -> dict[str, int | None]:
+        """As stored in the job's data."""
+        return dataclasses.asdict(self)
+
+    def cpu_seconds(self, timeout: float) -> int:
+        """The effective CPU-time limit for a job with this wall-clock ``timeout``."""
+        return self.cpu_time_s or max(1, math.ceil(timeout)) + 1
+
+
+COMPILE_LIMITS = JobLimits(
+    cpu_time_s=60, memory_mb=1024, max_processes=256, max_output_bytes=64 * 1024,
+    max_file_size_mb=256,
+)  # fmt: skip
+
+
+def limit_maxima(max_output_bytes: int) -> dict[str, int]:
+    """The largest value a job may ask for, per limit."""
+    return {
+        "cpu_time_s": MAX_CPU_TIME_S,
+        "memory_mb": MAX_MEMORY_MB,
+        "max_processes": MAX_MAX_PROCESSES,
+        "max_output_bytes": max(MAX_OUTPUT_BYTES_LIMIT, max_output_bytes),
+        "max_file_size_mb": MAX_MAX_FILE_SIZE_MB,
+    }
 
 
 # --- validation (pure) ------------------------------------------------------------------------
@@ -79,8 +157,101 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
 
+def validate_limits(raw: object, default_output_bytes: int) -> JobLimits:
+    """``data.limits`` → effective limits; ``JobDataError`` names a bad or too-large one."""
+    base = JobLimits(max_output_bytes=default_output_bytes)
+    if raw is None:
+        return base
+    if not isinstance(raw, Mapping):
+        raise _bad("limits", "must be an object")
+    unknown = sorted(str(k) for k in raw if k not in LIMIT_KEYS)
+    if unknown:
+        raise _bad(["limits", unknown[0]], f"unknown limit; allowed: {', '.join(LIMIT_KEYS)}")
+    maxima = limit_maxima(default_output_bytes)
+    values: dict[str, int] = {}
+    for key, value in raw.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _bad(["limits", key], "must be a positive integer")
+        if value > maxima[key]:
+            raise _bad(["limits", key], f"{key} {value} exceeds the maximum {maxima[key]}")
+        values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+def _file_path_problem(name: str) -> str | None:
+    if not name or len(name) > MAX_FILE_PATH_CHARS:
+        return f"file name must be 1-{MAX_FILE_PATH_CHARS} characters"
+    if "\x00" in name or "\\" in name:
+        return "file name may not contain NUL or backslash"
+    if name.startswith("/"):
+        return "file name must be a relative path"
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "file name may not contain '..', '.' or empty path segments"
+    return None
+
+
+def validate_files(raw: object, max_total: int) -> dict[str, bytes]:
+    """``data.files`` → {relative path: content}; ``JobDataError`` names the bad entry."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _bad("files", "must be an object of path: content")
+    if len(raw) > MAX_INPUT_FILES:
+        raise _bad("files", f"at most {MAX_INPUT_FILES} files, got {len(raw)}")
+    out: dict[str, bytes] = {}
+    total = 0
+    for name, value in raw.items():
+        if not isinstance(name, str):
+            raise _bad(["files", str(name)], "file name must be a string")
+        problem = _file_path_problem(name)
+        if problem:
+            raise _bad(["files", name], problem)
+        if isinstance(value, str):
+            content = value.encode("utf-8", errors="surrogatepass")
+        elif isinstance(value, Mapping) and value.get("encoding") == "base64":
+            text = value.get("content")
+            if not isinstance(text, str):
+                raise _bad(["files", name, "content"], "must be a base64 string")
+            try:
+                content = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise _bad(["files", name, "content"], "is not valid base64") from None
+        else:
+            raise _bad(
+                ["files", name], 'must be a string or {"content": ..., "encoding": "base64"}'
+            )
+        total += len(content)
+        if total > max_total:
+            raise _bad("files", f"files total more than {max_total} bytes")
+        out[name] = content
+    for name in out:
+        # "a" and "a/b" cannot both be files.
+        for i in range(1, name.count("/") + 1):
+            if name.rsplit("/", i)[0] in out:
+                raise _bad(["files", name], "a parent of this path is also a file")
+    return out
+
+
+def encode_files(files: Mapping[str, bytes]) -> dict[str, Any]:
+    """Files as JSON values: text when UTF-8, else ``{"content": base64, "encoding"}``."""
+    out: dict[str, Any] = {}
+    for name, content in files.items():
+        try:
+            out[name] = content.decode("utf-8")
+        except UnicodeDecodeError:
+            out[name] = {"content": base64.b64encode(content).decode(), "encoding": "base64"}
+    return out
+
+
 def validate_code_data(
-    data: Mapping[str, Any], available: Mapping[str, object] | None = None
+    data: Mapping[str, Any],
+    available: Mapping[str, object] | None = None,
+    *,
+    default_output_bytes: int = 1024 * 1024,
+    max_files_bytes: int = 2 * 1024 * 1024,
 ) -> dict[str, Any]:
     """Check a code job's ``data`` and return it normalised (canonical language name, every
     field present). ``available``: languages this host can run, if known.
@@ -117,7 +288,7 @@ def validate_code_data(
         raise _bad(
             "language",
             f"unsupported language {raw_lang!r}; supported: {', '.join(supported)} "
-            "(aliases: py, python3, js, node, nodejs, sh, shell)",
+            f"(aliases: {', '.join(n for n in langs.all_names() if n not in supported)})",
         )
     if available is not None and language.name not in available:
         raise _bad(
@@ -167,21 +338,41 @@ def validate_code_data(
                 ["env", name], f"value must be at most {MAX_ENV_VALUE_BYTES} bytes, without NUL"
             )
 
+    limits = validate_limits(data.get("limits"), default_output_bytes)
+    files = validate_files(data.get("files"), max_files_bytes)
+    if language.filename in files:
+        raise _bad(["files", language.filename], "is the program's own file name")
     return {
         "code": code,
         "language": language.name,
         "stdin": stdin,
         "args": list(args),
         "env": dict(env),
+        "limits": limits.to_dict(),
+        "files": encode_files(files),
     }
 
 
 # --- outcome (pure) ---------------------------------------------------------------------------
 
 
-def result_dict(run: RunResult, language: str) -> dict[str, Any]:
-    """The job's ``result``: what the program did, whatever the verdict."""
-    return {
+@dataclasses.dataclass(frozen=True, slots=True)
+class Collected:
+    """What the executor gathered besides the run itself: cgroup accounting, output files."""
+
+    stats: CgroupStats | None = None
+    files: dict[str, Any] | None = None
+    files_truncated: bool = False
+    limits: JobLimits | None = None
+    #: Compiled languages: what the compiler printed (None for interpreted languages).
+    compile_output: str | None = None
+
+
+def result_dict(run: RunResult, language: str, extra: Collected | None = None) -> dict[str, Any]:
+    """The job's ``result``: what the program did, whatever the verdict. With ``extra``
+    (the real executor), also ``cpu_time_ms``, ``memory_peak_kb``, ``oom_killed``, ``files``
+    and ``files_truncated`` (None where this host has no cgroups)."""
+    base: dict[str, Any] = {
         "stdout": run.stdout,
         "stderr": run.stderr,
         "exit_code": run.exit_code,
@@ -192,17 +383,42 @@ def result_dict(run: RunResult, language: str) -> dict[str, Any]:
         "wall_time_ms": run.wall_time_ms,
         "language": language,
     }
+    if extra is None:
+        return base
+    stats = extra.stats
+    base.update(
+        cpu_time_ms=stats.cpu_time_ms if stats else None,
+        memory_peak_kb=stats.memory_peak_kb if stats else None,
+        oom_killed=stats.oom_killed if stats else None,
+        files=extra.files or {},
+        files_truncated=extra.files_truncated,
+        compile_output=extra.compile_output,
+    )
+    return base
 
 
 def _format_seconds(timeout: float) -> str:
     return f"{timeout:g}"
 
 
-def decide_outcome(run: RunResult, language: str, timeout: float) -> Outcome:
-    """Map a run to the job's outcome: cancel > timeout > sandbox failure > exit status."""
-    result = result_dict(run, language)
+def decide_outcome(
+    run: RunResult, language: str, timeout: float, extra: Collected | None = None
+) -> Outcome:
+    """Map a run to the job's outcome: cancel > memory (OOM kill) > CPU > output > timeout >
+    sandbox failure > exit status."""
+    result = result_dict(run, language, extra)
+    limits = extra.limits if extra else None
     if run.canceled:
         return Outcome(result, canceled=True)
+    if extra is not None and extra.stats is not None and extra.stats.oom_killed:
+        mb = f" of {limits.memory_mb} MB" if limits else ""
+        return Outcome(result, JobError(ErrorType.MEMORY_LIMIT, f"exceeded the memory limit{mb}"))
+    if run.limit_exceeded == "cpu_limit":
+        secs = f" of {limits.cpu_time_s} s" if limits and limits.cpu_time_s else ""
+        return Outcome(result, JobError(ErrorType.CPU_LIMIT, f"exceeded the CPU time limit{secs}"))
+    if run.limit_exceeded == "output_limit" or run.stdout_truncated or run.stderr_truncated:
+        size = f" of {limits.max_output_bytes} bytes" if limits else ""
+        return Outcome(result, JobError(ErrorType.OUTPUT_LIMIT, f"output exceeded the limit{size}"))
     if run.timed_out:
         return Outcome(
             result,
@@ -222,12 +438,89 @@ def decide_outcome(run: RunResult, language: str, timeout: float) -> Outcome:
     return Outcome(result)
 
 
+def compile_failure(build: RunResult, stats: CgroupStats | None, timeout: float) -> str | None:
+    """Why the compile step failed (the ``compile_error`` message), or None if it built."""
+    if build.canceled:
+        return "canceled while compiling"
+    if build.timed_out:
+        return f"compilation exceeded {_format_seconds(timeout)} s"
+    if stats is not None and stats.oom_killed:
+        return f"compilation exceeded {COMPILE_LIMITS.memory_mb} MB of memory"
+    if build.sandbox_failed:
+        return "sandbox failed to start the compiler"
+    if build.limit_exceeded is not None:
+        return f"compilation stopped: {build.limit_exceeded}"
+    if build.signal is not None:
+        return f"compiler killed by {build.signal}"
+    if build.exit_code:
+        return f"compilation failed (exit code {build.exit_code})"
+    return None
+
+
 def unavailable_message(reason: str) -> str:
     """The error a code job gets when the host cannot sandbox it."""
     return (
         f"sandbox unavailable: {reason}; install bubblewrap (scripts/setup-sandbox.sh) "
         "or start with --unsafe-no-sandbox"
     )
+
+
+# --- files (thin) -----------------------------------------------------------------------------
+
+
+def write_input_files(job_dir: Path, files: Mapping[str, bytes], owner: RunAs | None) -> None:
+    """Write the job's input files (validated relative paths) into its fresh work dir."""
+    for name, content in files.items():
+        parent = job_dir
+        for part in name.split("/")[:-1]:
+            parent = parent / part
+            if not parent.exists():
+                parent.mkdir(mode=0o700)
+                if owner is not None:
+                    os.chown(parent, owner.uid, owner.gid)
+        path = job_dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        if owner is not None:
+            os.chown(path, owner.uid, owner.gid)
+
+
+def collect_output_files(
+    outputs: Path, owner_uid: int | None, budget: int = MAX_RESULT_FILES_BYTES
+) -> tuple[dict[str, bytes], bool]:
+    """Regular files under ``outputs`` (names relative to it), at most ``budget`` bytes in all
+    and ``MAX_INPUT_FILES`` files; (files, truncated). Runs after every process of the job is
+    dead; symlinks, devices, fifos and files of another owner are skipped, never followed."""
+    found: dict[str, bytes] = {}
+    truncated = False
+    if not outputs.is_dir() or outputs.is_symlink():
+        return found, truncated
+    for dirpath, dirnames, filenames in os.walk(outputs, followlinks=False):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (owner_uid is not None and st.st_uid != owner_uid):
+                continue
+            if st.st_size > budget or len(found) >= MAX_INPUT_FILES:
+                truncated = True
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as f:
+                content = f.read(budget + 1)
+            if len(content) > budget:
+                truncated = True
+                continue
+            budget -= len(content)
+            found[str(path.relative_to(outputs))] = content
+    return found, truncated
 
 
 # --- the executor -----------------------------------------------------------------------------
@@ -248,6 +541,8 @@ class CodeExecutor:
         self._bwrap: str | None = None
         self._work_root: Path | None = None
         self._masks: list[str] = []
+        self._cgroups: CgroupHost | None = None
+        self._seccomp: bytes | None = None
 
     # -- lifecycle --
 
@@ -261,7 +556,21 @@ class CodeExecutor:
 
         # Before the probe, so that even its test sandbox's init is adopted and reaped.
         subreaper = become_subreaper()
-        self._probe = probe_host(self.settings)
+        self._cgroups, cg_detail = CgroupHost.detect() if os.geteuid() == 0 else (
+            None, f"server is not root (uid {os.geteuid()})"
+        )  # fmt: skip
+        if self._cgroups is not None:
+            for stale in self._cgroups.sweep():
+                log.info("removed stale job cgroup %s", stale)
+        try:
+            self._seccomp = compile_filter(self.settings.allow_network)
+            sc_detail = f"{len(self._seccomp) // 8} BPF instructions"
+        except SeccompUnavailable as exc:
+            self._seccomp, sc_detail = None, str(exc)
+        self._probe = probe_host(
+            self.settings, cgroups=(self._cgroups is not None, cg_detail),
+            seccomp=(self._seccomp is not None, sc_detail),
+        )  # fmt: skip
         for line in self._probe:
             (log.info if line.ok else log.warning)("%s", line.render())
         self._interpreters = langs.detect_interpreters()
@@ -311,7 +620,12 @@ class CodeExecutor:
 
     def validate(self, data: Mapping[str, Any], timeout: int) -> dict[str, Any]:
         """Check and normalise a code job's data (see ``validate_code_data``)."""
-        return validate_code_data(data, self._interpreters)
+        return validate_code_data(
+            data,
+            self._interpreters,
+            default_output_bytes=self.settings.max_output_bytes,
+            max_files_bytes=self.settings.max_body_bytes,
+        )
 
     def describe(self) -> dict[str, Any]:
         """Languages (name, version, absolute path) and the sandbox probe lines."""
@@ -322,6 +636,8 @@ class CodeExecutor:
                 "mode": mode,
                 "problem": self._problem,
                 "run_as": self._run_as.name if self._run_as else None,
+                "cgroups": self._cgroups is not None,
+                "seccomp": self._seccomp is not None and self._bwrap is not None,
                 "probe": [line.to_dict() for line in self._probe],
             },
         }
@@ -340,34 +656,120 @@ class CodeExecutor:
                 None,
                 JobError(ErrorType.INTERNAL, f"language {data.get('language')!r} is not available"),
             )
+        limits = validate_limits(data.get("limits"), self.settings.max_output_bytes)
+        files = validate_files(data.get("files"), self.settings.max_body_bytes)
         job_dir = new_job_dir(self._work_root, ctx.job_id, self._run_as)
+        started = time.monotonic()
+        compile_output: str | None = None
         try:
             write_job_file(job_dir, language.filename, data["code"], self._run_as)
-            request = self._build_request(data, language, interp, job_dir, ctx.timeout)
+            write_input_files(job_dir, files, self._run_as)
+            outputs = job_dir / OUTPUTS_DIR
+            if not outputs.exists():
+                write_input_files(job_dir, {f"{OUTPUTS_DIR}/.keep": b""}, self._run_as)
+                os.unlink(outputs / ".keep")
+            if language.compiled:
+                compile_timeout = min(COMPILE_TIMEOUT_S, ctx.timeout)
+                build, build_stats = await self._run_step(
+                    data, language.compile_argv(interp.path), b"", job_dir, compile_timeout,
+                    COMPILE_LIMITS, ctx, stream=False,
+                )  # fmt: skip
+                compile_output = (build.stdout + build.stderr)[: COMPILE_LIMITS.max_output_bytes]
+                failed = compile_failure(build, build_stats, compile_timeout)
+                if failed is not None:
+                    extra = Collected(build_stats, {}, False, limits, compile_output)
+                    result = result_dict(build, language.name, extra)
+                    result.update(stdout="", stderr="", exit_code=None, signal=None)
+                    if build.canceled:
+                        return Outcome(result, canceled=True)
+                    return Outcome(result, JobError(ErrorType.COMPILE_ERROR, failed))
+            timeout = max(0.1, ctx.timeout - (time.monotonic() - started))
+            command = language.argv(interp.path, data.get("args", []), interp.runtime)
+            stdin = str(data.get("stdin", "")).encode("utf-8", errors="replace")
+            run, stats = await self._run_step(
+                data, command, stdin, job_dir, timeout, limits, ctx, stream=True
+            )
+            out_files, truncated = await asyncio.to_thread(
+                collect_output_files, outputs, self._run_as.uid if self._run_as else None
+            )
+        except CgroupError as exc:
+            return Outcome(None, JobError(ErrorType.INTERNAL, str(exc)))
+        finally:
+            await asyncio.to_thread(remove_job_dir, job_dir)
+        extra = Collected(stats, encode_files(out_files), truncated, limits, compile_output)
+        return decide_outcome(run, language.name, ctx.timeout, extra)
+
+    async def _run_step(
+        self,
+        data: Mapping[str, Any],
+        command: list[str],
+        stdin: bytes,
+        job_dir: Path,
+        timeout: float,
+        limits: JobLimits,
+        ctx: ExecutionContext,
+        *,
+        stream: bool,
+    ) -> tuple[RunResult, CgroupStats | None]:
+        """One sandboxed process tree (the compile step or the program) in its own cgroup."""
+        cgroup: JobCgroup | None = None
+        if self._cgroups is not None:
+            cg_limits = CgroupLimits(limits.memory_mb << 20, limits.max_processes)
+            creating = asyncio.ensure_future(
+                asyncio.to_thread(
+                    JobCgroup.create, self._cgroups, job_cgroup_name(ctx.job_id), cg_limits
+                )
+            )
+            try:
+                cgroup = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                # The thread goes on creating it: wait for it, then remove it (no leak).
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(_kill_and_remove, await creating)
+                raise
+        try:
+            request = self._build_request(data, command, stdin, job_dir, timeout, limits, cgroup)
 
             def on_progress(update: ProgressUpdate) -> None:
                 ctx.report_progress(update.percent, update.message)
 
-            run = await run_program(request, ctx.cancel_requested, ctx.emit_output, on_progress)
+            def no_output(stream: str, text: str) -> None:
+                pass
+
+            run = await run_program(
+                request, ctx.cancel_requested, ctx.emit_output if stream else no_output,
+                on_progress,
+            )  # fmt: skip
+            stats = None
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.kill)
+                stats = cgroup.stats()
         finally:
-            await asyncio.to_thread(remove_job_dir, job_dir)
-        return decide_outcome(run, language.name, ctx.timeout)
+            if cgroup is not None:
+                await asyncio.to_thread(_kill_and_remove, cgroup)
+        return run, stats
 
     def _build_request(
         self,
         data: Mapping[str, Any],
-        language: langs.Language,
-        interp: langs.Interpreter,
+        command: list[str],
+        stdin: bytes,
         job_dir: Path,
         timeout: float,
+        limits: JobLimits,
+        cgroup: JobCgroup | None,
     ) -> RunRequest:
         pipe = open_pipe()
         status = open_pipe() if self._bwrap else None
+        seccomp_fd = filter_pipe(self._seccomp) if self._seccomp and self._bwrap else None
         try:
-            command = language.argv(interp.path, data.get("args", []))
-            prefix = (
-                prlimit_args(self._prlimit, Limits.for_timeout(timeout)) if self._prlimit else []
+            rlimits = Limits(
+                cpu_seconds=limits.cpu_seconds(timeout),
+                file_size_bytes=limits.max_file_size_mb << 20,
             )
+            prefix = prlimit_args(self._prlimit, rlimits) if self._prlimit else []
+            if cgroup is not None:
+                prefix = [*GATE_ARGV, *prefix]
             if self._bwrap:
                 env = sandbox_env(SANDBOX_HOME, data.get("env", {}), pipe[1])
                 argv = bwrap_argv(
@@ -377,6 +779,8 @@ class CodeExecutor:
                     env=env,
                     command=command,
                     status_fd=status[1] if status else None,
+                    share_net=self.settings.allow_network,
+                    seccomp_fd=seccomp_fd,
                 )
                 launch_env = {"PATH": "/usr/bin:/bin"}
                 cwd = "/"
@@ -388,15 +792,34 @@ class CodeExecutor:
                 argv=prefix + argv,
                 env=launch_env,
                 cwd=cwd,
-                stdin=str(data.get("stdin", "")).encode("utf-8", errors="replace"),
+                stdin=stdin,
                 timeout=timeout,
-                max_output_bytes=self.settings.max_output_bytes,
+                max_output_bytes=limits.max_output_bytes,
                 run_as=self._run_as,
                 sandboxed=self._bwrap is not None,
                 progress_pipe=pipe,
                 status_pipe=status,
+                inherit_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+                attach=cgroup.attach if cgroup else None,
+                kill_rest=cgroup.kill if cgroup else None,
+                watch=_cpu_watch(cgroup, limits.cpu_seconds(timeout)) if cgroup else None,
             )
         except BaseException:
-            for fd in (*pipe, *(status or ())):
+            for fd in (*pipe, *(status or ()), *((seccomp_fd,) if seccomp_fd is not None else ())):
                 os.close(fd)
             raise
+
+
+def _cpu_watch(cgroup: JobCgroup, cpu_seconds: int) -> Callable[[], str | None]:
+    """The run's periodic check: total CPU of the whole job (all processes) over its limit."""
+
+    def check() -> str | None:
+        used = cgroup.cpu_time_ms()
+        return "cpu_limit" if used is not None and used >= cpu_seconds * 1000 else None
+
+    return check
+
+
+def _kill_and_remove(cgroup: JobCgroup) -> None:
+    cgroup.kill()
+    cgroup.remove()

@@ -7,9 +7,11 @@ sandbox's ``--clearenv`` would break it anyway.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping
 
 #: Where interpreters are looked for, in order. Deliberately no user or shim directories.
@@ -30,9 +32,28 @@ class Language:
     flags: tuple[str, ...] = ()
     #: Arguments that make the interpreter print its version.
     version_args: tuple[str, ...] = ("--version",)
+    #: Compiled languages: arguments after the compiler (``executables``) that build the
+    #: job's file inside the work dir. None: an interpreted language.
+    compile_flags: tuple[str, ...] | None = None
+    #: Compiled languages: the command that runs the build (``{runtime}`` is replaced by the
+    #: path of the first of ``runtime_executables`` found, e.g. ``java``).
+    run_command: tuple[str, ...] = ()
+    runtime_executables: tuple[str, ...] = ()
 
-    def argv(self, interpreter: str, args: Iterable[str]) -> list[str]:
-        """The command line that runs the job's file with its arguments."""
+    @property
+    def compiled(self) -> bool:
+        """Whether a job in this language has a compile step."""
+        return self.compile_flags is not None
+
+    def compile_argv(self, compiler: str) -> list[str]:
+        """The compile step's command line (compiled languages only)."""
+        return [compiler, *(self.compile_flags or ())]
+
+    def argv(self, interpreter: str, args: Iterable[str], runtime: str | None = None) -> list[str]:
+        """The command line that runs the job's file (or its build) with its arguments."""
+        if self.compiled:
+            run = [runtime or "" if part == "{runtime}" else part for part in self.run_command]
+            return [*run, *args]
         return [interpreter, *self.flags, self.filename, *args]
 
 
@@ -56,6 +77,64 @@ LANGUAGES: tuple[Language, ...] = (
         aliases=("sh", "shell"),
         executables=("bash",),
         filename="main.sh",
+    ),
+    Language(
+        name="c",
+        aliases=("gcc",),
+        executables=("gcc",),
+        filename="main.c",
+        compile_flags=("-O2", "-std=gnu17", "-o", "main", "main.c", "-lm"),
+        run_command=("./main",),
+    ),
+    Language(
+        name="cpp",
+        aliases=("c++", "g++", "cxx"),
+        executables=("g++",),
+        filename="main.cpp",
+        compile_flags=("-O2", "-std=gnu++17", "-o", "main", "main.cpp"),
+        run_command=("./main",),
+    ),
+    Language(
+        name="java",
+        aliases=(),
+        executables=("javac",),
+        filename="Main.java",
+        version_args=("-version",),
+        # One compiler thread: the JVM sizes its pools by CPUs; the cgroup caps processes.
+        compile_flags=(
+            "-J-XX:+UseSerialGC",
+            "-J-XX:TieredStopAtLevel=1",
+            "-J-Xss1m",
+            "-encoding",
+            "UTF-8",
+            "Main.java",
+        ),
+        run_command=(
+            "{runtime}",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-cp",
+            ".",
+            "Main",
+        ),
+        runtime_executables=("java",),
+    ),
+    Language(
+        name="rust",
+        aliases=("rs",),
+        executables=("rustc",),
+        filename="main.rs",
+        compile_flags=("-O", "-o", "main", "main.rs"),
+        run_command=("./main",),
+    ),
+    Language(
+        name="go",
+        aliases=("golang",),
+        executables=("go",),
+        filename="main.go",
+        version_args=("version",),
+        compile_flags=("build", "-o", "main", "main.go"),
+        run_command=("./main",),
     ),
 )
 
@@ -87,11 +166,13 @@ def find_executable(names: Iterable[str], dirs: Iterable[str] = SYSTEM_BIN_DIRS)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Interpreter:
-    """A language available on this host."""
+    """A language available on this host (for compiled ones, ``path`` is the compiler)."""
 
     language: Language
     path: str
     version: str
+    #: The runtime a compiled program needs (``java``), if any.
+    runtime: str | None = None
 
     def to_dict(self) -> dict[str, str]:
         """The public description used by ``describe()``."""
@@ -105,34 +186,57 @@ def parse_version(output: str) -> str:
     for word in first.replace(",", " ").split():
         candidate = word.lstrip("v")
         if candidate[:1].isdigit() and "." in candidate:
-            return candidate.split("(")[0]
+            return candidate.split("(")[0].rstrip(")")
     return first or "unknown"
 
 
-def detect_interpreters(timeout: float = 10.0) -> dict[str, Interpreter]:
-    """Find each language's interpreter and ask its version (one subprocess each).
+def all_names() -> list[str]:
+    """Every language name and alias, for error messages."""
+    return [key for lang in LANGUAGES for key in (lang.name, *lang.aliases)]
 
-    Blocking: call off the event loop. Languages whose interpreter is missing are left out.
+
+_detected: dict[str, Interpreter] | None = None
+_detect_lock = threading.Lock()
+
+
+def detect_interpreters(timeout: float = 10.0) -> dict[str, Interpreter]:
+    """Find each language's interpreter or compiler and ask its version (one subprocess each,
+    run in parallel; ``javac -version`` alone takes ~0.5 s). Cached for the process: the
+    toolchains do not change under a running server.
+
+    Blocking: call off the event loop. Languages whose toolchain is missing are left out.
     """
-    found: dict[str, Interpreter] = {}
-    for lang in LANGUAGES:
-        path = find_executable(lang.executables)
-        if path is None:
-            continue
-        try:
-            proc = subprocess.run(
-                [path, *lang.version_args],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                check=False,
-            )
-            version = parse_version(proc.stdout or proc.stderr)
-        except (OSError, subprocess.TimeoutExpired):
-            version = "unknown"
-        found[lang.name] = Interpreter(lang, path, version)
-    return found
+    global _detected
+    with _detect_lock:
+        if _detected is None:
+            with concurrent.futures.ThreadPoolExecutor(len(LANGUAGES)) as pool:
+                results = pool.map(lambda lang: _detect_one(lang, timeout), LANGUAGES)
+                _detected = {i.language.name: i for i in results if i is not None}
+        return dict(_detected)
+
+
+def _detect_one(lang: Language, timeout: float) -> Interpreter | None:
+    path = find_executable(lang.executables)
+    if path is None:
+        return None
+    runtime = None
+    if lang.runtime_executables:
+        runtime = find_executable(lang.runtime_executables)
+        if runtime is None:
+            return None
+    try:
+        proc = subprocess.run(
+            [path, *lang.version_args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            check=False,
+        )
+        version = parse_version(proc.stdout or proc.stderr)
+    except (OSError, subprocess.TimeoutExpired):
+        version = "unknown"
+    return Interpreter(lang, path, version, runtime)
 
 
 def language_table(interpreters: Mapping[str, Interpreter]) -> list[dict[str, str]]:

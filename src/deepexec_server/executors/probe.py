@@ -8,7 +8,6 @@ The executor decides from the ``namespaces`` line whether code jobs can run at a
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -201,37 +200,55 @@ def cgroup_summary(root: Path = CGROUP_ROOT) -> str:
     return f"cgroup v1 controllers: {v1}{extra}" if v1 else "no cgroup controllers found"
 
 
-def _probe_cgroups() -> ProbeLine:
-    # Per-job cgroups are the hardened-sandbox follow-up; say plainly that they are not applied.
+def _probe_cgroups(result: tuple[bool, str] | None) -> ProbeLine:
+    if result is None:
+        from .cgroups import CgroupHost
+
+        host, detail = CgroupHost.detect() if os.geteuid() == 0 else (None, "server is not root")
+        result = (host is not None, detail)
+    ok, detail = result
+    if ok:
+        return ProbeLine(CGROUPS, True, detail)
     return ProbeLine(
         CGROUPS,
         False,
-        f"{cgroup_summary()}, but per-job cgroups are not applied "
-        "yet: falls back to rlimits (per process) and the wall clock; no total "
-        "memory or process-count limit",
+        f"{detail} ({cgroup_summary()}): falls back to rlimits (per process) and the wall "
+        "clock; no total memory, process-count or whole-job CPU limit",
     )
 
 
-def _probe_seccomp() -> ProbeLine:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        status = ""
-    kernel = "Seccomp:" in status
-    module = next(
-        (m for m in ("pyseccomp", "seccomp") if importlib.util.find_spec(m) is not None), None
-    )
+def _probe_seccomp(result: tuple[bool, str] | None) -> ProbeLine:
+    if result is None:
+        from .seccomp_filter import SeccompUnavailable, compile_filter
+
+        try:
+            result = (True, f"{len(compile_filter(False)) // 8} BPF instructions")
+        except SeccompUnavailable as exc:
+            result = (False, str(exc))
+    ok, detail = result
+    if ok:
+        return ProbeLine(
+            SECCOMP,
+            True,
+            f"libseccomp filter ({detail}) via bwrap --seccomp: ptrace, mount, unshare, setns, "
+            "bpf, keyctl, module and kexec calls, ... and AF_INET/INET6/NETLINK/PACKET sockets "
+            "(unless networking is allowed) fail with EPERM",
+        )
     return ProbeLine(
         SECCOMP,
         False,
-        f"kernel seccomp {'present' if kernel else 'absent'}, "
-        f"python binding {module or 'not installed'}; no filter is applied yet: "
-        "falls back to the empty network namespace and --disable-userns",
+        f"{detail}: falls back to the empty network namespace and --disable-userns "
+        "(install libseccomp2 and pyseccomp: scripts/setup-sandbox.sh)",
     )
 
 
-def probe_host(settings: Settings) -> list[ProbeLine]:
-    """Probe each sandbox mechanism (spawns bwrap once; blocking)."""
+def probe_host(
+    settings: Settings,
+    cgroups: tuple[bool, str] | None = None,
+    seccomp: tuple[bool, str] | None = None,
+) -> list[ProbeLine]:
+    """Probe each sandbox mechanism (spawns bwrap once; blocking). ``cgroups``/``seccomp``:
+    (usable, detail) when the caller already set them up; probed here otherwise."""
     bwrap = find_bwrap()
     identity, run_as, usable = _probe_identity(settings)
     return [
@@ -239,8 +256,8 @@ def probe_host(settings: Settings) -> list[ProbeLine]:
         identity,
         _probe_namespaces(bwrap, run_as, usable),
         _probe_rlimits(find_prlimit()),
-        _probe_cgroups(),
-        _probe_seccomp(),
+        _probe_cgroups(cgroups),
+        _probe_seccomp(seccomp),
     ]
 
 

@@ -64,6 +64,12 @@ REAP_WINDOW_S = 0.5
 PR_SET_CHILD_SUBREAPER = 36
 #: After SIGKILL to the sandbox init, how long before the launcher's group is killed too.
 KILL_GRACE_S = 0.5
+#: How often ``RunRequest.watch`` (the cgroup CPU-time check) is polled.
+WATCH_INTERVAL_S = 0.1
+#: Prefix that holds the launcher until the server has put it into the job's cgroup: the
+#: shell reads one line from stdin (a pipe: byte by byte, so nothing of the job's stdin is
+#: consumed), then execs the rest. Exit 111 if the server hung up instead.
+GATE_ARGV: tuple[str, ...] = ("/bin/sh", "-c", 'read -r _ || exit 111; exec "$@"', "deepexec-gate")
 
 
 # --- identity ---------------------------------------------------------------------------------
@@ -182,6 +188,7 @@ def bwrap_argv(
     command: Sequence[str],
     status_fd: int | None = None,
     share_net: bool = False,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The bubblewrap command line for one run (see module docstring)."""
     argv = [
@@ -199,6 +206,8 @@ def bwrap_argv(
     if status_fd is not None:
         # Reports the sandbox init's host pid, so the server can reap it (see reap_sandbox_init).
         argv += ["--json-status-fd", str(status_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for path in masks:
         argv += ["--size", str(TMPFS_SIZE), "--tmpfs", path]
@@ -391,6 +400,15 @@ class RunRequest:
     progress_pipe: tuple[int, int] | None = None
     #: (read, write) ends of the pipe given to ``bwrap --json-status-fd``.
     status_pipe: tuple[int, int] | None = None
+    #: Further fds the launcher inherits (the seccomp filter pipe); closed here after spawn.
+    inherit_fds: tuple[int, ...] = ()
+    #: Called with the launcher's pid before it may run anything (``argv`` must then start
+    #: with ``GATE_ARGV``): puts it into the job's cgroup.
+    attach: Callable[[int], None] | None = None
+    #: Last step of the ordered kill: kill whatever is left in the job's cgroup.
+    kill_rest: Callable[[], None] | None = None
+    #: Polled every ``WATCH_INTERVAL_S``: a limit name (``cpu_limit``) stops the run.
+    watch: Callable[[], str | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -409,6 +427,8 @@ class RunResult:
     wall_time_ms: int
     #: bwrap itself failed before the program started (its message is in ``stderr``).
     sandbox_failed: bool
+    #: The run was stopped for exceeding a limit: ``output_limit`` or what ``watch`` said.
+    limit_exceeded: str | None = None
 
 
 OutputSink = Callable[[str, str], None]
@@ -429,9 +449,16 @@ def _kill(pid: int, how: Callable[[int, int], None] = os.kill) -> None:
         how(pid, signal.SIGKILL)
 
 
-async def _kill_run(proc: asyncio.subprocess.Process, sandboxed: bool) -> None:
-    """The ordered kill: sandbox init (whole pid namespace), then the launcher's group."""
+async def _kill_run(
+    proc: asyncio.subprocess.Process,
+    sandboxed: bool,
+    kill_rest: Callable[[], None] | None = None,
+) -> None:
+    """The ordered kill: sandbox init (whole pid namespace), then the launcher's group, then
+    whatever is left in the job's cgroup."""
     if proc.returncode is not None:
+        if kill_rest is not None:
+            await asyncio.to_thread(kill_rest)
         return
     if sandboxed:
         for pid in _sandbox_init_pids(proc.pid):
@@ -441,6 +468,9 @@ async def _kill_run(proc: asyncio.subprocess.Process, sandboxed: bool) -> None:
     # start_new_session made the launcher a group leader: its pgid is its pid.
     _kill(proc.pid, os.killpg)
     _kill(proc.pid)
+    if kill_rest is not None:
+        # Off the loop: it may retry for a few ms while processes are still forking.
+        await asyncio.to_thread(kill_rest)
 
 
 def read_available(fd: int) -> bytes:
@@ -517,12 +547,18 @@ def _close_process_transport(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _pump(
-    reader: asyncio.StreamReader, capture: StreamCapture, name: str, sink: OutputSink
+    reader: asyncio.StreamReader,
+    capture: StreamCapture,
+    name: str,
+    sink: OutputSink,
+    overflow: asyncio.Event,
 ) -> None:
     while chunk := await reader.read(READ_CHUNK):
         text = capture.feed(chunk)
         if text:
             sink(name, text)
+        if capture.truncated:
+            overflow.set()
     tail = capture.finish()
     if tail:
         sink(name, tail)
@@ -572,7 +608,7 @@ async def run_program(
     """
     progress_r, progress_w = req.progress_pipe if req.progress_pipe else (None, None)
     status_r, status_w = req.status_pipe if req.status_pipe else (None, None)
-    pass_fds = tuple(fd for fd in (progress_w, status_w) if fd is not None)
+    pass_fds = tuple(fd for fd in (progress_w, status_w) if fd is not None) + req.inherit_fds
     spawn_kwargs: dict[str, object] = {}
     if req.run_as is not None:
         spawn_kwargs.update(user=req.run_as.uid, group=req.run_as.gid, extra_groups=[])
@@ -596,17 +632,35 @@ async def run_program(
                 os.close(fd)
         raise
     finally:
-        for fd in (progress_w, status_w):
+        for fd in (progress_w, status_w, *req.inherit_fds):
             if fd is not None:
                 os.close(fd)
     assert proc.stdout is not None and proc.stderr is not None
+    stdin_data = req.stdin
+    if req.attach is not None:
+        try:
+            # Off the loop: the first cgroup.procs write after idle can block ~20 ms (notes §3.5).
+            await asyncio.to_thread(req.attach, proc.pid)
+        except BaseException:
+            _kill(proc.pid, os.killpg)
+            _kill(proc.pid)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), DRAIN_GRACE_S)
+            _close_process_transport(proc)
+            for fd in (progress_r, status_r):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        # Opens the gate (see GATE_ARGV).
+        stdin_data = b"\n" + stdin_data
 
     out_cap = StreamCapture(req.max_output_bytes)
     err_cap = StreamCapture(req.max_output_bytes)
+    overflow = asyncio.Event()
     tasks: list[asyncio.Task[None]] = [
-        asyncio.create_task(_pump(proc.stdout, out_cap, "stdout", on_output)),
-        asyncio.create_task(_pump(proc.stderr, err_cap, "stderr", on_output)),
-        asyncio.create_task(_feed_stdin(proc, req.stdin)),
+        asyncio.create_task(_pump(proc.stdout, out_cap, "stdout", on_output, overflow)),
+        asyncio.create_task(_pump(proc.stderr, err_cap, "stderr", on_output, overflow)),
+        asyncio.create_task(_feed_stdin(proc, stdin_data)),
     ]
     progress_transport: asyncio.BaseTransport | None = None
     if progress_r is not None:
@@ -615,26 +669,45 @@ async def run_program(
 
     exited = asyncio.create_task(proc.wait())
     canceled_wait = asyncio.create_task(cancel.wait())
+    overflow_wait = asyncio.create_task(overflow.wait())
     timed_out = canceled = False
+    limit_exceeded: str | None = None
+    deadline = started + req.timeout
     try:
-        done, _ = await asyncio.wait(
-            {exited, canceled_wait}, timeout=req.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if exited not in done:
-            canceled = canceled_wait in done
-            timed_out = not canceled
-            await _kill_run(proc, req.sandboxed)
+        while True:
+            remaining = deadline - time.monotonic()
+            step = remaining if req.watch is None else min(remaining, WATCH_INTERVAL_S)
+            done, _ = await asyncio.wait(
+                {exited, canceled_wait, overflow_wait},
+                timeout=max(0.0, step),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if exited in done:
+                break
+            if canceled_wait in done:
+                canceled = True
+            elif overflow_wait in done:
+                limit_exceeded = "output_limit"
+            elif req.watch is not None and (reason := req.watch()) is not None:
+                limit_exceeded = reason
+            elif time.monotonic() >= deadline:
+                timed_out = True
+            else:
+                continue
+            await _kill_run(proc, req.sandboxed, req.kill_rest)
+            break
         await exited
         # Pipes reach EOF once every process holding them is gone; in a sandbox that is as
         # soon as its init exits. Outside one, an escaped daemon may hold them: kill the group.
         _, pending = await asyncio.wait(tasks[:2], timeout=DRAIN_GRACE_S)
         if pending:
-            await _kill_run(proc, req.sandboxed)
+            await _kill_run(proc, req.sandboxed, req.kill_rest)
             _, pending = await asyncio.wait(tasks[:2], timeout=DRAIN_GRACE_S)
     finally:
         canceled_wait.cancel()
+        overflow_wait.cancel()
         if proc.returncode is None:
-            await _kill_run(proc, req.sandboxed)
+            await _kill_run(proc, req.sandboxed, req.kill_rest)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(exited, DRAIN_GRACE_S)
         for task in tasks:
@@ -652,7 +725,8 @@ async def run_program(
     returncode = proc.returncode if proc.returncode is not None else -signal.SIGKILL
     stderr_bytes = bytes(err_cap.data)
     exit_code, sig = decode_exit(returncode, req.sandboxed)
-    if (timed_out or canceled) and sig is None and exit_code is not None:
+    killed = timed_out or canceled or limit_exceeded is not None
+    if killed and sig is None and exit_code is not None:
         # We killed it: report the kill, whatever status the launcher passed on.
         exit_code, sig = None, "SIGKILL"
     return RunResult(
@@ -666,9 +740,8 @@ async def run_program(
         timed_out=timed_out,
         canceled=canceled,
         wall_time_ms=int((time.monotonic() - started) * 1000),
-        sandbox_failed=req.sandboxed
-        and not (timed_out or canceled)
-        and is_bwrap_failure(returncode, stderr_bytes),
+        sandbox_failed=req.sandboxed and not killed and is_bwrap_failure(returncode, stderr_bytes),
+        limit_exceeded=limit_exceeded,
     )
 
 
