@@ -38,22 +38,33 @@ def sandbox_uid() -> int | None:
     return None
 
 
-def processes_of_uid(uid: int) -> list[str]:
-    """Command lines of live (non-zombie) processes owned by ``uid``."""
+def processes_of_job(job_id: str) -> list[str]:
+    """Command lines of the live (non-zombie) processes of one job: those in its cgroup, whose
+    path names the job, or whose command line does (bwrap's work-dir argument). Other jobs
+    running on the host at the same time do not count."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if entry.stat().st_uid != uid:
-                continue
             stat = (entry / "stat").read_text()
             if stat.rsplit(")", 1)[1].split()[0] == "Z":
                 continue
-            out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cgroups = (entry / "cgroup").read_text()
         except OSError:
             continue
+        if (job_id in cgroups or job_id in cmd) and "pytest" not in cmd:
+            out.append(cmd)
     return out
+
+
+def wait_for_no_processes_of_job(job_id: str, timeout: float = 1.0) -> list[str]:
+    """Wait until the job has no live process; return any that outlived ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := processes_of_job(job_id)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def wait_until_no_processes(marker: str, timeout: float = 3.0) -> list[str]:

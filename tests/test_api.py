@@ -260,8 +260,11 @@ def test_cancel_a_finished_job_is_a_clear_conflict(client: DeepExecClient) -> No
 
 
 def test_events_stream_shows_output_before_the_end(client: DeepExecClient) -> None:
+    # the program waits before printing: output written before a client subscribes is not
+    # replayed (the final status still carries all of it)
     code = (
-        "import time\nfor i in range(3):\n    print(f'line {i}', flush=True)\n    time.sleep(0.3)\n"
+        "import time\ntime.sleep(1)\n"
+        "for i in range(3):\n    print(f'line {i}', flush=True)\n    time.sleep(0.3)\n"
     )
     job = client.submit_mcp_job("stream", PY, {"code": code})
     events = list(client.stream_mcp_job_events(job.job_id))

@@ -11,6 +11,7 @@ from tests.serverproc import DEEPEXEC, ServerProcess
 PROGRESS_PROGRAM = (
     "import os, time\n"
     "fd = int(os.environ['DEEPEXEC_PROGRESS_FD'])\n"
+    "time.sleep(1)\n"
     "for p in (20, 40, 60, 80):\n"
     "    os.write(fd, f'{p} working\\n'.encode())\n"
     "    time.sleep(0.5)\n"

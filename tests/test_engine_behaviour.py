@@ -11,10 +11,19 @@ from pathlib import Path
 import pytest
 
 from deepexec_sdk import DeepExecClient
-from tests.conftest import processes_of_uid, sandbox_uid
+from tests.conftest import processes_of_job, wait_for_no_processes_of_job
 from tests.serverproc import ServerProcess
 
 PY = "code_execution"
+
+
+def wait_for_positive(job_id: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any("python3" in cmd for cmd in processes_of_job(job_id)):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture
@@ -122,14 +131,12 @@ def test_kill_minus_9_then_restart_loses_no_job(tmp_path: Path) -> None:
         while c.get_mcp_job_status(running.job_id).status != "RUNNING":
             assert time.monotonic() < deadline
             time.sleep(0.05)
+    assert wait_for_positive(running.job_id), "positive control: the job's processes exist"
     srv.kill9()
 
-    uid = sandbox_uid()
-    assert uid is not None
-    deadline = time.monotonic() + 5
-    while processes_of_uid(uid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_of_uid(uid) == [], "the crashed server's sandboxes must die with it"
+    assert wait_for_no_processes_of_job(running.job_id, timeout=5) == [], (
+        "the crashed server's sandboxes must die with it"
+    )
 
     srv2 = ServerProcess(home, "--concurrency", "code_execution=1")
     srv2.port = srv.port
@@ -161,10 +168,9 @@ def test_graceful_shutdown_stops_running_jobs_and_says_so(tmp_path: Path) -> Non
         while c.get_mcp_job_status(job.job_id).status != "RUNNING":
             assert time.monotonic() < deadline
             time.sleep(0.05)
+    assert wait_for_positive(job.job_id), "positive control: the running job's processes exist"
     srv.stop()  # SIGTERM
-    uid = sandbox_uid()
-    assert uid is not None
-    assert processes_of_uid(uid) == []
+    assert wait_for_no_processes_of_job(job.job_id, timeout=1) == []
     srv2 = ServerProcess(home)
     srv2.port = srv.port
     srv2.start()
