@@ -130,3 +130,18 @@ def test_settings_from_environment(tmp_path: Path) -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(SettingsError, match=names):
         Settings.from_env(env)
+
+
+def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
+    # asyncio turns on TCP_NODELAY only for sockets whose protocol is IPPROTO_TCP; a socket made
+    # with protocol 0 made every response wait ~40 ms for a delayed ACK.
+    import socket
+
+    from deepexec_server.cli import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockname()[1] > 0
+    finally:
+        sock.close()

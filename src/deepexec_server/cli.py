@@ -72,6 +72,24 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's bound TCP socket (uvicorn listens on it), so the real port is known before
+    serving even when ``port`` is 0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets it knows are TCP, and
+    # without it every response waited ~40 ms for the client's delayed ACK (bench #3).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CliError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pick another with --port"
+        ) from exc
+    return sock
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -79,16 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _configure_logging(args.log_level)
     settings = _settings(args)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-    except OSError as exc:
-        raise CliError(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}; "
-            "pick another with --port"
-        ) from exc
+    sock = listen_socket(settings.host, settings.port)
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     url = settings.effective_database_url
     if args.no_runners and url.startswith("sqlite:"):
