@@ -213,7 +213,8 @@ async def test_infinite_loop_under_one_cpu_second_is_cpu_limit(executor: CodeExe
     outcome = await run(executor, {"code": "while True: pass", "limits": {"cpu_time_s": 1}})
     assert error_type(outcome) == ErrorType.CPU_LIMIT
     assert time.monotonic() - started < 4
-    assert outcome.result is not None and outcome.result["cpu_time_ms"] >= 900
+    # RLIMIT_CPU fires on tick-granular accounting; the cgroup counter may lag it slightly
+    assert outcome.result is not None and outcome.result["cpu_time_ms"] >= 800
 
 
 async def test_four_busy_processes_share_one_cpu_and_one_cpu_budget(
