@@ -13,6 +13,6 @@ test: setup lint
 	.venv/bin/python -m pytest -q
 
 lint:
-	.venv/bin/ruff check src tests scripts
-	.venv/bin/ruff format --check src tests scripts
+	.venv/bin/ruff check src tests scripts bench
+	.venv/bin/ruff format --check src tests scripts bench
 	.venv/bin/mypy

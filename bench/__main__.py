@@ -1,0 +1,130 @@
+"""``python -m bench [--quick] [--only 1,3] [--results FILE]``: run the benchmarks, print each
+table, optionally write the markdown report (``bench/RESULTS.md`` for a full run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from .common import RunConfig
+from .harness import machine_facts
+from .stats import Outcome, Verdict
+
+Runner = Callable[[RunConfig], Awaitable[Outcome | list[Outcome]]]
+
+
+def _registry() -> dict[int, tuple[str, Runner]]:
+    from . import (
+        b1_trivial,
+        b2_throughput,
+        b3_completion,
+        b4_status_rps,
+        b5_backlog,
+        b6_llm,
+        b7_ray,
+        b8_postgres,
+        profile,
+    )
+
+    return {
+        1: ("trivial job end to end", b1_trivial.run),
+        2: ("jobs/s vs concurrency", b2_throughput.run),
+        3: ("completion latency", b3_completion.run),
+        4: ("status requests/s", b4_status_rps.run),
+        5: ("10,000 queued submits", b5_backlog.run),
+        6: ("embedded-model generation", b6_llm.run),
+        7: ("Ray Jobs peer", b7_ray.run),
+        8: ("PostgreSQL (1, 2, 5)", b8_postgres.run),
+        9: ("profile", profile.run),
+    }
+
+
+def parse_only(text: str | None, known: list[int]) -> list[int]:
+    """``"1,3"`` → ``[1, 3]``; None → all. Raises ``ValueError`` naming an unknown number."""
+    if not text:
+        return known
+    picked = [int(p) for p in text.split(",") if p.strip()]
+    unknown = [n for n in picked if n not in known]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; known: {known}")
+    return picked
+
+
+def report(outcomes: list[Outcome], facts: dict[str, str], cfg: RunConfig, argv: str) -> str:
+    """The markdown report of a run."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# DeepExec benchmark results",
+        "",
+        f"Run: {now}, `{argv}`{' (QUICK: figures not meaningful)' if cfg.quick else ''}.",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += [f"- [{o.number}] {v.line()}" for o in outcomes for v in o.verdicts]
+    lines += ["", "## Tables", ""]
+    lines += [o.markdown() for o in outcomes]
+    return "\n".join(lines)
+
+
+async def _run_all(numbers: list[int], cfg: RunConfig) -> tuple[list[Outcome], bool]:
+    registry = _registry()
+    outcomes: list[Outcome] = []
+    ok = True
+    for number in numbers:
+        name, runner = registry[number]
+        print(f"\n=== {number}. {name} ===", flush=True)
+        t0 = time.monotonic()
+        try:
+            produced = await runner(cfg)
+        except Exception:
+            ok = False
+            failed = Outcome(number, f"{name} (FAILED)", cfg.command(number))
+            failed.verdicts.append(Verdict(name, None, "-", traceback.format_exc(limit=3)))
+            produced = failed
+        for out in produced if isinstance(produced, list) else [produced]:
+            print(out.markdown(), flush=True)
+            outcomes.append(out)
+        print(f"({number} took {time.monotonic() - t0:.1f} s)", flush=True)
+    return outcomes, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit status 1 if a benchmark crashed (never for a missed target)."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    p.add_argument("--only", help="comma-separated benchmark numbers, e.g. 1,3")
+    p.add_argument("--results", type=Path, help="write the markdown report here")
+    args = p.parse_args(argv)
+    # The sandbox probe logs its findings; the benches' own output is the tables.
+    logging.getLogger("deepexec_server").setLevel(logging.ERROR)
+    try:
+        numbers = parse_only(args.only, list(_registry()))
+    except ValueError as exc:
+        p.error(str(exc))
+    cfg = RunConfig(quick=args.quick)
+    facts = machine_facts()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()), flush=True)
+    outcomes, ok = asyncio.run(_run_all(numbers, cfg))
+    facts["loadavg after"] = machine_facts()["loadavg"]
+    if args.results:
+        command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.results.write_text(report(outcomes, facts, cfg, command.strip()))
+    print("\n## Targets")
+    for o in outcomes:
+        for v in o.verdicts:
+            print(f"[{o.number}] {v.line()}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""2. Trivial jobs per second through the SDK at client concurrency 2, 8, 32, against bare
+sandbox runs per second at the same concurrency, alternating rounds in one run."""
+
+from __future__ import annotations
+
+from .b1_trivial import rate, sdk_job
+from .common import RunConfig
+from .harness import BareSandbox, running_server
+from .stats import Outcome, Summary, Table, Verdict, fmt, ratio
+
+SLOTS = 2
+
+
+async def run(cfg: RunConfig) -> Outcome:
+    """For each client concurrency: rounds of N SDK jobs, each followed by N sandbox runs."""
+    out = Outcome(2, f"Trivial jobs per second vs concurrency ({cfg.db_label})", cfg.command(2))
+    table = Table(
+        "Completed `print(1)` jobs per second",
+        [
+            "server slots",
+            "client concurrency",
+            "SDK jobs/s (median)",
+            "SDK min",
+            "sandbox runs/s (median)",
+            "sandbox min",
+            "SDK / sandbox",
+        ],
+    )
+    sandbox = await BareSandbox().start()
+    ratios: list[float] = []
+    try:
+        with running_server(
+            "--concurrency", f"code_execution={SLOTS}", database_url=cfg.database_url
+        ) as server:
+            async with server.client() as client:
+                for _ in range(cfg.n(3, 1)):
+                    await sdk_job(client)
+                for conc in (2, 8, 32):
+                    total = cfg.n(max(120, conc * 4), conc)
+                    sdk_rates: list[float] = []
+                    sbx_rates: list[float] = []
+                    for _ in range(cfg.n(3, 1)):
+                        sdk_rates.append(await rate(lambda: sdk_job(client), total, conc))
+                        sbx_rates.append(await rate(sandbox.run, total, conc))
+                    s, b = Summary.of(sdk_rates), Summary.of(sbx_rates)
+                    ratios.append(ratio(s.median, b.median))
+                    table.add(SLOTS, conc, s.median, s.minimum, b.median, b.minimum, ratios[-1])
+    finally:
+        sandbox.close()
+    table.notes += [
+        f"The server runs at most {SLOTS} code jobs at once (`--concurrency "
+        f"code_execution={SLOTS}`); the bare sandbox runs all `client concurrency` at once, "
+        "so above 2 it is not capped the way the server is.",
+        "Each row: rounds alternate SDK batch / sandbox batch; jobs/s = batch size / batch "
+        "wall time.",
+    ]
+    out.tables.append(table)
+    worst = min(ratios)
+    out.verdicts.append(
+        Verdict(
+            "(no issue target) SDK throughput relative to bare-sandbox throughput",
+            None,
+            ", ".join(f"c={c}: {fmt(r)}×" for c, r in zip((2, 8, 32), ratios, strict=True)),
+            f"lowest {fmt(worst)}×; recorded for trend only",
+            info=True,
+        )
+    )
+    return out

@@ -1,0 +1,142 @@
+"""5. Submitting 10,000 jobs while the runners are busy (so every job queues), server memory
+growth, then the drain rate once the runners are free."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+
+from deepexec_sdk import DeepExecAsyncClient
+
+from .common import RunConfig
+from .diagnose import healthz_ms, http_limit
+from .harness import TRIVIAL, Server, rss_kib, running_server
+from .stats import Outcome, Summary, Table, Verdict, fmt
+
+SLOTS = 2
+BLOCKER = "import time; time.sleep(3600)"
+
+
+def finished_completed(metrics_text: str) -> int:
+    """``deepexec_jobs_finished_total`` for COMPLETED code jobs, from /metrics."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("deepexec_jobs_finished_total{") and 'status="COMPLETED"' in line:
+            m = re.search(r"\}\s+([0-9.e+]+)$", line)
+            if m:
+                total += float(m.group(1))
+    return int(total)
+
+
+async def completed(server: Server, http: httpx.AsyncClient) -> int:
+    """How many jobs this server has completed."""
+    return finished_completed((await http.get(f"{server.base_url}/metrics")).text)
+
+
+async def submit_all(
+    client: DeepExecAsyncClient, total: int, in_flight: int
+) -> tuple[float, list[float]]:
+    """Submit ``total`` trivial jobs with ``in_flight`` requests open; (wall s, latencies s)."""
+    left = total
+    lat: list[float] = []
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            t0 = time.perf_counter()
+            await client.submit_mcp_job("backlog", "code_execution", {"code": TRIVIAL})
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return time.perf_counter() - t0, lat
+
+
+async def run(cfg: RunConfig) -> Outcome:
+    """Block both code slots with sleeping jobs, submit, read RSS, free the slots, drain."""
+    out = Outcome(5, f"10,000 queued submits, memory, drain ({cfg.db_label})", cfg.command(5))
+    total = cfg.n(10_000, 200)
+    in_flight = 16
+    window = cfg.secs(30, 3)
+    with running_server(
+        "--concurrency", f"code_execution={SLOTS}", database_url=cfg.database_url
+    ) as server:
+        async with server.client() as client, httpx.AsyncClient() as http:
+            blockers = [
+                await client.submit_mcp_job("blocker", "code_execution", {"code": BLOCKER}, 3600)
+                for _ in range(SLOTS)
+            ]
+            deadline = time.monotonic() + 30
+            while True:
+                states = [(await client.get_mcp_job_status(b.job_id)).status for b in blockers]
+                if all(s == "RUNNING" for s in states):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"blockers never ran: {states}")
+                await asyncio.sleep(0.05)
+            floor_ms = await asyncio.to_thread(healthz_ms, server.base_url)
+            rss_before = rss_kib(server.pid)
+            wall, lat = await submit_all(client, total, in_flight)
+            rss_after = rss_kib(server.pid)
+            for b in blockers:
+                await client.cancel_mcp_job(b.job_id, "bench: free the slots")
+            done0 = await completed(server, http)
+            t0 = time.perf_counter()
+            await asyncio.sleep(window)
+            done1 = await completed(server, http)
+            drained_in = time.perf_counter() - t0
+            rss_drain = rss_kib(server.pid)
+    submit_rate = total / wall
+    drain_rate = (done1 - done0) / drained_in
+    growth_mb = (rss_after - rss_before) / 1024
+    s = Summary.of(lat)
+    table = Table(
+        "Queued submits, memory and drain",
+        ["what", "value"],
+    )
+    table.add("jobs submitted (all queued behind 2 blocking jobs)", total)
+    table.add("client requests in flight", in_flight)
+    table.add("submits/s", submit_rate)
+    table.add(
+        "submit latency median / p90 / p99 (ms)",
+        f"{fmt(s.median * 1000)} / {fmt(s.p90 * 1000)} / {fmt(s.p99 * 1000)}",
+    )
+    table.add(
+        "server RSS before → after submits (MiB)",
+        f"{fmt(rss_before / 1024)} → {fmt(rss_after / 1024)}",
+    )
+    table.add("RSS growth (MiB)", growth_mb)
+    table.add(f"RSS after {fmt(window)} s of draining (MiB)", rss_drain / 1024)
+    table.add(f"drain: jobs completed in {fmt(drained_in)} s", done1 - done0)
+    table.add("drain rate (jobs/s, 2 slots)", drain_rate)
+    table.add("time to drain all at that rate (s, extrapolated)", total / max(drain_rate, 1e-9))
+    table.notes += [
+        "There is no HTTP switch for Engine.pause(): the queue is built by first submitting "
+        f"{SLOTS} `time.sleep(3600)` jobs that hold both code slots "
+        f"(`--concurrency code_execution={SLOTS}`), then cancelling them to start the drain.",
+        f"The drain is measured over a {fmt(window)} s window (draining all of them at ~tens/s "
+        "would take minutes); the rest is discarded with the server's private home.",
+        "One SDK client (async, one event loop) submits; it shares the 2 cores with the server.",
+    ]
+    out.tables.append(table)
+    ok_rate = submit_rate >= 1000
+    ok_mem = growth_mb <= 100
+    out.verdicts += [
+        Verdict(
+            "≥ 1,000 submits/s",
+            ok_rate,
+            f"{fmt(submit_rate)}/s",
+            ""
+            if ok_rate
+            else http_limit(floor_ms, "per-request server work (see benchmarks 4 and 9)"),
+        ),
+        Verdict("server RSS growth ≤ 100 MB over the submits", ok_mem, f"{fmt(growth_mb)} MiB"),
+        Verdict(
+            "(no target) drain rate", None, f"{fmt(drain_rate)} jobs/s", "recorded only", info=True
+        ),
+    ]
+    return out
