@@ -38,6 +38,39 @@ def sandbox_uid() -> int | None:
     return None
 
 
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def sandbox_uid_processes() -> list[int]:
+    """Processes (zombies included) of the sandbox uid descending from this test process.
+
+    Only descendants: other test runs on the host may have sandboxes of their own. Escaped
+    daemons are descendants too, since the executor makes this process a child subreaper.
+    """
+    uid = pwd.getpwnam("deepexec-sandbox").pw_uid
+    me = os.getpid()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        pid = int(entry.name)
+        ancestor, hops = _ppid(pid), 0
+        while ancestor > 1 and ancestor != me and hops < 64:
+            ancestor, hops = _ppid(ancestor), hops + 1
+        if ancestor == me:
+            out.append(pid)
+    return out
+
+
 def processes_of_job(job_id: str) -> list[str]:
     """Command lines of the live (non-zombie) processes of one job: those in its cgroup, whose
     path names the job, or whose command line does (bwrap's work-dir argument). Other jobs

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import secrets
 import shutil
 import socket
@@ -24,6 +23,7 @@ from deepexec_server.domain import ErrorType
 from deepexec_server.executors.base import JobDataError, Outcome
 from deepexec_server.executors.code import CodeExecutor
 from deepexec_server.settings import Settings
+from tests.conftest import sandbox_uid_processes
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -88,39 +88,6 @@ def live_processes_with(marker: str) -> list[int]:
         if marker.encode() in cmdline and state != "Z":
             pids.append(int(entry.name))
     return pids
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def sandbox_uid_processes() -> list[int]:
-    """Processes (zombies included) of the sandbox uid descending from this test process.
-
-    Only descendants: other test runs on the host may have sandboxes of their own. Escaped
-    daemons are descendants too, since the executor makes this process a child subreaper.
-    """
-    uid = pwd.getpwnam("deepexec-sandbox").pw_uid
-    me = os.getpid()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid != uid:
-                continue
-        except OSError:
-            continue
-        pid = int(entry.name)
-        ancestor, hops = _ppid(pid), 0
-        while ancestor > 1 and ancestor != me and hops < 64:
-            ancestor, hops = _ppid(ancestor), hops + 1
-        if ancestor == me:
-            out.append(pid)
-    return out
 
 
 # --- running programs -------------------------------------------------------------------------

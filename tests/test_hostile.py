@@ -28,6 +28,7 @@ from deepexec_server.executors.base import Outcome
 from deepexec_server.executors.cgroups import pending_removals
 from deepexec_server.executors.code import CodeExecutor
 from deepexec_server.settings import Settings
+from tests.conftest import sandbox_uid_processes
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -52,39 +53,6 @@ class Ctx:
 
     def emit_output(self, stream: str, text: str) -> None:
         self.outputs.append((stream, text))
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def sandbox_uid_processes() -> list[int]:
-    """Processes (zombies included) of the sandbox uid descending from this test process.
-
-    Only descendants: other test runs on the host may have sandboxes of their own. Escaped
-    daemons are descendants too, since the executor makes this process a child subreaper.
-    """
-    uid = pwd.getpwnam("deepexec-sandbox").pw_uid
-    me = os.getpid()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid != uid:
-                continue
-        except OSError:
-            continue
-        pid = int(entry.name)
-        ancestor, hops = _ppid(pid), 0
-        while ancestor > 1 and ancestor != me and hops < 64:
-            ancestor, hops = _ppid(ancestor), hops + 1
-        if ancestor == me:
-            out.append(pid)
-    return out
 
 
 def our_job_cgroups(ex: CodeExecutor) -> list[Path]:
