@@ -29,12 +29,11 @@ from ..domain import (
     JobError,
     JobFilter,
     NewJob,
-    check_transition,
     find_nul,
     utcnow,
 )
 from ..errors import Conflict, Unavailable, Unprocessable, job_not_found
-from ..executors.base import Executor, JobDataError, Outcome
+from ..executors.base import Executor, JobDataError, ModelUnavailableError, Outcome
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Store
@@ -255,7 +254,7 @@ class Engine:
             raise Unprocessable(
                 exc.message,
                 type="model_unavailable"
-                if type(exc).__name__ == "ModelUnavailableError"
+                if isinstance(exc, ModelUnavailableError)
                 else "invalid_job_data",
                 details=exc.details,
             ) from exc
@@ -472,7 +471,6 @@ class Engine:
     async def _finish(self, ctx: _RunContext, outcome: Outcome, started: float) -> None:
         job = ctx.job
         status = decide_status(outcome)
-        check_transition(job.status, status)
         await ctx.drain_progress()
         finished = await asyncio.shield(
             self.store.finish_job(
