@@ -2,6 +2,9 @@
 # Prepare this host for DeepExec's code_execution sandbox (run as root; safe to run again):
 #   - install bubblewrap (bwrap) if it is missing;
 #   - install libseccomp2 (the library pyseccomp loads for the sandbox's seccomp filter);
+#   - install the compiled languages' toolchains that are missing from /usr/bin (gcc, g++,
+#     javac, rustc, go) from Debian's packages; DEEPEXEC_SKIP_TOOLCHAINS=1 skips this step
+#     (jobs in those languages are then refused with the list of what the host runs);
 #   - create the unprivileged system user `deepexec-sandbox` (no home, no login shell) that
 #     sandboxed programs run as on the host.
 # It only does what is missing and says what it did.
@@ -35,6 +38,25 @@ else
     say "installing libseccomp2"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y libseccomp2 || { apt-get update && apt-get install -y libseccomp2; }
+fi
+
+# Toolchains are looked for in system directories only (a rustup or pyenv copy under /root is
+# unreadable to the sandbox uid), so check /usr/bin, not PATH.
+if [ "${DEEPEXEC_SKIP_TOOLCHAINS:-0}" = 1 ]; then
+    say "toolchains: skipped (DEEPEXEC_SKIP_TOOLCHAINS=1)"
+else
+    missing=()
+    for pair in gcc:gcc g++:g++ javac:default-jdk-headless rustc:rustc go:golang-go; do
+        [ -x "/usr/bin/${pair%%:*}" ] || missing+=("${pair#*:}")
+    done
+    if [ "${#missing[@]}" = 0 ]; then
+        say "toolchains present: gcc g++ javac rustc go"
+    else
+        say "installing toolchains: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends "${missing[@]}" \
+            || { apt-get update && apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+    fi
 fi
 
 if getent passwd "$SANDBOX_USER" >/dev/null; then

@@ -8,6 +8,7 @@ cancel event. Needs root (the uid drop), bwrap and the ``deepexec-sandbox`` user
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import shutil
@@ -577,52 +578,120 @@ async def test_unsandboxed_launch_still_drops_uid_and_kills_its_group(tmp_path: 
     assert live_processes_with(marker) == []
 
 
-# --- compiled languages -----------------------------------------------------------------------
+# --- every language ---------------------------------------------------------------------------
 
-COMPILED_HELLO = {
-    "c": "#include <stdio.h>\nint main(int argc, char **argv) {\n  char w[64];\n"
-    '  if (scanf("%63s", w) != 1) return 3;\n  printf("c %s %s\\n", w, argv[1]);\n  return 0;\n}\n',
-    "cpp": "#include <iostream>\n#include <string>\nint main(int argc, char **argv) {\n"
-    '  std::string w; std::cin >> w;\n  std::cout << "cpp " << w << " " << argv[1] << "\\n";\n}\n',
-    "java": "public class Main {\n  public static void main(String[] a) throws Exception {\n"
-    "    var in = new java.io.BufferedReader(new java.io.InputStreamReader(System.in));\n"
-    '    System.out.println("java " + in.readLine() + " " + a[0]);\n  }\n}\n',
+
+@dataclasses.dataclass(frozen=True)
+class LanguageCase:
+    """Programs for one language: ``echo`` prints ``<language> <stdin word> <first arg>``;
+    ``fail`` writes ``boom`` to stderr and exits 3; ``broken`` does not compile."""
+
+    echo: str
+    fail: str
+    broken: str | None = None
+
+
+LANGUAGE_CASES = {
+    "python": LanguageCase(
+        "import sys\nprint('python', sys.stdin.readline().strip(), sys.argv[1])\n",
+        "import sys\nsys.stderr.write('boom\\n')\nsys.exit(3)\n",
+    ),
+    "javascript": LanguageCase(
+        "const w = require('fs').readFileSync(0, 'utf8').trim();\n"
+        "console.log(`javascript ${w} ${process.argv[2]}`);\n",
+        "console.error('boom');\nprocess.exit(3);\n",
+    ),
+    "bash": LanguageCase('read -r w\necho "bash $w $1"\n', "echo boom >&2\nexit 3\n"),
+    "c": LanguageCase(
+        "#include <stdio.h>\nint main(int argc, char **argv) {\n  char w[64];\n"
+        '  if (scanf("%63s", w) != 1) return 9;\n  printf("c %s %s\\n", w, argv[1]);\n}\n',
+        '#include <stdio.h>\nint main(void) { fputs("boom\\n", stderr); return 3; }\n',
+        "int main(void) { return undeclared_name; }\n",
+    ),
+    "cpp": LanguageCase(
+        "#include <iostream>\n#include <string>\nint main(int argc, char **argv) {\n"
+        "  std::string w; std::cin >> w;\n"
+        '  std::cout << "cpp " << w << " " << argv[1] << "\\n";\n}\n',
+        '#include <iostream>\nint main() { std::cerr << "boom\\n"; return 3; }\n',
+        "int main() { return undeclared_name; }\n",
+    ),
+    "java": LanguageCase(
+        "public class Main {\n  public static void main(String[] a) throws Exception {\n"
+        "    var in = new java.io.BufferedReader(new java.io.InputStreamReader(System.in));\n"
+        '    System.out.println("java " + in.readLine() + " " + a[0]);\n  }\n}\n',
+        "public class Main {\n  public static void main(String[] a) {\n"
+        '    System.err.println("boom");\n    System.exit(3);\n  }\n}\n',
+        "public class Main { static int f() { return undeclared_name; } }\n",
+    ),
+    "rust": LanguageCase(
+        "use std::io::BufRead;\nfn main() {\n  let mut w = String::new();\n"
+        "  std::io::stdin().lock().read_line(&mut w).unwrap();\n"
+        '  println!("rust {} {}", w.trim(), std::env::args().nth(1).unwrap());\n}\n',
+        'fn main() {\n  eprintln!("boom");\n  std::process::exit(3);\n}\n',
+        "fn main() { let x: i32 = undeclared_name; }\n",
+    ),
+    "go": LanguageCase(
+        'package main\n\nimport (\n\t"bufio"\n\t"fmt"\n\t"os"\n\t"strings"\n)\n\n'
+        "func main() {\n\tw, _ := bufio.NewReader(os.Stdin).ReadString('\\n')\n"
+        '\tfmt.Println("go", strings.TrimSpace(w), os.Args[1])\n}\n',
+        'package main\n\nimport (\n\t"fmt"\n\t"os"\n)\n\n'
+        'func main() {\n\tfmt.Fprintln(os.Stderr, "boom")\n\tos.Exit(3)\n}\n',
+        "package main\n\nfunc main() { undeclared_name() }\n",
+    ),
 }
 
 
-def _available(ex: CodeExecutor, language: str) -> None:
-    if language not in {lang["name"] for lang in ex.describe()["languages"]}:
-        pytest.skip(f"{language} toolchain not installed here")
+def test_set_up_installs_every_listed_language(executor: CodeExecutor) -> None:
+    """scripts/setup-sandbox.sh installs each toolchain, so a set-up host offers them all."""
+    offered = {lang["name"]: lang["version"] for lang in executor.describe()["languages"]}
+    assert sorted(offered) == sorted(LANGUAGE_CASES)
+    assert all(version[:1].isdigit() for version in offered.values()), offered
 
 
-@pytest.mark.parametrize("language", sorted(COMPILED_HELLO))
-async def test_compiled_languages_build_in_the_sandbox_and_run(
-    executor: CodeExecutor, language: str
-) -> None:
-    _available(executor, language)
-    data = {"code": COMPILED_HELLO[language], "language": language, "stdin": "w", "args": ["a"]}
-    outcome, ctx = await run(executor, data, timeout=30)
+@pytest.mark.parametrize("language", list(LANGUAGE_CASES))
+async def test_each_language_echoes_stdin_and_args(executor: CodeExecutor, language: str) -> None:
+    data = {"code": LANGUAGE_CASES[language].echo, "language": language, "stdin": "w\n"}
+    outcome, ctx = await run(executor, {**data, "args": ["a"]}, timeout=60)
     assert outcome.error is None, outcome
     assert outcome.result is not None
     assert outcome.result["stdout"] == f"{language} w a\n"
-    assert outcome.result["compile_output"] == ""
+    assert outcome.result["exit_code"] == 0
     assert ctx.streamed("stdout") == f"{language} w a\n"
+    compiled = LANGUAGE_CASES[language].broken is not None
+    assert outcome.result["compile_output"] == ("" if compiled else None)
 
 
-async def test_compile_failure_is_compile_error_with_the_compiler_output(
-    executor: CodeExecutor,
+@pytest.mark.parametrize("language", list(LANGUAGE_CASES))
+async def test_each_language_reports_a_runtime_error_with_its_exit_code(
+    executor: CodeExecutor, language: str
 ) -> None:
-    _available(executor, "c")
-    outcome, ctx = await run(executor, {"code": "int main(void) { return x; }", "language": "c"})
+    outcome, _ = await run(
+        executor, {"code": LANGUAGE_CASES[language].fail, "language": language}, timeout=60
+    )
+    assert outcome.error is not None and outcome.error.type == ErrorType.RUNTIME_ERROR
+    assert outcome.error.message == "exited with code 3"
+    assert outcome.result is not None
+    assert outcome.result["exit_code"] == 3
+    assert outcome.result["stderr"] == "boom\n"
+
+
+@pytest.mark.parametrize(
+    "language", [name for name, case in LANGUAGE_CASES.items() if case.broken is not None]
+)
+async def test_each_compiled_language_reports_a_compile_error(
+    executor: CodeExecutor, language: str
+) -> None:
+    broken = LANGUAGE_CASES[language].broken
+    assert broken is not None
+    outcome, ctx = await run(executor, {"code": broken, "language": language}, timeout=60)
     assert outcome.error is not None and outcome.error.type == ErrorType.COMPILE_ERROR
     assert outcome.result is not None
-    assert "error" in outcome.result["compile_output"] and "x" in outcome.result["compile_output"]
+    assert "undeclared_name" in outcome.result["compile_output"]
     assert outcome.result["stdout"] == "" and outcome.result["exit_code"] is None
     assert ctx.outputs == []  # the compiler's output is not the program's
 
 
 async def test_compiled_program_is_sandboxed_like_any_other(executor: CodeExecutor) -> None:
-    _available(executor, "c")
     code = (
         "#include <stdio.h>\n#include <errno.h>\n#include <sys/socket.h>\n#include <fcntl.h>\n"
         "int main(void) {\n"

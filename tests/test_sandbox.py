@@ -319,7 +319,7 @@ def test_sweep_removes_only_dirs_of_dead_servers(tmp_path: Path) -> None:
     ("name", "canonical"),
     [("python", "python"), ("PY", "python"), ("python3", "python"), ("js", "javascript"),
      ("node", "javascript"), ("nodejs", "javascript"), ("sh", "bash"), ("shell", "bash"),
-     ("cobol", None)],
+     ("c++", "cpp"), ("rs", "rust"), ("golang", "go"), ("cobol", None)],
 )  # fmt: skip
 def test_language_aliases(name: str, canonical: str | None) -> None:
     lang = langs.resolve_language(name)
@@ -329,7 +329,9 @@ def test_language_aliases(name: str, canonical: str | None) -> None:
 @pytest.mark.parametrize(
     ("output", "version"),
     [("Python 3.11.2\n", "3.11.2"), ("v20.20.2\n", "20.20.2"),
-     ("GNU bash, version 5.2.15(1)-release (x86_64-pc-linux-gnu)\n", "5.2.15"), ("", "unknown")],
+     ("GNU bash, version 5.2.15(1)-release (x86_64-pc-linux-gnu)\n", "5.2.15"), ("", "unknown"),
+     ("go version go1.19.8 linux/amd64\n", "1.19.8"), ("rustc 1.63.0\n", "1.63.0"),
+     ('openjdk version "17.0.15" 2025-04-15\n', "17.0.15")],
 )  # fmt: skip
 def test_parse_version(output: str, version: str) -> None:
     assert langs.parse_version(output) == version
@@ -418,7 +420,9 @@ def test_decide_outcome_with_cgroup_stats_and_limits() -> None:
     from deepexec_server.executors.cgroups import CgroupStats
     from deepexec_server.executors.code import Collected, JobLimits
 
-    limits = JobLimits(cpu_time_s=1, memory_mb=256, max_output_bytes=10)
+    limits = JobLimits(
+        cpu_time_s=1, memory_mb=256, max_processes=128, max_output_bytes=10, max_file_size_mb=64
+    )
     oom = Collected(CgroupStats(5, 262144, True), {}, False, limits)
     out = decide_outcome(_run(exit_code=None, signal="SIGKILL"), "python", 5, oom)
     assert out.error is not None and out.error.type == "memory_limit"

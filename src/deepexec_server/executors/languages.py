@@ -181,10 +181,10 @@ class Interpreter:
 
 def parse_version(output: str) -> str:
     """The version from an interpreter's ``--version`` output (``Python 3.11.2``, ``v20.1.0``,
-    ``GNU bash, version 5.2.15(1)-release ...``)."""
+    ``GNU bash, version 5.2.15(1)-release ...``, ``go version go1.19.8 linux/amd64``)."""
     first = output.strip().splitlines()[0] if output.strip() else ""
     for word in first.replace(",", " ").split():
-        candidate = word.lstrip("v")
+        candidate = word.strip('"').removeprefix("go").lstrip("v")
         if candidate[:1].isdigit() and "." in candidate:
             return candidate.split("(")[0].rstrip(")")
     return first or "unknown"
