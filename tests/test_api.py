@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -316,3 +317,41 @@ def test_nul_characters_are_refused_at_the_edge(server: ServerProcess) -> None:
         r = c.post(f"/v1/jobs/{job['job_id']}/cancel", json={"reason": "x\u0000"})
         assert_envelope(r, 422, "validation_error")
         c.post(f"/v1/jobs/{job['job_id']}/cancel", json={"reason": "cleanup"})
+
+
+# --- operator-set code limits -----------------------------------------------------------------
+
+
+def test_operator_sets_the_code_limit_defaults_and_maxima(tmp_path: Path) -> None:
+    env = {
+        "DEEPEXEC_CODE_LIMITS_DEFAULT": "memory_mb=128",
+        "DEEPEXEC_CODE_LIMITS_MAX": "memory_mb=256,cpu_time_s=5",
+    }
+    srv = ServerProcess(tmp_path / "home", env=env).start()
+    try:
+        with http(srv) as c:
+            for limits, message in [
+                (
+                    {"memory_mb": 512},
+                    "data.limits.memory_mb: memory_mb 512 exceeds the maximum 256",
+                ),
+                ({"cpu_time_s": 6}, "data.limits.cpu_time_s: cpu_time_s 6 exceeds the maximum 5"),
+            ]:
+                r = c.post("/v1/jobs", json=job_body() | {"data": {"code": "1", "limits": limits}})
+                assert assert_envelope(r, 422, "invalid_job_data")["message"] == message
+            offered = c.get("/v1/executors").json()["code_execution"]["limits"]
+            assert offered["default"]["memory_mb"] == 128
+            assert offered["max"]["memory_mb"] == 256 and offered["max"]["cpu_time_s"] == 5
+        # 200 MB: over the operator's 128 MB default, within the 256 MB a job may ask for.
+        hog = "b = bytearray(200 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\nprint('fit')"
+        with DeepExecClient(base_url=srv.base_url, api_key=srv.api_key) as client:
+            default = client.submit_mcp_job("hog", PY, {"code": hog})
+            asked = client.submit_mcp_job("hog", PY, {"code": hog, "limits": {"memory_mb": 256}})
+            done = client.wait_for_mcp_job_completion(default.job_id, max_wait_time=30)
+            assert done.status == "FAILED"
+            assert done.error is not None and done.error.type == "memory_limit"
+            roomy = client.wait_for_mcp_job_completion(asked.job_id, max_wait_time=30)
+            assert roomy.status == "COMPLETED", roomy.error
+            assert roomy.result is not None and roomy.result["stdout"] == "fit\n"
+    finally:
+        srv.stop()

@@ -117,6 +117,20 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     assert Settings.from_env(env, port=1234).port == 1234
 
 
+def test_code_limits_from_environment_merge_over_the_defaults() -> None:
+    s = Settings.from_env(
+        {
+            "DEEPEXEC_CODE_LIMITS_DEFAULT": "memory_mb=256, cpu_time_s=10",
+            "DEEPEXEC_CODE_LIMITS_MAX": "memory_mb=1024",
+        }
+    )
+    assert s.code_limits_default == {
+        "memory_mb": 256, "max_processes": 128, "max_file_size_mb": 64, "cpu_time_s": 10,
+    }  # fmt: skip
+    assert s.code_limits_max["memory_mb"] == 1024
+    assert s.code_limits_max["max_processes"] == Settings().code_limits_max["max_processes"]
+
+
 @pytest.mark.parametrize(
     ("env", "names"),
     [
@@ -125,6 +139,14 @@ def test_settings_from_environment(tmp_path: Path) -> None:
         ({"DEEPEXEC_CONCURRENCY": "code_execution=0"}, "DEEPEXEC_CONCURRENCY"),
         ({"DEEPEXEC_DATABASE_URL": "mysql://x"}, "database_url"),
         ({"DEEPEXEC_DEFAULT_TIMEOUT": "7200"}, "default_timeout"),
+        ({"DEEPEXEC_CODE_LIMITS_MAX": "memory=5"}, "DEEPEXEC_CODE_LIMITS_MAX: unknown name"),
+        ({"DEEPEXEC_CODE_LIMITS_DEFAULT": "memory_mb=0"}, "DEEPEXEC_CODE_LIMITS_DEFAULT"),
+        ({"DEEPEXEC_CODE_LIMITS_MAX": "memory_mb=100"}, r"default memory_mb \(512\) is above"),
+        ({"DEEPEXEC_MAX_OUTPUT_BYTES": str(1 << 30)}, "default max_output_bytes"),
+        (
+            {"DEEPEXEC_CODE_LIMITS_DEFAULT": "max_output_bytes=10"},
+            "set the default max_output_bytes with max_output_bytes",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:

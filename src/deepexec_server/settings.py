@@ -22,16 +22,33 @@ class SettingsError(ValueError):
     """A configuration value is invalid; the message names the variable."""
 
 
-def _parse_concurrency(raw: str) -> dict[str, int]:
+#: The limits a code job may set in ``data.limits``; ``Settings.code_limits_*`` use these names.
+CODE_LIMIT_NAMES = (
+    "cpu_time_s",
+    "memory_mb",
+    "max_processes",
+    "max_output_bytes",
+    "max_file_size_mb",
+)
+
+
+def _parse_pairs(variable: str, raw: str, allowed: tuple[str, ...] | None = None) -> dict[str, int]:
+    """``'name=N,name=N'`` with N >= 1 (and, if given, names from ``allowed``)."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         name, sep, value = part.partition("=")
         if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise SettingsError(f"{variable}: expected 'name=N,...' with N >= 1, got {part!r}")
+        if allowed is not None and name.strip() not in allowed:
             raise SettingsError(
-                f"DEEPEXEC_CONCURRENCY: expected 'job_type=N,...' with N >= 1, got {part!r}"
+                f"{variable}: unknown name {name.strip()!r}; allowed: {', '.join(allowed)}"
             )
         out[name.strip()] = int(value)
     return out
+
+
+def _parse_concurrency(raw: str) -> dict[str, int]:
+    return _parse_pairs("DEEPEXEC_CONCURRENCY", raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +86,23 @@ class Settings:
     #: Runs untrusted code WITHOUT namespaces if bubblewrap cannot work. Never on by default.
     unsafe_no_sandbox: bool = False
     allow_network: bool = False
+    #: A code job's default ``max_output_bytes`` (bytes kept per stream).
     max_output_bytes: int = 1024 * 1024
+    #: Defaults for a code job's other ``data.limits``. Without ``cpu_time_s`` a job's CPU
+    #: time is capped just above its wall-clock timeout.
+    code_limits_default: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"memory_mb": 512, "max_processes": 128, "max_file_size_mb": 64}
+    )
+    #: The most a code job may ask for, per limit; more is a 422 naming the limit.
+    code_limits_max: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {
+            "cpu_time_s": 3600,
+            "memory_mb": 8192,
+            "max_processes": 1024,
+            "max_output_bytes": 16 * 1024 * 1024,
+            "max_file_size_mb": 1024,
+        }
+    )
 
     # --- text_generation ---------------------------------------------------------------------
     #: Model used when a job names none.
@@ -124,6 +157,9 @@ class Settings:
                 continue
             if field.name == "concurrency":
                 values["concurrency"] = {**cls().concurrency, **_parse_concurrency(raw)}
+            elif field.name in ("code_limits_default", "code_limits_max"):
+                pairs = _parse_pairs(f"DEEPEXEC_{field.name.upper()}", raw, CODE_LIMIT_NAMES)
+                values[field.name] = {**getattr(cls(), field.name), **pairs}
             elif field.type in ("int",):
                 values[field.name] = to_int(field.name.upper(), raw)
             elif field.type in ("float",):
@@ -155,8 +191,35 @@ class Settings:
         for job_type, n in self.concurrency.items():
             if n < 1:
                 raise SettingsError(f"concurrency for {job_type} must be >= 1, got {n}")
+        self._check_code_limits()
         url = self.effective_database_url
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise SettingsError(
                 f"database_url must start with sqlite:/// or postgresql://, got {url!r}"
             )
+
+    def _check_code_limits(self) -> None:
+        for field in ("code_limits_default", "code_limits_max"):
+            for name, value in getattr(self, field).items():
+                if name not in CODE_LIMIT_NAMES:
+                    raise SettingsError(
+                        f"{field}: unknown limit {name!r}; allowed: {', '.join(CODE_LIMIT_NAMES)}"
+                    )
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise SettingsError(
+                        f"{field}: {name} must be a positive integer, got {value!r}"
+                    )
+        if "max_output_bytes" in self.code_limits_default:
+            raise SettingsError(
+                "code_limits_default: set the default max_output_bytes with max_output_bytes"
+            )
+        missing = [n for n in CODE_LIMIT_NAMES if n not in self.code_limits_max]
+        if missing:
+            raise SettingsError(f"code_limits_max: no maximum for {', '.join(missing)}")
+        defaults = {**self.code_limits_default, "max_output_bytes": self.max_output_bytes}
+        for name, value in defaults.items():
+            if value > self.code_limits_max[name]:
+                raise SettingsError(
+                    f"the default {name} ({value}) is above its maximum "
+                    f"({self.code_limits_max[name]}, code_limits_max)"
+                )

@@ -4,13 +4,15 @@ Job data::
 
     {"code": "print(1)", "language": "python", "stdin": "", "args": [], "env": {}}
 
-Languages: python (py, python3), javascript (js, node, nodejs), bash (sh, shell). The
+Languages: python (py, python3), javascript (js, node, nodejs), bash (sh, shell), and the compiled
+c, cpp, java, rust and go where their toolchain is installed (see ``languages``). The
 program runs in bubblewrap as an unprivileged uid (see ``sandbox``); its stdout/stderr stream
 to the job's events and the first ``Settings.max_output_bytes`` of each are kept in the
 result. A program reports progress by writing ``PERCENT [message]`` lines to the file
 descriptor in ``$DEEPEXEC_PROGRESS_FD`` (see ``_progress_helper`` for one-liners).
 
-``data.limits`` (all optional; defaults and maxima below, over a maximum is a 422):
+``data.limits`` (all optional; defaults and maxima are ``Settings.code_limits_default`` and
+``code_limits_max``, over a maximum is a 422):
 ``cpu_time_s`` (total CPU of every process), ``memory_mb`` (cgroup memory+swap),
 ``max_processes`` (cgroup pids.max, threads included), ``max_output_bytes`` (per stream),
 ``max_file_size_mb`` (RLIMIT_FSIZE). Exceeding them ends the job FAILED with
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..domain import ErrorType, JobError
-from ..settings import Settings
+from ..settings import CODE_LIMIT_NAMES, Settings
 from . import languages as langs
 from ._progress_helper import ProgressUpdate
 from .base import ExecutionContext, JobDataError, Outcome
@@ -84,19 +86,7 @@ MAX_ENV_VALUE_BYTES = 32 * 1024
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ALLOWED_KEYS = frozenset({"code", "language", "stdin", "args", "env", "limits", "files"})
 
-# Job limits: (default, maximum). Settings has no fields for these yet (the lead adds
-# ``code_default_*``/``code_max_*``); ``max_output_bytes`` defaults to the Settings value.
-#: None: just above the job's wall-clock timeout (the wall timer normally fires first).
-DEFAULT_CPU_TIME_S: int | None = None
-MAX_CPU_TIME_S = 3600
-DEFAULT_MEMORY_MB = 512
-MAX_MEMORY_MB = 8192
-DEFAULT_MAX_PROCESSES = 128
-MAX_MAX_PROCESSES = 1024
-MAX_OUTPUT_BYTES_LIMIT = 16 * 1024 * 1024
-DEFAULT_MAX_FILE_SIZE_MB = 64
-MAX_MAX_FILE_SIZE_MB = 1024
-LIMIT_KEYS = ("cpu_time_s", "memory_mb", "max_processes", "max_output_bytes", "max_file_size_mb")
+LIMIT_KEYS = CODE_LIMIT_NAMES
 #: Input files: how many, and how long a path.
 MAX_INPUT_FILES = 100
 MAX_FILE_PATH_CHARS = 255
@@ -112,11 +102,12 @@ COMPILE_TIMEOUT_S = 60.0
 class JobLimits:
     """A code job's effective limits."""
 
-    cpu_time_s: int | None = DEFAULT_CPU_TIME_S
-    memory_mb: int = DEFAULT_MEMORY_MB
-    max_processes: int = DEFAULT_MAX_PROCESSES
-    max_output_bytes: int = 1024 * 1024
-    max_file_size_mb: int = DEFAULT_MAX_FILE_SIZE_MB
+    #: None: just above the job's wall-clock timeout (the wall timer normally fires first).
+    cpu_time_s: int | None
+    memory_mb: int
+    max_processes: int
+    max_output_bytes: int
+    max_file_size_mb: int
 
     def to_dict(self) -> dict[str, int | None]:
         """As stored in the job's data."""
@@ -133,15 +124,25 @@ COMPILE_LIMITS = JobLimits(
 )  # fmt: skip
 
 
-def limit_maxima(max_output_bytes: int) -> dict[str, int]:
-    """The largest value a job may ask for, per limit."""
-    return {
-        "cpu_time_s": MAX_CPU_TIME_S,
-        "memory_mb": MAX_MEMORY_MB,
-        "max_processes": MAX_MAX_PROCESSES,
-        "max_output_bytes": max(MAX_OUTPUT_BYTES_LIMIT, max_output_bytes),
-        "max_file_size_mb": MAX_MAX_FILE_SIZE_MB,
-    }
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitPolicy:
+    """What a job gets when it asks for nothing, and the most it may ask for (server settings)."""
+
+    defaults: JobLimits
+    maxima: Mapping[str, int]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LimitPolicy:
+        """``Settings.code_limits_default``/``code_limits_max`` and ``max_output_bytes``."""
+        d = settings.code_limits_default
+        defaults = JobLimits(
+            cpu_time_s=d.get("cpu_time_s"),
+            memory_mb=d["memory_mb"],
+            max_processes=d["max_processes"],
+            max_output_bytes=settings.max_output_bytes,
+            max_file_size_mb=d["max_file_size_mb"],
+        )
+        return cls(defaults, dict(settings.code_limits_max))
 
 
 # --- validation (pure) ------------------------------------------------------------------------
@@ -157,27 +158,25 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
 
-def validate_limits(raw: object, default_output_bytes: int) -> JobLimits:
+def validate_limits(raw: object, policy: LimitPolicy) -> JobLimits:
     """``data.limits`` → effective limits; ``JobDataError`` names a bad or too-large one."""
-    base = JobLimits(max_output_bytes=default_output_bytes)
     if raw is None:
-        return base
+        return policy.defaults
     if not isinstance(raw, Mapping):
         raise _bad("limits", "must be an object")
     unknown = sorted(str(k) for k in raw if k not in LIMIT_KEYS)
     if unknown:
         raise _bad(["limits", unknown[0]], f"unknown limit; allowed: {', '.join(LIMIT_KEYS)}")
-    maxima = limit_maxima(default_output_bytes)
     values: dict[str, int] = {}
     for key, value in raw.items():
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _bad(["limits", key], "must be a positive integer")
-        if value > maxima[key]:
-            raise _bad(["limits", key], f"{key} {value} exceeds the maximum {maxima[key]}")
+        if value > policy.maxima[key]:
+            raise _bad(["limits", key], f"{key} {value} exceeds the maximum {policy.maxima[key]}")
         values[key] = value
-    return dataclasses.replace(base, **values)
+    return dataclasses.replace(policy.defaults, **values)
 
 
 def _file_path_problem(name: str) -> str | None:
@@ -250,7 +249,7 @@ def validate_code_data(
     data: Mapping[str, Any],
     available: Mapping[str, object] | None = None,
     *,
-    default_output_bytes: int = 1024 * 1024,
+    policy: LimitPolicy | None = None,
     max_files_bytes: int = 2 * 1024 * 1024,
 ) -> dict[str, Any]:
     """Check a code job's ``data`` and return it normalised (canonical language name, every
@@ -338,7 +337,7 @@ def validate_code_data(
                 ["env", name], f"value must be at most {MAX_ENV_VALUE_BYTES} bytes, without NUL"
             )
 
-    limits = validate_limits(data.get("limits"), default_output_bytes)
+    limits = validate_limits(data.get("limits"), policy or LimitPolicy.from_settings(Settings()))
     files = validate_files(data.get("files"), max_files_bytes)
     if language.filename in files:
         raise _bad(["files", language.filename], "is the program's own file name")
@@ -533,6 +532,7 @@ class CodeExecutor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._limits = LimitPolicy.from_settings(settings)
         self._probe: list[ProbeLine] = []
         self._interpreters: dict[str, langs.Interpreter] | None = None
         self._problem: str | None = "executor not started"
@@ -623,15 +623,20 @@ class CodeExecutor:
         return validate_code_data(
             data,
             self._interpreters,
-            default_output_bytes=self.settings.max_output_bytes,
+            policy=self._limits,
             max_files_bytes=self.settings.max_body_bytes,
         )
 
     def describe(self) -> dict[str, Any]:
-        """Languages (name, version, absolute path) and the sandbox probe lines."""
+        """Languages (name, version, absolute path), the job limits' defaults and maxima, and
+        the sandbox probe lines."""
         mode = "unavailable" if self._problem else ("bubblewrap" if self._bwrap else "unsafe")
         return {
             "languages": langs.language_table(self._interpreters or {}),
+            "limits": {
+                "default": self._limits.defaults.to_dict(),
+                "max": dict(self._limits.maxima),
+            },
             "sandbox": {
                 "mode": mode,
                 "problem": self._problem,
@@ -656,7 +661,7 @@ class CodeExecutor:
                 None,
                 JobError(ErrorType.INTERNAL, f"language {data.get('language')!r} is not available"),
             )
-        limits = validate_limits(data.get("limits"), self.settings.max_output_bytes)
+        limits = validate_limits(data.get("limits"), self._limits)
         files = validate_files(data.get("files"), self.settings.max_body_bytes)
         job_dir = new_job_dir(self._work_root, ctx.job_id, self._run_as)
         started = time.monotonic()
