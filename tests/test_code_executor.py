@@ -536,23 +536,25 @@ def test_validation_normalises_aliases_and_defaults() -> None:
 # --- the unsafe launch path (--unsafe-no-sandbox) ---------------------------------------------
 
 
-async def test_unsandboxed_launch_still_drops_uid_and_kills_its_group(tmp_path: Path) -> None:
-    """What --unsafe-no-sandbox runs: no namespaces, but a uid drop, rlimits and a group kill."""
-    from deepexec_server.executors.probe import find_prlimit
+@pytest.mark.parametrize("drop_by", ["setpriv", "spawn"])
+async def test_unsandboxed_launch_still_drops_uid_and_kills_its_group(drop_by: str) -> None:
+    """What --unsafe-no-sandbox runs: no namespaces, but a uid drop (by setpriv after a vfork,
+    or by the spawn when setpriv is missing), rlimits and a group kill."""
+    from deepexec_server.executors.probe import find_setpriv
     from deepexec_server.executors.sandbox import (
         Limits,
         RunRequest,
-        prlimit_args,
+        launcher_argv,
         resolve_run_as,
         run_program,
     )
 
     run_as = resolve_run_as("deepexec-sandbox")
-    prlimit = find_prlimit()
-    assert prlimit is not None
+    setpriv = find_setpriv() if drop_by == "setpriv" else None
+    assert drop_by == "spawn" or setpriv is not None
     marker = "unsafemark" + secrets.token_hex(4)
     argv = [
-        *prlimit_args(prlimit, Limits.for_timeout(30)),
+        *launcher_argv(Limits.for_timeout(30), gate=False, setpriv=setpriv, run_as=run_as),
         "/bin/bash",
         "-c",
         'id -u; /usr/bin/python3 -c "import time; time.sleep(30)" "$0" & wait',
@@ -560,7 +562,7 @@ async def test_unsandboxed_launch_still_drops_uid_and_kills_its_group(tmp_path: 
     ]
     req = RunRequest(
         argv=argv, env={"PATH": "/usr/bin:/bin"}, cwd="/", stdin=b"", timeout=0.5,
-        max_output_bytes=1024, run_as=run_as, sandboxed=False,
+        max_output_bytes=1024, run_as=None if setpriv else run_as, sandboxed=False,
     )  # fmt: skip
     ctx = FakeContext()
     started = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from deepexec_server.executors.probe import ProbeLine, probe_host, sandbox_probl
 from deepexec_server.executors.sandbox import (
     SANDBOX_HOME,
     Limits,
+    RunAs,
     RunResult,
     StreamCapture,
     WorkDirError,
@@ -33,10 +35,10 @@ from deepexec_server.executors.sandbox import (
     ensure_work_root,
     env_name_problem,
     is_bwrap_failure,
+    launcher_argv,
     masked_dirs,
     new_job_dir,
     parse_child_pid,
-    prlimit_args,
     sandbox_env,
     sweep_stale_job_dirs,
 )
@@ -229,11 +231,51 @@ def test_bwrap_argv_isolates_and_runs_the_command_last() -> None:
     assert "--share-net" in with_net
 
 
-def test_prlimit_args_never_limit_address_space() -> None:
-    args = prlimit_args("/usr/bin/prlimit", Limits.for_timeout(4.2))
-    assert args[0] == "/usr/bin/prlimit" and args[-1] == "--"
-    assert "--cpu=6:7" in args and "--core=0" in args
-    assert not any(a.startswith("--as") for a in args)
+def _launch(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, input=stdin, capture_output=True, timeout=10, check=False)
+
+
+def test_launcher_sets_the_rlimits_and_never_limits_address_space() -> None:
+    prefix = launcher_argv(
+        Limits(cpu_seconds=6, file_size_bytes=1_000_000, open_files=64), gate=False
+    )
+    limits = _launch([*prefix, "/bin/cat", "/proc/self/limits"]).stdout.decode()
+    rows = {line[:26].strip(): line[26:].split()[:2] for line in limits.splitlines()[1:]}
+    assert rows["Max cpu time"] == ["6", "7"]
+    assert rows["Max file size"] == ["1000448", "1000448"]  # rounded up to 512-byte blocks
+    assert rows["Max open files"] == ["64", "64"]
+    assert rows["Max core file size"] == ["0", "0"]
+    assert rows["Max address space"] == ["unlimited", "unlimited"]
+
+
+def test_launcher_gate_holds_until_the_first_line_and_keeps_the_rest_of_stdin() -> None:
+    prefix = launcher_argv(Limits.for_timeout(5), gate=True)
+    assert _launch([*prefix, "/bin/cat"], b"\nthe job's stdin\n").stdout == b"the job's stdin\n"
+    hung_up = _launch([*prefix, "/bin/echo", "ran"], b"")
+    assert hung_up.returncode == 111 and hung_up.stdout == b""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop needs root")
+def test_launcher_drops_to_the_sandbox_uid_with_no_groups_or_capabilities() -> None:
+    run_as = RunAs("deepexec-sandbox", 4321, 4322)
+    prefix = launcher_argv(
+        Limits.for_timeout(5), gate=False, setpriv="/usr/bin/setpriv", run_as=run_as
+    )
+    status = _launch([*prefix, "/bin/cat", "/proc/self/status"]).stdout.decode()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["Uid"].split() == ["4321"] * 4
+    assert fields["Gid"].split() == ["4322"] * 4
+    assert fields["Groups"].strip() == ""
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(fields[caps], 16) == 0, caps
+
+
+def test_a_launcher_failure_is_a_sandbox_failure_not_the_programs() -> None:
+    prefix = launcher_argv(Limits(cpu_seconds=5, open_files=1 << 40), gate=False)
+    failed = _launch([*prefix, "/bin/echo", "ran"])
+    assert failed.returncode == 112 and failed.stdout == b""
+    assert is_bwrap_failure(failed.returncode, failed.stderr)
+    assert not is_bwrap_failure(112, b"my program's own message\n")
 
 
 def test_sandbox_env_is_built_from_nothing_and_ignores_reserved_names() -> None:

@@ -48,9 +48,8 @@ from . import languages as langs
 from ._progress_helper import ProgressUpdate
 from .base import ExecutionContext, JobDataError, Outcome
 from .cgroups import CgroupError, CgroupHost, CgroupLimits, CgroupStats, JobCgroup, job_cgroup_name
-from .probe import ProbeLine, find_prlimit, probe_host, sandbox_problem
+from .probe import ProbeLine, find_setpriv, probe_host, sandbox_problem
 from .sandbox import (
-    GATE_ARGV,
     SANDBOX_HOME,
     Limits,
     RunAs,
@@ -62,10 +61,10 @@ from .sandbox import (
     default_work_root,
     ensure_work_root,
     env_name_problem,
+    launcher_argv,
     masked_dirs,
     new_job_dir,
     open_pipe,
-    prlimit_args,
     remove_job_dir,
     resolve_run_as,
     run_program,
@@ -537,7 +536,7 @@ class CodeExecutor:
         self._interpreters: dict[str, langs.Interpreter] | None = None
         self._problem: str | None = "executor not started"
         self._run_as: RunAs | None = None
-        self._prlimit: str | None = None
+        self._setpriv: str | None = None
         self._bwrap: str | None = None
         self._work_root: Path | None = None
         self._masks: list[str] = []
@@ -582,7 +581,7 @@ class CodeExecutor:
                 "could not become a child subreaper: finished sandboxes may linger as "
                 "zombies until the host's init reaps them"
             )
-        self._prlimit = find_prlimit()
+        self._setpriv = find_setpriv()
         problem = sandbox_problem(self._probe)
         try:
             self._run_as = resolve_run_as(self.settings.sandbox_user)
@@ -772,9 +771,9 @@ class CodeExecutor:
                 cpu_seconds=limits.cpu_seconds(timeout),
                 file_size_bytes=limits.max_file_size_mb << 20,
             )
-            prefix = prlimit_args(self._prlimit, rlimits) if self._prlimit else []
-            if cgroup is not None:
-                prefix = [*GATE_ARGV, *prefix]
+            prefix = launcher_argv(
+                rlimits, gate=cgroup is not None, setpriv=self._setpriv, run_as=self._run_as
+            )
             if self._bwrap:
                 env = sandbox_env(SANDBOX_HOME, data.get("env", {}), pipe[1])
                 argv = bwrap_argv(
@@ -800,7 +799,7 @@ class CodeExecutor:
                 stdin=stdin,
                 timeout=timeout,
                 max_output_bytes=limits.max_output_bytes,
-                run_as=self._run_as,
+                run_as=None if self._setpriv else self._run_as,
                 sandboxed=self._bwrap is not None,
                 progress_pipe=pipe,
                 status_pipe=status,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..settings import Settings
 from .sandbox import (
+    LAUNCHER_SHELL,
     RunAs,
     open_pipe,
     parse_child_pid,
@@ -65,12 +66,12 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-def find_prlimit() -> str | None:
-    """Absolute path of util-linux ``prlimit`` (sets rlimits without a preexec_fn)."""
-    for candidate in ("/usr/bin/prlimit", "/bin/prlimit"):
+def find_setpriv() -> str | None:
+    """Absolute path of util-linux ``setpriv`` (drops to the sandbox uid after a ``vfork``)."""
+    for candidate in ("/usr/bin/setpriv", "/bin/setpriv"):
         if os.access(candidate, os.X_OK):
             return candidate
-    return shutil.which("prlimit")
+    return None
 
 
 def namespace_test_argv(bwrap: str, status_fd: int) -> list[str]:
@@ -142,11 +143,17 @@ def _probe_identity(settings: Settings) -> tuple[ProbeLine, RunAs | None, bool]:
         if run_as.name == settings.sandbox_user
         else (f" (user {settings.sandbox_user!r} missing; create it with scripts/setup-sandbox.sh)")
     )
+    setpriv = find_setpriv()
+    how = (
+        f"dropped by {setpriv}"
+        if setpriv
+        else "dropped in a forked child (setpriv from util-linux not found: a slower spawn)"
+    )
     return (
         ProbeLine(
             IDENTITY,
             True,
-            f"root: jobs run as {run_as.name} (uid {run_as.uid}, gid {run_as.gid}){note}",
+            f"root: jobs run as {run_as.name} (uid {run_as.uid}, gid {run_as.gid}), {how}{note}",
         ),
         run_as,
         True,
@@ -176,15 +183,17 @@ def _probe_namespaces(bwrap: str | None, run_as: RunAs | None, usable: bool) -> 
     return ProbeLine(NAMESPACES, True, f"user, pid, net, mount, ipc, uts namespaces work as {who}")
 
 
-def _probe_rlimits(prlimit: str | None) -> ProbeLine:
-    if prlimit is None:
+def _probe_rlimits() -> ProbeLine:
+    if not os.access(LAUNCHER_SHELL, os.X_OK):
         return ProbeLine(
             RLIMITS,
             False,
-            "prlimit (util-linux) not found: falls back to the wall "
-            "clock only (no per-process CPU, file size or open-file limits)",
+            f"{LAUNCHER_SHELL} not found: falls back to the wall clock only (no per-process "
+            "CPU, file size or open-file limits)",
         )
-    return ProbeLine(RLIMITS, True, f"RLIMIT_CPU, FSIZE, NOFILE, CORE via {prlimit}")
+    return ProbeLine(
+        RLIMITS, True, f"RLIMIT_CPU, FSIZE, NOFILE, CORE set by the launcher ({LAUNCHER_SHELL})"
+    )
 
 
 def cgroup_summary(root: Path = CGROUP_ROOT) -> str:
@@ -255,7 +264,7 @@ def probe_host(
         _probe_bwrap(bwrap),
         identity,
         _probe_namespaces(bwrap, run_as, usable),
-        _probe_rlimits(find_prlimit()),
+        _probe_rlimits(),
         _probe_cgroups(cgroups),
         _probe_seccomp(seccomp),
     ]

@@ -3,14 +3,19 @@
 Process model (see notes/sandbox.md §5)::
 
     server (root)
-     └─ prlimit (rlimits)  ─exec─▶  bwrap, host uid = the sandbox user, own session
-          └─ bwrap init: pid 1 of a new pid namespace (--die-with-parent)
-               └─ python3 / node / bash main.* (no capabilities, empty netns, read-only /)
+     └─ launcher: /bin/sh running LAUNCHER (gate, rlimits), own session
+          ─exec─▶ setpriv (drop to the sandbox uid, no groups)
+          ─exec─▶ bwrap, host uid = the sandbox user
+               └─ bwrap init: pid 1 of a new pid namespace (--die-with-parent)
+                    └─ python3 / node / bash main.* (no capabilities, empty netns, read-only /)
 
-The uid drop happens in the spawning child (``Popen(user=..., group=..., extra_groups=[])``)
-before bwrap runs: bwrap started as root keeps host uid 0 and can read ``/etc/shadow`` even with
-``--uid``. No ``preexec_fn`` (unsafe in a threaded server): rlimits are set by exec'ing through
-``prlimit``, the session by ``start_new_session``.
+The uid drop happens before bwrap runs: bwrap started as root keeps host uid 0 and can read
+``/etc/shadow`` even with ``--uid``. util-linux ``setpriv`` does it, so the server spawns with
+``vfork`` (CPython falls back to a full ``fork`` of the server whenever ``Popen`` is given
+``user=``/``group=``: ≈3 ms of the loop's time per run, more with a model loaded). Without
+``setpriv`` the drop falls back to ``Popen(user=..., group=..., extra_groups=[])``. No
+``preexec_fn`` (unsafe in a threaded server): the launcher sets the rlimits with ``ulimit``,
+the session comes from ``start_new_session``.
 
 Killing: SIGKILL to the sandbox's pid 1 makes the kernel kill the whole pid namespace, so
 daemons that ``setsid`` and double-fork die too; then SIGKILL to the launcher's process group
@@ -66,10 +71,18 @@ PR_SET_CHILD_SUBREAPER = 36
 KILL_GRACE_S = 0.5
 #: How often ``RunRequest.watch`` (the cgroup CPU-time check) is polled.
 WATCH_INTERVAL_S = 0.1
-#: Prefix that holds the launcher until the server has put it into the job's cgroup: the
-#: shell reads one line from stdin (a pipe: byte by byte, so nothing of the job's stdin is
-#: consumed), then execs the rest. Exit 111 if the server hung up instead.
-GATE_ARGV: tuple[str, ...] = ("/bin/sh", "-c", 'read -r _ || exit 111; exec "$@"', "deepexec-gate")
+#: The launcher, a fixed script: job input only ever reaches it as arguments after its own.
+#: ``$1 = gate``: hold until the server has put the launcher into the job's cgroup, by reading
+#: one line from stdin (a pipe: byte by byte, so nothing of the job's stdin is consumed); exit
+#: 111 if the server hung up instead. Then set the rlimits ($2 soft and $3 hard CPU seconds, $4
+#: file size in 512-byte blocks, $5 open files, no core files; exit 112 if one cannot be set)
+#: and exec the rest.
+LAUNCHER = (
+    'if [ "$1" = gate ]; then read -r _ || exit 111; fi; '
+    'ulimit -S -t "$2" && ulimit -H -t "$3" && ulimit -f "$4" && ulimit -n "$5" && ulimit -c 0 '
+    '|| exit 112; shift 5; exec "$@"'
+)
+LAUNCHER_SHELL = "/bin/sh"
 
 
 # --- identity ---------------------------------------------------------------------------------
@@ -124,17 +137,22 @@ class Limits:
         return cls(cpu_seconds=max(1, math.ceil(timeout)) + 1)
 
 
-def prlimit_args(prlimit: str, limits: Limits) -> list[str]:
-    """``prlimit`` prefix that sets the rlimits, then execs the rest of the command line."""
+def launcher_argv(
+    limits: Limits, *, gate: bool, setpriv: str | None = None, run_as: RunAs | None = None
+) -> list[str]:
+    """The prefix every run starts with (see ``LAUNCHER``): the gate if ``gate``, the rlimits,
+    then, given ``setpriv`` and ``run_as``, the drop to that uid with no supplementary groups."""
     cpu = limits.cpu_seconds
-    return [
-        prlimit,
-        f"--cpu={cpu}:{cpu + 1}",
-        f"--fsize={limits.file_size_bytes}",
-        f"--nofile={limits.open_files}",
-        "--core=0",
-        "--",
-    ]
+    argv = [
+        LAUNCHER_SHELL, "-c", LAUNCHER, "deepexec-launch", "gate" if gate else "run",
+        str(cpu), str(cpu + 1), str(-(-limits.file_size_bytes // 512)), str(limits.open_files),
+    ]  # fmt: skip
+    if setpriv is not None and run_as is not None:
+        argv += [
+            setpriv, f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups",
+            "--inh-caps=-all", "--",
+        ]  # fmt: skip
+    return argv
 
 
 # --- environment and mounts -------------------------------------------------------------------
@@ -252,7 +270,10 @@ def decode_exit(returncode: int, via_bwrap: bool) -> tuple[int | None, str | Non
 
 
 def is_bwrap_failure(returncode: int, stderr: bytes) -> bool:
-    """Did bwrap itself fail before the program ran (namespaces refused, mount error...)?"""
+    """Did the launcher or bwrap fail before the program ran (an rlimit refused, namespaces
+    refused, a mount error...)?"""
+    if returncode == 112 and stderr.startswith(b"deepexec-launch: "):
+        return True
     return returncode == 1 and stderr.startswith(b"bwrap: ")
 
 
@@ -392,6 +413,7 @@ class RunRequest:
     stdin: bytes
     timeout: float
     max_output_bytes: int
+    #: Set only when ``argv`` does not drop the uid itself: the spawn then does (a full fork).
     run_as: RunAs | None
     #: True when ``argv`` starts a bwrap sandbox (decides the kill and exit decoding).
     sandboxed: bool
@@ -403,7 +425,7 @@ class RunRequest:
     #: Further fds the launcher inherits (the seccomp filter pipe); closed here after spawn.
     inherit_fds: tuple[int, ...] = ()
     #: Called with the launcher's pid before it may run anything (``argv`` must then start
-    #: with ``GATE_ARGV``): puts it into the job's cgroup.
+    #: with ``launcher_argv(..., gate=True)``): puts it into the job's cgroup.
     attach: Callable[[int], None] | None = None
     #: Last step of the ordered kill: kill whatever is left in the job's cgroup.
     kill_rest: Callable[[], None] | None = None
@@ -513,6 +535,7 @@ async def reap_sandbox_init(pid: int, within: float = REAP_WINDOW_S) -> bool:
     """Reap the sandbox init ``pid`` once it is our (adopted) zombie; False if it never
     became our child in time (not a subreaper, or it is still exiting)."""
     deadline = time.monotonic() + within
+    pause = 0.0005
     while True:
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
@@ -523,7 +546,9 @@ async def reap_sandbox_init(pid: int, within: float = REAP_WINDOW_S) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        await asyncio.sleep(0.005)
+        # Usually ready within a millisecond or two: poll finely first, then back off.
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.008)
 
 
 def reap_sandbox_init_blocking(pid: int, within: float = REAP_WINDOW_S) -> bool:
@@ -651,7 +676,7 @@ async def run_program(
                 if fd is not None:
                     os.close(fd)
             raise
-        # Opens the gate (see GATE_ARGV).
+        # Opens the gate (see LAUNCHER).
         stdin_data = b"\n" + stdin_data
 
     out_cap = StreamCapture(req.max_output_bytes)
