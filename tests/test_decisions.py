@@ -4,6 +4,7 @@ clamping, event fan-out under load, settings parsing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,35 @@ def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
         assert sock.getsockname()[1] > 0
     finally:
         sock.close()
+
+
+async def test_group_commit_batches_what_queues_and_isolates_a_bad_item() -> None:
+    from deepexec_server.store._batch import GroupCommit
+
+    batches: list[list[int]] = []
+
+    async def write_one(item: int) -> int:
+        await asyncio.sleep(0.01)
+        if item == 13:
+            raise ValueError("unlucky")
+        return item * 10
+
+    async def write_batch(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        await asyncio.sleep(0.01)
+        if 13 in items:
+            raise ValueError("one bad row spoils the transaction")
+        return [i * 10 for i in items]
+
+    group = GroupCommit(write_batch, write_one, max_batch=4)
+    results = await asyncio.gather(*(group.submit(i) for i in range(10)), return_exceptions=True)
+    assert results == [i * 10 for i in range(10)]
+    # 0 went alone; 1-9 queued meanwhile and were written 4 at a time.
+    assert batches == [[1, 2, 3, 4], [5, 6, 7, 8]]  # 9 was a batch of one: written alone
+    batches.clear()
+    results = await asyncio.gather(
+        *(group.submit(i) for i in (11, 12, 13, 14)), return_exceptions=True
+    )
+    assert results[:2] == [110, 120] and results[3] == 140
+    assert isinstance(results[2], ValueError) and str(results[2]) == "unlucky"
+    assert batches == [[12, 13, 14]]

@@ -317,6 +317,34 @@ async def test_concurrent_creates_with_one_key_make_one_job(backend: Backend) ->
     assert [j.id for j in listed] == [results[0][0].id]
 
 
+async def test_concurrent_creates_on_one_store_are_batched_yet_each_gets_its_own_job(
+    store: Store,
+) -> None:
+    # 300 at once: the first is written alone, the rest queue into batches (of at most 256),
+    # with repeated keys inside one batch.
+    results = await asyncio.gather(
+        *(
+            store.create_job(new(f"job {i}", key=f"k{i % 100}" if i % 3 == 0 else None), at(i))
+            for i in range(300)
+        )
+    )
+    keyed: dict[str, set[str]] = {}
+    for i, (job, _) in enumerate(results):
+        if i % 3 == 0:
+            keyed.setdefault(f"k{i % 100}", set()).add(job.id)
+        else:
+            assert job.name == f"job {i}"
+    assert all(len(ids) == 1 for ids in keyed.values())
+    assert sum(created for _, created in results) == 200 + len(keyed)
+    listed = await store.list_jobs("tenant-a", JobFilter(), 200)
+    page2 = await store.list_jobs(
+        "tenant-a", JobFilter(), 200, (listed[-1].created_at, listed[-1].id)
+    )
+    assert len(listed) + len(page2) == 200 + len(keyed)
+    for job, _ in results:
+        assert await store.get_job(job.id, "tenant-a") == job
+
+
 # --- listing ------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ other and never take the same job.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from deepexec_sdk.types import JobStatus
 
 from ..domain import ApiKey, Job, JobError, JobFilter, NewJob, check_transition, new_job_id
+from ._batch import GroupCommit
 from ._codec import (
     API_KEY_COLUMNS,
     JOB_COLUMNS,
@@ -143,6 +144,7 @@ class PostgresStore:
         self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._pool: AsyncConnectionPool[Conn] | None = None
+        self._inserts = GroupCommit(self._insert_many, self._insert_one)
 
     def __repr__(self) -> str:
         return f"PostgresStore({describe(self.url)!r}, schema={self.schema!r})"
@@ -247,23 +249,48 @@ class PostgresStore:
     # --- jobs -----------------------------------------------------------------------------------
 
     async def create_job(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
-        """See ``Store.create_job``."""
+        """See ``Store.create_job``. Concurrent submits share one transaction (``_batch``)."""
         job = job_from_new(new, new_job_id(), now)
-        fields = job_to_fields(job)
-        values = [_jsonb(v) if k in _JSON else _param(v) for k, v in fields.items()]
-        async with self._connection() as conn:
-            cur = await conn.execute(_INSERT_JOB, values)
-            if await cur.fetchone() is not None:
-                return job, True
-            # The key was taken, by a committed insert (ON CONFLICT waited for it to commit).
-            cur = await conn.execute(
-                "SELECT * FROM jobs WHERE tenant_id = %s AND idempotency_key = %s",
-                [new.tenant_id, new.idempotency_key],
-            )
-            row = await cur.fetchone()
+        existing = await self._inserts.submit(job)
+        if existing is None:
+            return job, True
+        return job_from_fields(existing), False
+
+    @staticmethod
+    def _insert_values(job: Job) -> list[Any]:
+        return [_jsonb(v) if k in _JSON else _param(v) for k, v in job_to_fields(job).items()]
+
+    @staticmethod
+    async def _holder(conn: Conn, job: Job) -> DictRow:
+        """The job that holds ``job``'s idempotency key (ON CONFLICT waited for its commit)."""
+        cur = await conn.execute(
+            "SELECT * FROM jobs WHERE tenant_id = %s AND idempotency_key = %s",
+            [job.tenant_id, job.idempotency_key],
+        )
+        row = await cur.fetchone()
         if row is None:
-            raise RuntimeError(f"idempotency key {new.idempotency_key!r} conflicted but vanished")
-        return job_from_fields(row), False
+            raise RuntimeError(f"idempotency key {job.idempotency_key!r} conflicted but vanished")
+        return row
+
+    async def _insert_one(self, job: Job) -> DictRow | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(_INSERT_JOB, self._insert_values(job))
+            if await cur.fetchone() is not None:
+                return None
+            return await self._holder(conn, job)
+
+    async def _insert_many(self, jobs: Sequence[Job]) -> list[DictRow | None]:
+        """All of ``jobs`` in one transaction, the inserts pipelined in one round trip."""
+        async with self._connection() as conn, conn.transaction():
+            async with conn.pipeline():
+                cursors = [
+                    await conn.execute(_INSERT_JOB, self._insert_values(job)) for job in jobs
+                ]
+            created = [await cur.fetchone() is not None for cur in cursors]
+            return [
+                None if ok else await self._holder(conn, job)
+                for ok, job in zip(created, jobs, strict=True)
+            ]
 
     async def get_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         """See ``Store.get_job``."""
