@@ -304,6 +304,9 @@ def test_health_readiness_metrics_and_openapi(
         spec = c.get("/openapi.json").json()
         assert "/v1/jobs" in spec["paths"]
         assert "/v1/jobs/{job_id}/events" in spec["paths"]
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert spec["paths"]["/v1/jobs/{job_id}"]["get"]["security"] == [{"bearer": []}]
+        assert "security" not in spec["paths"]["/healthz"]["get"]
 
 
 def test_nul_characters_are_refused_at_the_edge(server: ServerProcess) -> None:

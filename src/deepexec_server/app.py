@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,7 +18,7 @@ from deepexec_sdk import __version__
 
 from .api.errors import install_error_handlers
 from .api.middleware import ProtocolMiddleware
-from .api.routes import health, router
+from .api.routes import declare_bearer_auth, health, router
 from .api.services import Services
 from .auth import Authenticator, provision_local_key
 from .engine import Engine
@@ -147,6 +148,14 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(health)
+    _openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = declare_bearer_auth(_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(ProtocolMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(_CountRequests, metrics=metrics)
     return app

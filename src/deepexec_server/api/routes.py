@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from deepexec_sdk.types import (
     IDEMPOTENCY_HEADER,
@@ -31,7 +31,24 @@ from ..errors import BadRequest, Unavailable, UnsupportedMediaType
 from ..views import job_status, job_summary
 from .services import Services
 
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer dxk_...`")
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key: `Authorization: Bearer dxk_...`",
+}
+
+
+def declare_bearer_auth(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the API-key scheme to an OpenAPI ``schema`` and require it on every /v1 operation.
+    Declared here rather than by a ``HTTPBearer`` dependency, which would cost every request
+    an extra dependency to solve (≈18 µs of ≈170)."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = BEARER_SCHEME
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith(router.prefix + "/"):
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+    return schema
+
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorEnvelope, "description": desc}
@@ -47,20 +64,19 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def services(request: Request) -> Services:
+# Dependencies are ``async def`` even when they never await: FastAPI runs a plain ``def``
+# dependency in a worker thread, two thread hops per request for nothing.
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
 
-async def tenant(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    header = f"Bearer {credentials.credentials}" if credentials else None
-    return await services(request).auth.tenant_for(header)
+async def tenant(request: Request) -> str:
+    svc: Services = request.app.state.services
+    return await svc.auth.tenant_for(request.headers.get("authorization"))
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     ctype = request.headers.get("content-type")
     if ctype is None:
         return
@@ -77,6 +93,13 @@ Svc = Annotated[Services, Depends(services)]
 router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
+def _json(model: BaseModel, status_code: int = 200) -> Response:
+    """``model`` serialised once, by pydantic's own encoder. Returning a ``Response`` skips
+    FastAPI's re-validation of a model we built ourselves (the route's ``response_model``
+    still documents it)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
 @router.post(
     "/jobs",
     status_code=201,
@@ -86,11 +109,10 @@ router = APIRouter(prefix="/v1", responses=_ERRORS)
 )
 async def submit_job(
     body: JobSubmitRequest,
-    response: Response,
     tenant_id: Tenant,
     svc: Svc,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
-) -> MCPJobResponse:
+) -> Response:
     """Queue a job. With an `Idempotency-Key`, the same key always returns the same job."""
     if idempotency_key is not None and not (
         0 < len(idempotency_key) <= 200
@@ -99,9 +121,7 @@ async def submit_job(
     ):
         raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1-200 printable ASCII characters")
     job, created = await svc.engine.submit(tenant_id, body, idempotency_key)
-    if not created:
-        response.status_code = 200
-    return job_summary(job)
+    return _json(job_summary(job), 201 if created else 200)
 
 
 @router.get("/jobs/{job_id}", response_model=MCPJobStatusResponse, summary="Get a job")
@@ -118,13 +138,13 @@ async def get_job(
             "seconds pass (long-poll).",
         ),
     ] = 0,
-) -> MCPJobStatusResponse:
+) -> Response:
     """A job's current state; with `wait`, returned as soon as the job is terminal."""
     if wait > 0:
         job = await svc.engine.wait(tenant_id, job_id, min(wait, svc.settings.max_wait_seconds))
     else:
         job = await svc.engine.get(tenant_id, job_id)
-    return job_status(job)
+    return _json(job_status(job))
 
 
 @router.post(
