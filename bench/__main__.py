@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from .b5_backlog import drain_verdict
 from .common import RunConfig
 from .harness import machine_facts
 from .stats import Outcome, Verdict
@@ -95,7 +96,17 @@ async def _run_all(numbers: list[int], cfg: RunConfig) -> tuple[list[Outcome], b
             print(out.markdown(), flush=True)
             outcomes.append(out)
         print(f"({number} took {time.monotonic() - t0:.1f} s)", flush=True)
+    cross_check(outcomes)
     return outcomes, ok
+
+
+def cross_check(outcomes: list[Outcome]) -> None:
+    """Targets that compare two benchmarks on the same store (5's drain against 2)."""
+    throughput = {o.store_label: o for o in outcomes if "sdk_jobs_per_s_c2" in o.figures}
+    for backlog in (o for o in outcomes if "drain_per_s" in o.figures):
+        reference = throughput.get(backlog.store_label)
+        if reference is not None:
+            backlog.verdicts.append(drain_verdict(backlog, reference))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,7 +134,7 @@ async def run(cfg: RunConfig) -> Outcome:
             ""
             if sbx_rate.median >= 70
             else f"CPU: 2 cores ÷ {fmt(sbx_rate.median)}/s ≈ {fmt(2000 / sbx_rate.median, 0)} "
-            "ms of CPU per run (prlimit + bwrap namespaces and mounts + python start-up); bare "
+            "ms of CPU per run (launcher + bwrap namespaces and mounts + python start-up); bare "
             f"python3 alone reaches {fmt(bare_rate.median)}/s here",
         ),
     ]

@@ -28,6 +28,7 @@ async def run(cfg: RunConfig) -> Outcome:
     )
     sandbox = await BareSandbox().start()
     ratios: list[float] = []
+    sdk_at_2 = 0.0
     try:
         with running_server(
             "--concurrency", f"code_execution={SLOTS}", database_url=cfg.database_url
@@ -44,6 +45,8 @@ async def run(cfg: RunConfig) -> Outcome:
                         sbx_rates.append(await rate(sandbox.run, total, conc))
                     s, b = Summary.of(sdk_rates), Summary.of(sbx_rates)
                     ratios.append(ratio(s.median, b.median))
+                    if conc == 2:
+                        sdk_at_2 = s.median
                     table.add(SLOTS, conc, s.median, s.minimum, b.median, b.minimum, ratios[-1])
     finally:
         sandbox.close()
@@ -55,14 +58,14 @@ async def run(cfg: RunConfig) -> Outcome:
         "wall time.",
     ]
     out.tables.append(table)
-    worst = min(ratios)
+    at_2 = ratios[0]
+    out.figures["sdk_jobs_per_s_c2"] = sdk_at_2
     out.verdicts.append(
         Verdict(
-            "(no issue target) SDK throughput relative to bare-sandbox throughput",
-            None,
+            "SDK jobs/s ≥ 0.8× bare-sandbox runs/s at concurrency 2",
+            at_2 >= 0.8,
             ", ".join(f"c={c}: {fmt(r)}×" for c, r in zip((2, 8, 32), ratios, strict=True)),
-            f"lowest {fmt(worst)}×; recorded for trend only",
-            info=True,
+            "" if at_2 >= 0.8 else "per-job server work: HTTP, store writes, runner hand-off",
         )
     )
     return out

@@ -123,6 +123,13 @@ class Outcome:
     tables: list[Table] = dataclasses.field(default_factory=list)
     verdicts: list[Verdict] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: Figures another benchmark's target refers to (``sdk_jobs_per_s_c2``, ``drain_per_s``).
+    figures: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def store_label(self) -> str:
+        """The store it ran on: the name's last parenthesised word (``sqlite``)."""
+        return self.name.rsplit("(", 1)[-1].rstrip(")") if "(" in self.name else ""
 
     def markdown(self) -> str:
         """The benchmark's section of the report."""
