@@ -85,7 +85,6 @@ MAX_ENV_VALUE_BYTES = 32 * 1024
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ALLOWED_KEYS = frozenset({"code", "language", "stdin", "args", "env", "limits", "files"})
 
-LIMIT_KEYS = CODE_LIMIT_NAMES
 #: Input files: how many, and how long a path.
 MAX_INPUT_FILES = 100
 MAX_FILE_PATH_CHARS = 255
@@ -163,9 +162,9 @@ def validate_limits(raw: object, policy: LimitPolicy) -> JobLimits:
         return policy.defaults
     if not isinstance(raw, Mapping):
         raise _bad("limits", "must be an object")
-    unknown = sorted(str(k) for k in raw if k not in LIMIT_KEYS)
+    unknown = sorted(str(k) for k in raw if k not in CODE_LIMIT_NAMES)
     if unknown:
-        raise _bad(["limits", unknown[0]], f"unknown limit; allowed: {', '.join(LIMIT_KEYS)}")
+        raise _bad(["limits", unknown[0]], f"unknown limit; allowed: {', '.join(CODE_LIMIT_NAMES)}")
     values: dict[str, int] = {}
     for key, value in raw.items():
         if value is None:

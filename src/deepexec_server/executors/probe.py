@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from ..settings import Settings
+from .languages import find_executable
 from .sandbox import (
     LAUNCHER_SHELL,
     RunAs,
@@ -68,10 +69,7 @@ def find_bwrap() -> str | None:
 
 def find_setpriv() -> str | None:
     """Absolute path of util-linux ``setpriv`` (drops to the sandbox uid after a ``vfork``)."""
-    for candidate in ("/usr/bin/setpriv", "/bin/setpriv"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return find_executable(("setpriv",), ("/usr/bin", "/bin"))
 
 
 def namespace_test_argv(bwrap: str, status_fd: int) -> list[str]:
