@@ -188,6 +188,72 @@ def test_another_tenant_gets_404_for_every_operation(server: ServerProcess) -> N
         owner.cancel_mcp_job(job.job_id)
 
 
+def test_a_finished_job_read_by_its_owner_stays_hidden_from_another_tenant(
+    server: ServerProcess,
+) -> None:
+    # Terminal statuses are served from a cache filled by the owner's reads: the cache must
+    # not leak them to another tenant.
+    other = server.new_tenant_key("tenant-c")
+    with DeepExecClient(base_url=server.base_url, api_key=server.api_key) as owner:
+        job = owner.submit_mcp_job("done", PY, {"code": "print('private')"})
+        owner.wait_for_mcp_job_completion(job.job_id, max_wait_time=30)
+        assert owner.get_mcp_job_status(job.job_id).result["stdout"] == "private\n"  # type: ignore[index]
+    with http(server, other) as c:
+        for params in ({}, {"wait": 1}):
+            r = c.get(f"/v1/jobs/{job.job_id}", params=params)
+            assert "private" not in r.text
+            assert_envelope(r, 404, "job_not_found")
+
+
+# --- status reads -----------------------------------------------------------------------------
+
+
+def test_status_reads_answer_the_same_through_every_path(server: ServerProcess) -> None:
+    with http(server) as c:
+        job = c.post("/v1/jobs", json=job_body("print(2)")).json()
+        url = f"/v1/jobs/{job['job_id']}"
+        held = c.get(url, params={"wait": 30})  # long-poll until terminal
+        assert held.status_code == 200
+        assert held.json()["status"] == "COMPLETED"
+        again = c.get(url)  # the terminal status, now from the cache
+        # An unknown query parameter goes to the framework's route, which reads the store.
+        framework = c.get(url, params={"unused": "1"})
+    assert again.content == held.content
+    assert framework.json() == held.json()
+    for r in (held, again, framework):
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["deepexec-protocol"] == "1"
+        assert r.headers["x-request-id"].startswith("req_")
+
+
+def test_status_read_validates_wait(server: ServerProcess) -> None:
+    with http(server) as c:
+        job = c.post("/v1/jobs", json=job_body("import time; time.sleep(5)")).json()
+        url = f"/v1/jobs/{job['job_id']}"
+        for bad in ("abc", "61", "-1", "1e400", "nan", ""):
+            err = assert_envelope(c.get(url, params={"wait": bad}), 422, "validation_error")
+            assert "wait" in err["message"]
+        t0 = time.monotonic()
+        r = c.get(url, params={"wait": "0.5"})
+        held = time.monotonic() - t0
+        c.post(f"{url}/cancel")
+    assert r.status_code == 200
+    assert r.json()["status"] in ("PENDING", "RUNNING")
+    assert 0.4 < held < 3
+
+
+def test_status_read_errors_are_envelopes(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.base_url) as c:
+        assert_envelope(c.get("/v1/jobs/job_x"), 401, "authentication_required")
+        r = c.get("/v1/jobs/job_x", headers={"Authorization": "Bearer dxk_wrong"})
+        assert_envelope(r, 401, "invalid_api_key")
+    with http(server) as c:
+        r = c.get("/v1/jobs/job_missing", headers={"X-Request-Id": "my-trace-1"})
+        err = assert_envelope(r, 404, "job_not_found")
+        assert err["request_id"] == "my-trace-1"
+        assert "job_missing" in err["message"]
+
+
 # --- idempotency ------------------------------------------------------------------------------
 
 

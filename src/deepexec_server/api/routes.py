@@ -29,6 +29,7 @@ from deepexec_sdk.types import (
 from ..domain import JobFilter
 from ..errors import BadRequest, Unavailable, UnsupportedMediaType
 from ..views import job_status, job_summary
+from .fast import status_body
 from .services import Services
 
 BEARER_SCHEME = {
@@ -140,11 +141,9 @@ async def get_job(
     ] = 0,
 ) -> Response:
     """A job's current state; with `wait`, returned as soon as the job is terminal."""
-    if wait > 0:
-        job = await svc.engine.wait(tenant_id, job_id, min(wait, svc.settings.max_wait_seconds))
-    else:
-        job = await svc.engine.get(tenant_id, job_id)
-    return _json(job_status(job))
+    # Requests that pass validation are normally answered by ``fast.FastStatusRoute``.
+    body = await status_body(svc, tenant_id, job_id, wait)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

@@ -88,19 +88,19 @@ def to_db(fields: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(_TIMESTAMPS, ts_from_text),
+    **dict.fromkeys(_JSON, json.loads),
+}
+
+
 def from_db(row: sqlite3.Row) -> dict[str, Any]:
     """The inverse of ``to_db`` for a fetched row."""
     out: dict[str, Any] = {}
-    for name in row.keys():  # noqa: SIM118 - sqlite3.Row is not iterable by name
-        value = row[name]
-        if value is None:
-            out[name] = None
-        elif name in _TIMESTAMPS:
-            out[name] = ts_from_text(value)
-        elif name in _JSON:
-            out[name] = json.loads(value)
-        else:
-            out[name] = value
+    # By position: a lookup by name in a ``sqlite3.Row`` compares every column name.
+    for name, value in zip(row.keys(), row, strict=True):
+        decode = _DECODERS.get(name)
+        out[name] = value if value is None or decode is None else decode(value)
     return out
 
 

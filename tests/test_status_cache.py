@@ -1,0 +1,91 @@
+"""The cache of terminal job statuses that status reads are answered from (api/fast.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from deepexec_sdk.types import JobStatus
+from deepexec_server.api.fast import TerminalCache, _parse_wait
+from deepexec_server.domain import Job, utcnow
+
+
+def job(job_id: str, status: JobStatus = JobStatus.COMPLETED, tenant: str = "t1") -> Job:
+    now = utcnow()
+    return Job(
+        id=job_id,
+        tenant_id=tenant,
+        name="n",
+        job_type="code_execution",
+        data={},
+        timeout=30,
+        priority=0,
+        tags=(),
+        status=status,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_only_terminal_jobs_are_kept() -> None:
+    cache = TerminalCache()
+    for status in (JobStatus.PENDING, JobStatus.RUNNING):
+        cache.put(job(f"j_{status}", status), b"{}")
+    assert len(cache) == 0
+    for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED):
+        cache.put(job(f"j_{status}", status), b"{}")
+    assert len(cache) == 3
+
+
+def test_an_entry_answers_its_own_tenant_only() -> None:
+    cache = TerminalCache()
+    cache.put(job("j1", tenant="alice"), b'{"secret": 1}')
+    assert cache.get("alice", "j1") == b'{"secret": 1}'
+    assert cache.get("bob", "j1") is None
+    assert cache.get("alice", "j2") is None
+
+
+def test_least_recently_read_leave_first_within_the_byte_budget() -> None:
+    cache = TerminalCache(max_bytes=30, max_item_bytes=10)
+    for i in range(3):
+        cache.put(job(f"j{i}"), b"x" * 10)
+    assert cache.get("t1", "j0") is not None  # j0 is now the most recently read
+    cache.put(job("j3"), b"y" * 10)
+    assert cache.get("t1", "j1") is None
+    assert [cache.get("t1", f"j{i}") is not None for i in (0, 2, 3)] == [True, True, True]
+    assert cache.size == 30
+    cache.put(job("big"), b"z" * 11)  # over max_item_bytes: not kept
+    assert cache.get("t1", "big") is None
+    assert cache.size == 30
+
+
+def test_a_kept_body_is_not_replaced() -> None:
+    cache = TerminalCache()
+    done = job("j1")
+    cache.put(done, b"first")
+    cache.put(dataclasses.replace(done, name="other"), b"second")
+    assert cache.get("t1", "j1") == b"first"
+    assert cache.size == len(b"first")
+
+
+@pytest.mark.parametrize(
+    ("query", "wait"),
+    [
+        (b"", 0.0),
+        (b"wait=0", 0.0),
+        (b"wait=2.5", 2.5),
+        (b"wait=60", 60.0),
+        (b"wait=60.0", 60.0),
+        # Anything else goes to the framework's route, which answers 422 or ignores it.
+        (b"wait=61", None),
+        (b"wait=-1", None),
+        (b"wait=1e3", None),
+        (b"wait=nan", None),
+        (b"wait=", None),
+        (b"wait=1&wait=2", None),
+        (b"other=1", None),
+    ],
+)
+def test_wait_is_taken_only_when_plainly_valid(query: bytes, wait: float | None) -> None:
+    assert _parse_wait(query) == wait
