@@ -3,7 +3,9 @@ long-poll, events, health and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from deepexec_sdk import (
+    DeepExecAsyncClient,
     DeepExecClient,
     MCPAuthenticationError,
     MCPConflictError,
@@ -252,6 +255,31 @@ def test_status_read_errors_are_envelopes(server: ServerProcess) -> None:
         err = assert_envelope(r, 404, "job_not_found")
         assert err["request_id"] == "my-trace-1"
         assert "job_missing" in err["message"]
+
+
+class _CountImports:
+    """A meta-path finder that only counts the imports Python had to search for."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        self.names.append(name)
+
+
+async def test_async_client_requests_search_for_no_module(server: ServerProcess) -> None:
+    # httpcore imports sniffio on every lock; without sniffio installed that is a failed
+    # import, a sys.path search each time (encode/httpcore#1103). The SDK depends on sniffio.
+    async with DeepExecAsyncClient(base_url=server.base_url, api_key=server.api_key) as c:
+        job = await c.submit_mcp_job("imports", PY, {"code": "print(1)"})
+        await c.get_mcp_job_status(job.job_id)  # warm-up: first use may import lazily
+        counter = _CountImports()
+        sys.meta_path.insert(0, counter)
+        try:
+            await asyncio.gather(*(c.get_mcp_job_status(job.job_id) for _ in range(20)))
+        finally:
+            sys.meta_path.remove(counter)
+    assert counter.names == []
 
 
 # --- idempotency ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deepexec_sdk import __version__
 
 from .api.errors import install_error_handlers
-from .api.fast import FastStatusRoute
+from .api.fast import HotRoutes
 from .api.middleware import ProtocolMiddleware
 from .api.routes import declare_bearer_auth, health, router
 from .api.services import Services
@@ -167,8 +167,8 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    # Outside FastAPI, so that the hot status read skips its whole stack (bench 4), and every
-    # response, a 500 included, gets the request id and protocol headers.
-    outer: ASGIApp = FastStatusRoute(app, services=services)
+    # Outside FastAPI, so that submits and status reads skip its whole stack (benchmarks 4 and
+    # 5), and every response, a 500 included, gets the request id and protocol headers.
+    outer: ASGIApp = HotRoutes(app, services=services)
     outer = ProtocolMiddleware(outer, max_body_bytes=settings.max_body_bytes)
     return _CountRequests(outer, metrics=metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ServiceError
+from ..errors import BadRequest, ServiceError, Unprocessable
 
 logger = logging.getLogger("deepexec_server.api")
 
@@ -37,10 +38,17 @@ def envelope(
     )
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+def validation_details(
+    errors: Iterable[Mapping[str, Any]], prefix: tuple[str | int, ...] = ()
+) -> list[dict[str, Any]]:
+    """pydantic's (or FastAPI's) error list as the envelope's ``details``: ``loc`` (after
+    ``prefix``), ``msg`` and ``type`` of each error."""
     out = []
-    for err in exc.errors():
-        item: dict[str, Any] = {"loc": list(err.get("loc", ())), "msg": err.get("msg", "")}
+    for err in errors:
+        item: dict[str, Any] = {
+            "loc": [*prefix, *err.get("loc", ())],
+            "msg": err.get("msg", ""),
+        }
         if "type" in err:
             item["type"] = err["type"]
         out.append(item)
@@ -56,6 +64,18 @@ def _describe(details: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
+def validation_failure(details: list[dict[str, Any]]) -> ServiceError:
+    """The error a request that failed validation gets: 400 ``invalid_json`` when its body is
+    not JSON at all, else 422 ``validation_error``; the message names each problem."""
+    if any(d.get("type") == "json_invalid" for d in details):
+        return BadRequest(
+            "the request body is not valid JSON: " + _describe(details),
+            type="invalid_json",
+            details=details,
+        )
+    return Unprocessable("invalid request: " + _describe(details), details=details)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -63,17 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = _validation_details(exc)
-        if any(d.get("type") == "json_invalid" for d in details):
-            return envelope(
-                request,
-                400,
-                "invalid_json",
-                "the request body is not valid JSON: " + _describe(details),
-                details,
-            )
+        failure = validation_failure(validation_details(exc.errors()))
         return envelope(
-            request, 422, "validation_error", "invalid request: " + _describe(details), details
+            request, failure.status_code, failure.type, failure.message, failure.details
         )
 
     @app.exception_handler(StarletteHTTPException)

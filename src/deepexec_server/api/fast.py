@@ -1,14 +1,15 @@
-"""The hottest route, ``GET /v1/jobs/{job_id}``, answered as plain ASGI ahead of FastAPI.
+"""The two hottest routes, ``POST /v1/jobs`` and ``GET /v1/jobs/{job_id}``, answered as plain
+ASGI ahead of FastAPI.
 
-A status read is what clients send most: ``get_mcp_job_status``, polling loops, and the SDK's
-long-poll after every submit. Through FastAPI, routing, dependency solving and the response
-class cost more than the read itself (bench 4). Here a request costs its auth check, one store
-read and pydantic's JSON, and a terminal job, which never changes again, costs none of the last
-two: its bytes are kept in ``TerminalCache``.
+Submitting and reading a job's status are what clients send most: every job is a submit and a
+long-poll, and polling loops read status again and again. Through FastAPI, routing, dependency
+solving and the response class cost more than the work itself (benchmarks 4 and 5). Here a
+request costs its auth check, the engine call and pydantic's parsing or JSON. A terminal job,
+which never changes again, costs no store read either: its bytes are kept in ``TerminalCache``.
 
-The FastAPI route stays: it documents the operation in OpenAPI, and any request this path does
-not recognise (another query parameter, a ``wait`` that is not a plain number in range) is
-passed on to it, so validation errors keep their one format.
+The FastAPI routes stay: they document the operations in OpenAPI and share the functions below.
+A status read this path does not recognise (another query parameter, a ``wait`` that is not a
+plain number in range) is passed on to FastAPI, so its validation errors keep their one format.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from ..errors import ServiceError
-from ..views import job_status
+from pydantic import ValidationError
+
+from deepexec_sdk.types import IDEMPOTENCY_HEADER, JobSubmitRequest
+
+from ..errors import BadRequest, ServiceError, UnsupportedMediaType
+from ..views import job_status, job_summary
+from .errors import validation_details, validation_failure
 from .middleware import ASGIApp, Receive, Scope, Send, error_body
 
 if TYPE_CHECKING:
@@ -28,10 +35,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("deepexec_server.api")
 
-_PREFIX = "/v1/jobs/"
+_JOBS = "/v1/jobs"
+_JOB_PREFIX = "/v1/jobs/"
 _WAIT = re.compile(rb"wait=([0-9]{1,9}(?:\.[0-9]{0,9})?)")
 _JSON_HEADERS = (b"content-type", b"application/json")
 _AUTHORIZATION = b"authorization"
+_CONTENT_TYPE = b"content-type"
+_IDEMPOTENCY_KEY = IDEMPOTENCY_HEADER.lower().encode()
 
 #: Bytes of terminal statuses kept, and the largest one worth keeping.
 CACHE_BYTES = 16 * 1024 * 1024
@@ -73,6 +83,9 @@ class TerminalCache:
             self.size -= len(old)
 
 
+# --- the operations, shared with the FastAPI routes ---------------------------------------------
+
+
 async def status_body(svc: Services, tenant_id: str, job_id: str, wait: float) -> bytes:
     """The JSON a status read answers: the job now, or once terminal when ``wait`` > 0 (up to
     that many seconds, capped by the server's ``max_wait_seconds``). Raises ``NotFound``."""
@@ -87,6 +100,45 @@ async def status_body(svc: Services, tenant_id: str, job_id: str, wait: float) -
     body = job_status(job).model_dump_json().encode()
     cache.put(job, body)
     return body
+
+
+def check_json_media(content_type: str | None) -> None:
+    """Raise ``UnsupportedMediaType`` unless a body's media type is JSON (or not given)."""
+    if content_type is None:
+        return
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"send the body as application/json (got {media or 'no media type'})"
+        )
+
+
+async def submit_body(
+    svc: Services, tenant_id: str, req: JobSubmitRequest, idempotency_key: str | None
+) -> tuple[int, bytes]:
+    """Submit a job: 201 and its summary, or 200 and the first job for a replayed key."""
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= 200
+        and idempotency_key.isprintable()
+        and idempotency_key.isascii()
+    ):
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1-200 printable ASCII characters")
+    job, created = await svc.engine.submit(tenant_id, req, idempotency_key)
+    return 201 if created else 200, job_summary(job).model_dump_json().encode()
+
+
+def parse_submission(body: bytes) -> JobSubmitRequest:
+    """The body of a submit, or the 400/422 ``ServiceError`` FastAPI's validation would give."""
+    if not body.strip():
+        details = [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
+        raise validation_failure(details)
+    try:
+        return JobSubmitRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_failure(validation_details(exc.errors(), ("body",))) from None
+
+
+# --- the ASGI side ------------------------------------------------------------------------------
 
 
 def _request_id(scope: Scope) -> str:
@@ -105,35 +157,68 @@ def _parse_wait(query: bytes) -> float | None:
     return value if value <= 60 else None
 
 
-class FastStatusRoute:
-    """ASGI middleware answering ``GET /v1/jobs/{job_id}`` itself (see the module doc); every
-    other request goes to ``app``. Sits inside ``ProtocolMiddleware``, which has already given
-    the request its id, checked the protocol header and refused NUL characters."""
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body; None if the client went away first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class HotRoutes:
+    """ASGI middleware answering ``POST /v1/jobs`` and ``GET /v1/jobs/{job_id}`` itself (see
+    the module doc); every other request goes to ``app``. Sits inside ``ProtocolMiddleware``,
+    which has already given the request its id, checked the protocol header, capped the body
+    and refused NUL characters in the URL."""
 
     def __init__(self, app: ASGIApp, *, services: Services) -> None:
         self.app = app
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method: str = scope["method"]
         path: str = scope["path"]
-        job_id = path[len(_PREFIX) :] if path.startswith(_PREFIX) else ""
-        wait = _parse_wait(scope.get("query_string", b""))
-        if not job_id or "/" in job_id or wait is None:
-            await self.app(scope, receive, send)
+        if method == "GET" and path.startswith(_JOB_PREFIX):
+            job_id = path[len(_JOB_PREFIX) :]
+            wait = _parse_wait(scope.get("query_string", b""))
+            if job_id and "/" not in job_id and wait is not None:
+                await self._answer(scope, send, self._status(scope, job_id, wait))
+                return
+        elif method == "POST" and path == _JOBS:
+            await self._answer(scope, send, self._submit(scope, receive))
             return
+        await self.app(scope, receive, send)
+
+    async def _status(self, scope: Scope, job_id: str, wait: float) -> tuple[int, bytes]:
         svc = self.services
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == _AUTHORIZATION:
-                authorization = value.decode("latin-1")
-                break
+        tenant_id = await svc.auth.tenant_for(_header(scope, _AUTHORIZATION))
+        return 200, await status_body(svc, tenant_id, job_id, wait)
+
+    async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, bytes] | None:
+        svc = self.services
+        check_json_media(_header(scope, _CONTENT_TYPE))
+        tenant_id = await svc.auth.tenant_for(_header(scope, _AUTHORIZATION))
+        body = await _read_body(receive)
+        if body is None:
+            return None
+        req = parse_submission(body)
+        return await submit_body(svc, tenant_id, req, _header(scope, _IDEMPOTENCY_KEY))
+
+    @staticmethod
+    async def _answer(scope: Scope, send: Send, work: Awaitable[tuple[int, bytes] | None]) -> None:
+        """Run ``work`` and send its JSON answer, or the error envelope it raised."""
         try:
-            tenant_id = await svc.auth.tenant_for(authorization)
-            body = await status_body(svc, tenant_id, job_id, wait)
-            status = 200
+            answer = await work
+            if answer is None:  # the client left
+                return
+            status, body = answer
         except ServiceError as exc:
             body = error_body(exc.type, exc.message, _request_id(scope), exc.details)
             status = exc.status_code
@@ -154,3 +239,12 @@ class FastStatusRoute:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case), as text."""
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None

@@ -27,9 +27,9 @@ from deepexec_sdk.types import (
 )
 
 from ..domain import JobFilter
-from ..errors import BadRequest, Unavailable, UnsupportedMediaType
-from ..views import job_status, job_summary
-from .fast import status_body
+from ..errors import Unavailable
+from ..views import job_status
+from .fast import check_json_media, status_body, submit_body
 from .services import Services
 
 BEARER_SCHEME = {
@@ -78,14 +78,7 @@ async def tenant(request: Request) -> str:
 
 
 async def require_json(request: Request) -> None:
-    ctype = request.headers.get("content-type")
-    if ctype is None:
-        return
-    media = ctype.split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"send the body as application/json (got {media or 'no media type'})"
-        )
+    check_json_media(request.headers.get("content-type"))
 
 
 Tenant = Annotated[str, Depends(tenant)]
@@ -115,14 +108,9 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> Response:
     """Queue a job. With an `Idempotency-Key`, the same key always returns the same job."""
-    if idempotency_key is not None and not (
-        0 < len(idempotency_key) <= 200
-        and idempotency_key.isprintable()
-        and idempotency_key.isascii()
-    ):
-        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1-200 printable ASCII characters")
-    job, created = await svc.engine.submit(tenant_id, body, idempotency_key)
-    return _json(job_summary(job), 201 if created else 200)
+    # Normally answered by ``fast.HotRoutes``; this route documents it.
+    status, answer = await submit_body(svc, tenant_id, body, idempotency_key)
+    return Response(answer, status_code=status, media_type="application/json")
 
 
 @router.get("/jobs/{job_id}", response_model=MCPJobStatusResponse, summary="Get a job")
@@ -141,7 +129,7 @@ async def get_job(
     ] = 0,
 ) -> Response:
     """A job's current state; with `wait`, returned as soon as the job is terminal."""
-    # Requests that pass validation are normally answered by ``fast.FastStatusRoute``.
+    # Requests that pass validation are normally answered by ``fast.HotRoutes``.
     body = await status_body(svc, tenant_id, job_id, wait)
     return Response(body, media_type="application/json")
 

@@ -60,9 +60,11 @@ def decide_status(outcome: Outcome) -> JobStatus:
     return JobStatus.COMPLETED
 
 
-def request_fingerprint(req: JobSubmitRequest) -> str:
-    """A stable hash of a submission, to tell a retry from another request reusing its key."""
-    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def request_fingerprint(req: JobSubmitRequest | dict[str, Any]) -> str:
+    """A stable hash of a submission, to tell a retry from another request reusing its key.
+    Takes the request or its ``model_dump(mode="json")``."""
+    plain = req if isinstance(req, dict) else req.model_dump(mode="json")
+    canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -160,6 +162,11 @@ class Engine:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._running: dict[str, _RunContext] = {}
         self._wake = asyncio.Event()
+        #: Job types that may have a job to claim: all of them until a claim finds none, then
+        #: again once a job of the type is submitted here (or every second, for jobs that other
+        #: processes sharing the store submitted). Spares a claim, a write transaction, for a
+        #: type with nothing queued whenever another type's submit wakes the scheduler.
+        self._claimable: set[str] = set(self.executors)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._stopping = False
@@ -226,7 +233,8 @@ class Engine:
         returns the first job with ``created = False``."""
         if self._stopping:
             raise Unavailable("the server is shutting down", type="shutting_down")
-        nul_at = find_nul(req.model_dump(mode="json"), ("body",))
+        plain = req.model_dump(mode="json")
+        nul_at = find_nul(plain, ("body",))
         if nul_at is not None:
             raise Unprocessable(
                 "strings must not contain the NUL character (\\u0000)",
@@ -258,7 +266,7 @@ class Engine:
                 else "invalid_job_data",
                 details=exc.details,
             ) from exc
-        fingerprint = request_fingerprint(req)
+        fingerprint = request_fingerprint(plain)
         new = NewJob(
             tenant_id=tenant_id,
             name=req.name,
@@ -280,6 +288,7 @@ class Engine:
             )
         if created:
             self.metrics.jobs_submitted.labels(job.job_type).inc()
+            self._claimable.add(job.job_type)
             self._wake.set()
         return job, created
 
@@ -400,26 +409,36 @@ class Engine:
     def _lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.lease_seconds)
 
+    def _claimable_free_types(self) -> list[str]:
+        return [t for t in self._free_job_types() if t in self._claimable]
+
     async def _schedule_loop(self) -> None:
         while True:
             self._wake.clear()
             try:
-                while not self._paused and (free := self._free_job_types()):
+                while not self._paused and (free := self._claimable_free_types()):
+                    # Taken out before the claim: a submit that lands meanwhile puts its type
+                    # back, so a claim that finds nothing cannot hide that job.
+                    self._claimable.difference_update(free)
                     job = await self.store.claim_next(
                         free, self.owner, self._lease_until(), utcnow()
                     )
                     if job is None:
                         break
+                    self._claimable.update(free)
                     self._launch(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("scheduler could not claim jobs; retrying")
+                self._claimable.update(self.executors)
                 await asyncio.sleep(1.0)
             # Woken by a submit or a finished job; the timeout catches jobs submitted through
             # another process sharing the store.
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), 1.0)
+            except TimeoutError:
+                self._claimable.update(self.executors)
 
     def _launch(self, job: Job) -> None:
         ctx = _RunContext(self, job)

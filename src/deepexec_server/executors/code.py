@@ -108,8 +108,8 @@ class JobLimits:
     max_file_size_mb: int
 
     def to_dict(self) -> dict[str, int | None]:
-        """As stored in the job's data."""
-        return dataclasses.asdict(self)
+        """As stored in the job's data. (``dataclasses.asdict`` deep-copies every int.)"""
+        return {name: getattr(self, name) for name in self.__slots__}
 
     def cpu_seconds(self, timeout: float) -> int:
         """The effective CPU-time limit for a job with this wall-clock ``timeout``."""
