@@ -1,0 +1,90 @@
+"""The engine's scheduler in process, on a real SQLite store and the real sandbox: it claims
+in priority order when a slot is free, and does not ask the store for a job type that has
+nothing queued each time another type's submit wakes it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Collection
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from deepexec_sdk.types import JobSubmitRequest
+from deepexec_server.domain import Job
+from deepexec_server.engine import Engine
+from deepexec_server.executors.code import CodeExecutor
+from deepexec_server.settings import Settings
+from deepexec_server.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class CountingStore(SQLiteStore):
+    """The real SQLite store, recording the job types of every claim it is asked for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.claims: list[tuple[str, ...]] = []
+
+    async def claim_next(
+        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+    ) -> Job | None:
+        self.claims.append(tuple(job_types))
+        return await super().claim_next(job_types, owner, lease_expires_at, now)
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[tuple[Engine, CountingStore]]:
+    settings = Settings(data_dir=tmp_path, concurrency={"code_execution": 1, "other_code": 1})
+    executor = CodeExecutor(settings)
+    store = CountingStore(tmp_path / "jobs.db")
+    await store.open()
+    eng = Engine(
+        settings,
+        store,
+        {"code_execution": executor, "other_code": executor},
+        exclusive_store=True,
+    )
+    await eng.start()
+    try:
+        yield eng, store
+    finally:
+        await eng.stop()
+        await store.close()
+
+
+def job(code: str, job_type: str = "code_execution") -> JobSubmitRequest:
+    return JobSubmitRequest(name="t", job_type=job_type, data={"code": code}, timeout=60)
+
+
+async def test_submits_to_a_busy_type_do_not_claim_for_an_idle_one(
+    engine: tuple[Engine, CountingStore],
+) -> None:
+    eng, store = engine
+    blocker, _ = await eng.submit("t1", job("import time; time.sleep(30)"))
+
+    t0 = time.monotonic()
+    while (await eng.get("t1", blocker.id)).status != "RUNNING":
+        assert time.monotonic() - t0 < 10
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # let the scheduler settle after launching the blocker
+    store.claims.clear()
+    for _ in range(30):  # queue behind the busy code_execution slot
+        await eng.submit("t1", job("print(1)"))
+        await asyncio.sleep(0.005)  # each submit wakes the scheduler
+    # At most the first wake asks for other_code (and finds nothing); none asks for the
+    # busy code_execution type.
+    assert len(store.claims) <= 1, store.claims
+    assert all("code_execution" not in c for c in store.claims)
+
+    # A job of the idle type is still claimed at once, not at the next once-a-second sweep.
+    other, _ = await eng.submit("t1", job("print(2)", "other_code"))
+    t_other = time.monotonic()
+    while (await eng.get("t1", other.id)).status == "PENDING":
+        assert time.monotonic() - t_other < 10
+        await asyncio.sleep(0.005)
+    assert time.monotonic() - t_other < 0.5
+    await eng.cancel("t1", blocker.id, "test over")
