@@ -27,7 +27,7 @@ from deepexec_sdk.types import IDEMPOTENCY_HEADER, JobSubmitRequest
 from ..errors import BadRequest, ServiceError, UnsupportedMediaType
 from ..views import job_status, job_summary
 from .errors import validation_details, validation_failure
-from .middleware import ASGIApp, Receive, Scope, Send, error_body
+from .middleware import ASGIApp, Receive, Scope, Send, error_body, send_json
 
 if TYPE_CHECKING:
     from ..domain import Job
@@ -38,7 +38,6 @@ logger = logging.getLogger("deepexec_server.api")
 _JOBS = "/v1/jobs"
 _JOB_PREFIX = "/v1/jobs/"
 _WAIT = re.compile(rb"wait=([0-9]{1,9}(?:\.[0-9]{0,9})?)")
-_JSON_HEADERS = (b"content-type", b"application/json")
 _AUTHORIZATION = b"authorization"
 _CONTENT_TYPE = b"content-type"
 _IDEMPOTENCY_KEY = IDEMPOTENCY_HEADER.lower().encode()
@@ -231,14 +230,7 @@ class HotRoutes:
                 rid,
             )
             status = 500
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, body)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

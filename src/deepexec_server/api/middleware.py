@@ -34,6 +34,24 @@ def error_body(status_type: str, message: str, request_id: str, details: Any = N
     ).encode()
 
 
+async def send_json(
+    send: Send, status: int, body: bytes, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Answer with ``body``, JSON, in one start and one body message."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra_headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def _valid_request_id(raw: bytes) -> bool:
     return 0 < len(raw) <= 128 and all(33 <= b < 127 for b in raw)
 
@@ -71,18 +89,7 @@ class ProtocolMiddleware:
             await send(message)
 
         async def refuse(status: int, type_: str, msg: str, details: Any = None) -> None:
-            body = error_body(type_, msg, request_id, details)
-            await send_with_headers(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send_with_headers, status, error_body(type_, msg, request_id, details))
 
         proto = headers.get(_PROTOCOL)
         if proto is not None and proto.split(b".")[0].strip() != PROTOCOL_VERSION.encode():

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.middleware import error_body
+from ..api.middleware import error_body, send_json
 from ..api.services import Services
 from ..auth import Authenticator
 from ..errors import Unauthorized
@@ -54,18 +54,7 @@ class TenantAuth:
             tenant = await self.auth.tenant_for(raw.decode("latin-1") if raw else None)
         except Unauthorized as exc:
             body = error_body(exc.type, exc.message, str(state.get("request_id", "")))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", b'Bearer realm="deepexec"'),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 401, body, ((b"www-authenticate", b'Bearer realm="deepexec"'),))
             return
         state[TENANT_STATE_KEY] = tenant
         await self.app(scope, receive, send)
