@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BadRequest, ServiceError, Unprocessable
+from .middleware import scope_request_id
 
 logger = logging.getLogger("deepexec_server.api")
 
@@ -19,7 +20,13 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_reques
 
 
 def request_id(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", ""))
+    return scope_request_id(request.scope)
+
+
+def internal_error(rid: str) -> ServiceError:
+    """What a request that failed on a bug answers (500 ``internal_error``); the log has the
+    traceback under ``rid``."""
+    return ServiceError(f"internal error; the server log has the details under request {rid}")
 
 
 def envelope(
@@ -97,9 +104,5 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         rid = request_id(request)
         logger.error("request %s failed", rid, exc_info=exc)
-        return envelope(
-            request,
-            500,
-            "internal_error",
-            f"internal error; the server log has the details under request {rid}",
-        )
+        failure = internal_error(rid)
+        return envelope(request, failure.status_code, failure.type, failure.message)

@@ -26,8 +26,8 @@ from deepexec_sdk.types import IDEMPOTENCY_HEADER, JobSubmitRequest
 
 from ..errors import BadRequest, ServiceError, UnsupportedMediaType
 from ..views import job_status, job_summary
-from .errors import validation_details, validation_failure
-from .middleware import ASGIApp, Receive, Scope, Send, error_body, send_json
+from .errors import internal_error, validation_details, validation_failure
+from .middleware import ASGIApp, Receive, Scope, Send, error_body, scope_request_id, send_json
 
 if TYPE_CHECKING:
     from ..domain import Job
@@ -140,10 +140,6 @@ def parse_submission(body: bytes) -> JobSubmitRequest:
 # --- the ASGI side ------------------------------------------------------------------------------
 
 
-def _request_id(scope: Scope) -> str:
-    return str(scope.get("state", {}).get("request_id", ""))
-
-
 def _parse_wait(query: bytes) -> float | None:
     """``wait`` from a query string this path takes: empty, or ``wait=<number>`` within the
     route's 0-60 bounds. None: anything else, for FastAPI to validate."""
@@ -213,24 +209,17 @@ class HotRoutes:
     @staticmethod
     async def _answer(scope: Scope, send: Send, work: Awaitable[tuple[int, bytes] | None]) -> None:
         """Run ``work`` and send its JSON answer, or the error envelope it raised."""
+        rid = scope_request_id(scope)
         try:
             answer = await work
-            if answer is None:  # the client left
-                return
-            status, body = answer
-        except ServiceError as exc:
-            body = error_body(exc.type, exc.message, _request_id(scope), exc.details)
-            status = exc.status_code
-        except Exception:
-            rid = _request_id(scope)
-            logger.exception("request %s failed", rid)
-            body = error_body(
-                "internal_error",
-                f"internal error; the server log has the details under request {rid}",
-                rid,
-            )
-            status = 500
-        await send_json(send, status, body)
+        except Exception as exc:
+            if not isinstance(exc, ServiceError):
+                logger.exception("request %s failed", rid)
+                exc = internal_error(rid)
+            answer = exc.status_code, error_body(exc.type, exc.message, rid, exc.details)
+        if answer is None:  # the client left
+            return
+        await send_json(send, *answer)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

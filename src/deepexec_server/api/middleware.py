@@ -52,6 +52,11 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+def scope_request_id(scope: Scope) -> str:
+    """The id ``ProtocolMiddleware`` gave this request ("" outside of it)."""
+    return str(scope.get("state", {}).get("request_id", ""))
+
+
 def _valid_request_id(raw: bytes) -> bool:
     return 0 < len(raw) <= 128 and all(33 <= b < 127 for b in raw)
 

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 
 from deepexec_sdk.types import (
     IDEMPOTENCY_HEADER,
@@ -85,13 +84,6 @@ Tenant = Annotated[str, Depends(tenant)]
 Svc = Annotated[Services, Depends(services)]
 
 router = APIRouter(prefix="/v1", responses=_ERRORS)
-
-
-def _json(model: BaseModel, status_code: int = 200) -> Response:
-    """``model`` serialised once, by pydantic's own encoder. Returning a ``Response`` skips
-    FastAPI's re-validation of a model we built ourselves (the route's ``response_model``
-    still documents it)."""
-    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 @router.post(

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.middleware import error_body, send_json
+from ..api.middleware import error_body, scope_request_id, send_json
 from ..api.services import Services
 from ..auth import Authenticator
 from ..errors import Unauthorized
@@ -53,7 +53,7 @@ class TenantAuth:
         try:
             tenant = await self.auth.tenant_for(raw.decode("latin-1") if raw else None)
         except Unauthorized as exc:
-            body = error_body(exc.type, exc.message, str(state.get("request_id", "")))
+            body = error_body(exc.type, exc.message, scope_request_id(scope))
             await send_json(send, 401, body, ((b"www-authenticate", b'Bearer realm="deepexec"'),))
             return
         state[TENANT_STATE_KEY] = tenant
