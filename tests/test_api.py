@@ -22,9 +22,16 @@ from deepexec_sdk import (
     MCPJobNotFoundError,
     MCPValidationError,
 )
+from deepexec_sdk.types import PROTOCOL_HEADER, MCPJobStatusResponse
 from tests.serverproc import ServerProcess
 
 PY = "code_execution"
+PROGRESS_THEN_SLEEP = (
+    "import os, time\n"
+    "fd = int(os.environ['DEEPEXEC_PROGRESS_FD'])\n"
+    "os.write(fd, b'30 a \"quoted\" step \\\\ \\xc3\\xbc\\n')\n"
+    "time.sleep(60)\n"
+)
 
 
 def http(server: ServerProcess, key: str | None = None) -> httpx.Client:
@@ -229,6 +236,40 @@ def test_status_reads_answer_the_same_through_every_path(server: ServerProcess) 
         assert r.headers["x-request-id"].startswith("req_")
 
 
+def test_status_of_a_running_and_an_unread_finished_job_is_rendered_by_the_store(
+    server: ServerProcess,
+) -> None:
+    # A plain read of a job whose status is not cached is rendered by the database; it must be
+    # what the framework's route (a Job through the view) says.
+    with http(server) as c:
+        running = c.post("/v1/jobs", json=job_body(PROGRESS_THEN_SLEEP)).json()
+        tag = f"t-{uuid.uuid4().hex[:8]}"
+        done = c.post("/v1/jobs", json=job_body("print('x' * 3)", tags=[tag])).json()
+        url = f"/v1/jobs/{running['job_id']}"
+        for _ in range(200):  # until its program has reported progress
+            fast = c.get(url)
+            if fast.json()["progress"] == 30:
+                break
+            time.sleep(0.05)
+        framework = c.get(url, params={"unused": "1"})
+        for _ in range(200):  # watch the other end through the list, which bypasses the cache
+            listed = c.get("/v1/jobs", params={"tag": tag}).json()["jobs"]
+            if listed[0]["status"] == "COMPLETED":
+                break
+            time.sleep(0.05)
+        done_url = f"/v1/jobs/{done['job_id']}"
+        done_fast, done_framework = c.get(done_url), c.get(done_url, params={"unused": "1"})
+        c.post(f"{url}/cancel")
+    assert fast.json()["status"] == "RUNNING" and fast.json()["progress"] == 30
+    assert done_fast.json()["result"]["stdout"] == "xxx\n"
+    for a, b in ((fast, framework), (done_fast, done_framework)):
+        assert MCPJobStatusResponse.model_validate_json(a.content) == (
+            MCPJobStatusResponse.model_validate_json(b.content)
+        )
+        assert list(a.json()) == list(b.json())  # same keys, same order
+        assert a.headers["content-type"] == "application/json"
+
+
 def test_status_read_validates_wait(server: ServerProcess) -> None:
     with http(server) as c:
         job = c.post("/v1/jobs", json=job_body("import time; time.sleep(5)")).json()
@@ -401,6 +442,32 @@ def test_health_readiness_metrics_and_openapi(
         assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert spec["paths"]["/v1/jobs/{job_id}"]["get"]["security"] == [{"bearer": []}]
         assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def _requests_counted(metrics: str, method: str, status: int) -> float:
+    line = f'deepexec_http_requests_total{{method="{method}",status="{status}"}} '
+    found = [row for row in metrics.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_metrics_count_every_answered_request_by_method_and_status(
+    server: ServerProcess,
+) -> None:
+    # Counted as each answer starts: the hot routes, the framework's routes and the refusals
+    # the protocol layer answers itself.
+    with http(server) as c:
+        before = c.get("/metrics").text
+        job = c.post("/v1/jobs", json=job_body()).json()
+        c.get(f"/v1/jobs/{job['job_id']}")
+        c.get("/v1/jobs/job_missing")
+        c.get("/v1/jobs", params={"limit": 1})
+        c.get("/v1/jobs", headers={PROTOCOL_HEADER: "99"})
+        after = c.get("/metrics").text
+    for method, status, n in (("POST", 201, 1), ("GET", 200, 3), ("GET", 404, 1), ("GET", 400, 1)):
+        counted = _requests_counted(after, method, status) - _requests_counted(
+            before, method, status
+        )
+        assert counted == n, (method, status)
 
 
 def test_nul_characters_are_refused_at_the_edge(server: ServerProcess) -> None:

@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from deepexec_sdk.types import JobStatus
 from deepexec_server.api.fast import TerminalCache, _parse_wait
-from deepexec_server.domain import Job, utcnow
-
-
-def job(job_id: str, status: JobStatus = JobStatus.COMPLETED, tenant: str = "t1") -> Job:
-    now = utcnow()
-    return Job(
-        id=job_id,
-        tenant_id=tenant,
-        name="n",
-        job_type="code_execution",
-        data={},
-        timeout=30,
-        priority=0,
-        tags=(),
-        status=status,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def test_only_terminal_jobs_are_kept() -> None:
-    cache = TerminalCache()
-    for status in (JobStatus.PENDING, JobStatus.RUNNING):
-        cache.put(job(f"j_{status}", status), b"{}")
-    assert len(cache) == 0
-    for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED):
-        cache.put(job(f"j_{status}", status), b"{}")
-    assert len(cache) == 3
 
 
 def test_an_entry_answers_its_own_tenant_only() -> None:
     cache = TerminalCache()
-    cache.put(job("j1", tenant="alice"), b'{"secret": 1}')
+    cache.put("alice", "j1", b'{"secret": 1}')
     assert cache.get("alice", "j1") == b'{"secret": 1}'
     assert cache.get("bob", "j1") is None
     assert cache.get("alice", "j2") is None
@@ -49,22 +18,21 @@ def test_an_entry_answers_its_own_tenant_only() -> None:
 def test_least_recently_read_leave_first_within_the_byte_budget() -> None:
     cache = TerminalCache(max_bytes=30, max_item_bytes=10)
     for i in range(3):
-        cache.put(job(f"j{i}"), b"x" * 10)
+        cache.put("t1", f"j{i}", b"x" * 10)
     assert cache.get("t1", "j0") is not None  # j0 is now the most recently read
-    cache.put(job("j3"), b"y" * 10)
+    cache.put("t1", "j3", b"y" * 10)
     assert cache.get("t1", "j1") is None
     assert [cache.get("t1", f"j{i}") is not None for i in (0, 2, 3)] == [True, True, True]
     assert cache.size == 30
-    cache.put(job("big"), b"z" * 11)  # over max_item_bytes: not kept
+    cache.put("t1", "big", b"z" * 11)  # over max_item_bytes: not kept
     assert cache.get("t1", "big") is None
     assert cache.size == 30
 
 
 def test_a_kept_body_is_not_replaced() -> None:
     cache = TerminalCache()
-    done = job("j1")
-    cache.put(done, b"first")
-    cache.put(dataclasses.replace(done, name="other"), b"second")
+    cache.put("t1", "j1", b"first")
+    cache.put("t1", "j1", b"second")
     assert cache.get("t1", "j1") == b"first"
     assert cache.size == len(b"first")
 

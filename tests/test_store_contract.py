@@ -9,6 +9,8 @@ module and dropped afterwards. If it is unreachable its cases fail, unless
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import stat
 import subprocess
@@ -26,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from deepexec_sdk.types import JobStatus
+from deepexec_sdk.types import JobStatus, MCPJobStatusResponse
 from deepexec_server.domain import ApiKey, InvalidTransition, Job, JobError, JobFilter, NewJob
 from deepexec_server.store import Store, open_store
 from deepexec_server.store._codec import (
@@ -40,6 +42,7 @@ from deepexec_server.store._codec import (
 from deepexec_server.store.base import interrupted_error
 from deepexec_server.store.postgres import PostgresStore
 from deepexec_server.store.sqlite import SQLiteStore
+from deepexec_server.views import job_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -271,6 +274,57 @@ async def test_every_field_round_trips_exactly_through_the_lifecycle(store: Stor
     for value in (finished.created_at, finished.started_at, finished.cancel_requested_at):
         assert value is not None and value.tzinfo is not None
         assert value.utcoffset() == timedelta(0)
+
+
+async def assert_status_json(store: Store, job: Job) -> None:
+    """The database-rendered status body of ``job`` is the API view of the stored job."""
+    stored = await store.get_job(job.id)
+    assert stored == job
+    found = await store.get_status_json(job.id, job.tenant_id)
+    assert found is not None
+    body, terminal = found
+    assert set(json.loads(body)) == set(MCPJobStatusResponse.model_fields)
+    assert MCPJobStatusResponse.model_validate_json(body) == job_status(job)
+    assert terminal == job.is_terminal
+
+
+async def test_status_json_is_the_api_view_of_the_job_in_every_state(store: Store) -> None:
+    submission = dataclasses.replace(
+        new('ジョブ "quoted" \\ ✓', tags=("ä-tag", "with space", "🏷")), priority=-7
+    )
+    job, _ = await store.create_job(submission, at(0))  # T0 has microseconds; at(0.5) does not
+    await assert_status_json(store, job)
+    claimed = await store.claim_next([CODE], "runner", at(60), at(0.5))
+    assert claimed is not None
+    await assert_status_json(store, claimed)
+    progressed = await store.set_progress(job.id, 42, "½ done ✓\n", at(1))
+    assert progressed is not None
+    await assert_status_json(store, progressed)
+    canceling = await store.request_cancel(job.id, job.tenant_id, 'stop — "now"', at(2))
+    assert canceling is not None
+    await assert_status_json(store, canceling)
+    result = {"stdout": "héllo\n", "exit_code": -9, "timings": {"wall": 0.25}, "x": [None]}
+    ended = await store.finish_job(
+        job.id, "runner", JobStatus.CANCELED, result, JobError("killed", "stopped ✋"), at(3)
+    )
+    assert ended is not None
+    await assert_status_json(store, ended)
+
+    # A COMPLETED job reports progress 100, whatever its program last said.
+    done, _ = await store.create_job(new("done"), at(4))
+    await store.claim_next([CODE], "runner", at(60), at(5))
+    await store.set_progress(done.id, 40, "partway", at(6))
+    completed = await store.finish_job(
+        done.id, "runner", JobStatus.COMPLETED, {"stdout": ""}, None, at(7)
+    )
+    assert completed is not None
+    await assert_status_json(store, completed)
+    body = (await store.get_status_json(done.id, done.tenant_id) or (b"", False))[0]
+    assert json.loads(body)["progress"] == 100
+
+    # Another tenant's job, or none at all: nothing.
+    assert await store.get_status_json(done.id, "tenant-b") is None
+    assert await store.get_status_json("job_" + "0" * 32, done.tenant_id) is None
 
 
 async def test_naive_datetimes_are_refused(store: Store) -> None:

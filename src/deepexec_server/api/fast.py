@@ -30,7 +30,6 @@ from .errors import internal_error, validation_details, validation_failure
 from .middleware import ASGIApp, Receive, Scope, Send, error_body, scope_request_id, send_json
 
 if TYPE_CHECKING:
-    from ..domain import Job
     from .services import Services
 
 logger = logging.getLogger("deepexec_server.api")
@@ -71,11 +70,12 @@ class TerminalCache:
         self._items.move_to_end(job_id)
         return item[1]
 
-    def put(self, job: Job, body: bytes) -> None:
-        """Keep ``body`` as ``job``'s status if the job is terminal and the body not too big."""
-        if not job.is_terminal or len(body) > self.max_item_bytes or job.id in self._items:
+    def put(self, tenant_id: str, job_id: str, body: bytes) -> None:
+        """Keep ``body`` as the status of ``tenant_id``'s terminal job ``job_id``, unless it
+        is too big. Only ever call it for a terminal job."""
+        if len(body) > self.max_item_bytes or job_id in self._items:
             return
-        self._items[job.id] = (job.tenant_id, body)
+        self._items[job_id] = (tenant_id, body)
         self.size += len(body)
         while self.size > self.max_bytes:
             _, (_, old) = self._items.popitem(last=False)
@@ -94,10 +94,11 @@ async def status_body(svc: Services, tenant_id: str, job_id: str, wait: float) -
         return cached
     if wait > 0:
         job = await svc.engine.wait(tenant_id, job_id, min(wait, svc.settings.max_wait_seconds))
+        body, terminal = job_status(job).model_dump_json().encode(), job.is_terminal
     else:
-        job = await svc.engine.get(tenant_id, job_id)
-    body = job_status(job).model_dump_json().encode()
-    cache.put(job, body)
+        body, terminal = await svc.engine.status_json(tenant_id, job_id)
+    if terminal:
+        cache.put(tenant_id, job_id, body)
     return body
 
 

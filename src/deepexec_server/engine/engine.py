@@ -298,6 +298,13 @@ class Engine:
             raise job_not_found(job_id)
         return job
 
+    async def status_json(self, tenant_id: str, job_id: str) -> tuple[bytes, bool]:
+        """The job's status body and whether it is terminal (``Store.get_status_json``)."""
+        found = await self.store.get_status_json(job_id, tenant_id)
+        if found is None:
+            raise job_not_found(job_id)
+        return found
+
     async def wait(self, tenant_id: str, job_id: str, timeout: float) -> Job:
         """The job once it is terminal, or as it is after ``timeout`` seconds."""
         with self.hub.subscribe(job_id) as sub:

@@ -167,6 +167,53 @@ def _utc_or_none(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
 
+# --- the status body, rendered by the database ---------------------------------------------------
+
+#: The API's status body (``MCPJobStatusResponse``, as ``views.job_status`` fills it), key by
+#: key: the column it comes from and its kind. "value": the column as it is; "json": a JSON
+#: column; "time": a timestamp, written as ``ts_to_text`` writes it; "progress": the column,
+#: except that a COMPLETED job reports 100 whatever its program last said. Each store turns this
+#: into one ``SELECT`` that returns the body as text, so a status read builds no ``Job`` and no
+#: model (``Store.get_status_json``); tests/test_store_contract.py checks it against the view.
+STATUS_JSON_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("job_id", "id", "value"),
+    ("name", "name", "value"),
+    ("job_type", "job_type", "value"),
+    ("status", "status", "value"),
+    ("progress", "progress", "progress"),
+    ("progress_message", "progress_message", "value"),
+    ("result", "result", "json"),
+    ("error", "error", "json"),
+    ("tags", "tags", "json"),
+    ("priority", "priority", "value"),
+    ("timeout", "timeout", "value"),
+    ("created_at", "created_at", "time"),
+    ("started_at", "started_at", "time"),
+    ("finished_at", "finished_at", "time"),
+    ("updated_at", "updated_at", "time"),
+    ("cancel_requested_at", "cancel_requested_at", "time"),
+    ("cancel_reason", "cancel_reason", "value"),
+)
+
+
+def status_json_select(build_object: str, expressions: Mapping[str, str], body: str = "{}") -> str:
+    """``SELECT status, <build_object>('job_id', id, ...) AS body``: the job's status and its
+    status body, from one row of ``jobs`` (the caller appends the ``WHERE``). ``expressions``
+    gives the dialect's SQL for the "json" and "time" kinds where a column will not do as it
+    is, and ``body`` the whole object's (as text); ``{}`` stands for the column or object."""
+    kinds = {
+        "value": "{}",
+        "json": "{}",
+        "time": "{}",
+        "progress": f"CASE WHEN status = '{JobStatus.COMPLETED}' THEN 100 ELSE {{}} END",
+        **expressions,
+    }
+    pairs = ", ".join(
+        f"'{key}', {kinds[kind].format(column)}" for key, column, kind in STATUS_JSON_FIELDS
+    )
+    return f"SELECT status, {body.format(f'{build_object}({pairs})')} AS body FROM jobs"
+
+
 # --- schema -------------------------------------------------------------------------------------
 
 

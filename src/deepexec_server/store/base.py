@@ -40,6 +40,11 @@ class Store(Protocol):
         """The job, or None if it does not exist or (when ``tenant_id`` is given) belongs to
         another tenant."""
 
+    async def get_status_json(self, job_id: str, tenant_id: str) -> tuple[bytes, bool] | None:
+        """The tenant's job as the API's status body (the JSON of ``views.job_status``, rendered
+        by the database from ``_codec.STATUS_JSON_FIELDS``) and whether it is terminal; None as
+        for ``get_job``. Status reads are the commonest request: this one builds no ``Job``."""
+
     async def list_jobs(
         self,
         tenant_id: str,

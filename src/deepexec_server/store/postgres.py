@@ -21,7 +21,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from deepexec_sdk.types import JobStatus
+from deepexec_sdk.types import TERMINAL_STATUSES, JobStatus
 
 from ..domain import ApiKey, Job, JobError, JobFilter, NewJob, check_transition, new_job_id
 from ._batch import GroupCommit
@@ -36,6 +36,7 @@ from ._codec import (
     json_text,
     migrations,
     pending,
+    status_json_select,
 )
 from .base import interrupted_error
 
@@ -52,6 +53,16 @@ _INSERT_JOB = (
 _INSERT_KEY = (
     f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(API_KEY_COLUMNS))})"
+)
+#: The status body (see ``_codec.STATUS_JSON_FIELDS``): timestamps written as the API writes them,
+#: in UTC with microseconds; the object as text, not parsed by the driver.
+_STATUS_JSON = (
+    status_json_select(
+        "json_build_object",
+        {"time": """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""},
+        "{}::text",
+    )
+    + " WHERE id = %s AND tenant_id = %s"
 )
 _CLAIM = """
 WITH next AS (
@@ -301,6 +312,13 @@ class PostgresStore:
                 "SELECT * FROM jobs WHERE id = %s AND tenant_id = %s", [job_id, tenant_id]
             )
         return None if row is None else job_from_fields(row)
+
+    async def get_status_json(self, job_id: str, tenant_id: str) -> tuple[bytes, bool] | None:
+        """See ``Store.get_status_json``."""
+        row = await self._one(_STATUS_JSON, [job_id, tenant_id])
+        if row is None:
+            return None
+        return row["body"].encode(), row["status"] in TERMINAL_STATUSES
 
     async def list_jobs(
         self,

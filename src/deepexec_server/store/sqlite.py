@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from deepexec_sdk.types import JobStatus
+from deepexec_sdk.types import TERMINAL_STATUSES, JobStatus
 
 from ..domain import ApiKey, Job, JobError, JobFilter, NewJob, check_transition, new_job_id
 from ._batch import GroupCommit
@@ -35,6 +35,7 @@ from ._codec import (
     json_text,
     migrations,
     pending,
+    status_json_select,
     ts_from_text,
     ts_to_text,
 )
@@ -65,6 +66,11 @@ _JSON = frozenset({"data", "result", "error", "tags"})
 _INSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
     "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+)
+#: The status body (see ``_codec.STATUS_JSON_FIELDS``): timestamps are kept as the API writes
+#: them, and ``json()`` marks a JSON column's text as JSON rather than a string.
+_STATUS_JSON = (
+    status_json_select("json_object", {"json": "json({})"}) + " WHERE id = ? AND tenant_id = ?"
 )
 _INSERT_KEY = (
     f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) "
@@ -340,6 +346,14 @@ class SQLiteStore:
             sql, params = sql + " AND tenant_id = ?", [job_id, tenant_id]
         row = await self._read_one(sql, params)
         return None if row is None else job_from_fields(from_db(row))
+
+    async def get_status_json(self, job_id: str, tenant_id: str) -> tuple[bytes, bool] | None:
+        """See ``Store.get_status_json``."""
+        row = await self._read_one(_STATUS_JSON, [job_id, tenant_id])
+        if row is None:
+            return None
+        status, body = row
+        return body.encode(), status in TERMINAL_STATUSES
 
     async def list_jobs(
         self,
