@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from deepexec_sdk import __version__
 
@@ -63,33 +63,24 @@ def default_executors(settings: Settings) -> dict[str, Executor]:
     return {"code_execution": CodeExecutor(settings), "text_generation": TextExecutor(settings)}
 
 
-class _CountRequests:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+class _RequestCounter:
+    """Counts each answered request by method and status (``ProtocolMiddleware``'s hook)."""
+
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         #: The counter of each (method, status) seen: ``labels()`` takes a lock and builds a
         #: key on every call.
         self._counters: dict[tuple[str, int], Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                key = (method, message["status"])
-                counter = self._counters.get(key)
-                if counter is None:
-                    if len(self._counters) > 1000:  # methods are client-chosen strings
-                        self._counters.clear()
-                    counter = self.metrics.http_requests.labels(method, str(key[1]))
-                    self._counters[key] = counter
-                counter.inc()
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
+    def __call__(self, method: str, status: int) -> None:
+        key = (method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            if len(self._counters) > 1000:  # methods are client-chosen strings
+                self._counters.clear()
+            counter = self.metrics.http_requests.labels(method, str(status))
+            self._counters[key] = counter
+        counter.inc()
 
 
 def create_app(
@@ -170,5 +161,6 @@ def create_app(
     # Outside FastAPI, so that submits and status reads skip its whole stack (benchmarks 4 and
     # 5), and every response, a 500 included, gets the request id and protocol headers.
     outer: ASGIApp = HotRoutes(app, services=services)
-    outer = ProtocolMiddleware(outer, max_body_bytes=settings.max_body_bytes)
-    return _CountRequests(outer, metrics=metrics)
+    return ProtocolMiddleware(
+        outer, max_body_bytes=settings.max_body_bytes, on_response=_RequestCounter(metrics)
+    )

@@ -19,6 +19,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PROTOCOL = PROTOCOL_HEADER.lower().encode()
 _REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
+_VERSION = PROTOCOL_VERSION.encode()
 
 
 def error_body(status_type: str, message: str, request_id: str, details: Any = None) -> bytes:
@@ -64,11 +65,19 @@ def _valid_request_id(raw: bytes) -> bool:
 class ProtocolMiddleware:
     """Gives every request an id (the client's ``X-Request-Id`` if sane), stamps
     ``X-Request-Id`` and ``DeepExec-Protocol`` on every response, refuses a protocol major
-    version the server does not speak, and caps request bodies at ``max_body_bytes``."""
+    version the server does not speak, and caps request bodies at ``max_body_bytes``.
+    ``on_response(method, status)`` is called as each answer starts (the request counter)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        on_response: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.on_response = on_response
         # Ids are this server's random prefix and a counter: unique, and unlike a fresh random
         # id each, no system call per request. They name requests in logs; they guard nothing.
         self._id_prefix = "req_" + secrets.token_hex(4)
@@ -86,18 +95,21 @@ class ProtocolMiddleware:
             else f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFF:08x}"
         )
         scope.setdefault("state", {})["request_id"] = request_id
-        extra = [(_REQUEST_ID, request_id.encode()), (_PROTOCOL, PROTOCOL_VERSION.encode())]
+        extra = ((_REQUEST_ID, request_id.encode()), (_PROTOCOL, _VERSION))
+        on_response = self.on_response
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
+                if on_response is not None:
+                    on_response(scope["method"], message["status"])
             await send(message)
 
         async def refuse(status: int, type_: str, msg: str, details: Any = None) -> None:
             await send_json(send_with_headers, status, error_body(type_, msg, request_id, details))
 
         proto = headers.get(_PROTOCOL)
-        if proto is not None and proto.split(b".")[0].strip() != PROTOCOL_VERSION.encode():
+        if proto is not None and proto.split(b".")[0].strip() != _VERSION:
             await refuse(
                 400,
                 "unsupported_protocol",
