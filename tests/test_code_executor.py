@@ -8,11 +8,15 @@ cancel event. Needs root (the uid drop), bwrap and the ``deepexec-sandbox`` user
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +27,7 @@ import pytest
 from deepexec_server.domain import ErrorType
 from deepexec_server.executors.base import JobDataError, Outcome
 from deepexec_server.executors.code import CodeExecutor
+from deepexec_server.executors.sandbox import OWNER_ENV
 from deepexec_server.settings import Settings
 from tests.conftest import sandbox_uid_processes
 
@@ -235,6 +240,47 @@ async def test_double_forked_setsid_daemon_dies_on_cancel(executor: CodeExecutor
     assert live_processes_with(marker) == []
 
 
+#: A server process that starts its death watch, then a process carrying the watch's mark in
+#: its own session (as the launcher, both bwraps and the sandbox init do), then dies without
+#: any clean-up. argv: the marker for the process's command line.
+DIE_LEAVING_A_MARKED_PROCESS = """
+import os, subprocess, sys
+from deepexec_server.executors.sandbox import death_watch_env
+
+mark = death_watch_env()
+assert mark, "no death watch"
+proc = subprocess.Popen(
+    ["sleep", "60", sys.argv[1]], env={**os.environ, **mark}, start_new_session=True
+)
+print(proc.pid, flush=True)
+os._exit(0)
+"""
+
+
+def test_the_death_watch_kills_marked_processes_once_the_server_is_gone() -> None:
+    # bwrap's child only sets its parent-death signal once set up, and never checks that its
+    # parent is still there (bubblewrap#633): a server killed in those milliseconds used to
+    # leave a bwrap blocked forever, or the program running as an orphan. Every launch
+    # carries the server's mark, and its death watch kills whatever still carries it.
+    marker = f"deathwatch{secrets.token_hex(6)}"
+    out = subprocess.run(
+        [sys.executable, "-c", DIE_LEAVING_A_MARKED_PROCESS, marker],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout)
+    try:
+        deadline = time.monotonic() + 5
+        while live_processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_processes_with(marker) == []
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_output_flood_ends_failed_output_limit_with_the_kept_output(
     executor: CodeExecutor,
 ) -> None:
@@ -312,6 +358,9 @@ async def test_server_environment_does_not_reach_the_program(
     assert outcome.result is not None
     assert "DEEPEXEC_TEST_SECRET" not in outcome.result["stdout"]
     assert secret not in outcome.result["stdout"] + outcome.result["stderr"]
+    # The death watch's mark is in the launch environment (so /proc/1's), not the program's.
+    program_env = outcome.result["stdout"].splitlines()[0]
+    assert "PATH" in program_env and OWNER_ENV not in program_env
 
 
 async def test_writes_outside_the_work_dir_fail_and_hidden_dirs_are_empty(
