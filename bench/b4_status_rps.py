@@ -98,7 +98,7 @@ async def run(cfg: RunConfig) -> Outcome:
         raise RuntimeError(f"the RUNNING job ended during the load: {running_status}")
     labels = {
         "deepexec": "deepexec serve GET /v1/jobs/{id}, COMPLETED job (auth + cache)",
-        "running": "deepexec serve GET /v1/jobs/{id}, RUNNING job (auth + store read)",
+        "running": "deepexec serve GET /v1/jobs/{id}, RUNNING job (auth + store-rendered JSON)",
         "asgi": "raw ASGI, fixed body (uvicorn, loop=asyncio)",
         "fastapi": "FastAPI one route, fixed body (same uvicorn)",
     }
@@ -133,8 +133,9 @@ async def run(cfg: RunConfig) -> Outcome:
         if not ok:
             limit = http_limit(
                 floor_ms,
-                "per-request Python work in the app (middleware, auth, store read, pydantic "
-                "serialisation) on one event loop, sharing 2 cores with the load generator",
+                "per-request Python work in the app (protocol middleware, auth, and for a "
+                "RUNNING job one SQLite read that renders the JSON) on one event loop, sharing "
+                "2 cores with the load generator",
             )
         out.verdicts.append(
             Verdict(
