@@ -23,6 +23,7 @@ from deepexec_sdk import (
     MCPValidationError,
 )
 from deepexec_sdk.types import PROTOCOL_HEADER, MCPJobStatusResponse
+from deepexec_server.metrics import MAX_METHODS, RequestCounts
 from tests.serverproc import ServerProcess
 
 PY = "code_execution"
@@ -468,6 +469,17 @@ def test_metrics_count_every_answered_request_by_method_and_status(
             before, method, status
         )
         assert counted == n, (method, status)
+
+
+def test_request_counts_name_a_bounded_number_of_methods() -> None:
+    counts = RequestCounts()
+    for i in range(MAX_METHODS + 5):
+        counts(f"M{i}", 405)
+    counts("M0", 405)
+    exported = {tuple(s.labels.values()): s.value for m in counts.collect() for s in m.samples}
+    assert exported[("M0", "405")] == 2
+    assert exported[("other", "405")] == 5
+    assert len(exported) == MAX_METHODS + 1
 
 
 def test_nul_characters_are_refused_at_the_edge(server: ServerProcess) -> None:

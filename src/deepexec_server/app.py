@@ -63,26 +63,6 @@ def default_executors(settings: Settings) -> dict[str, Executor]:
     return {"code_execution": CodeExecutor(settings), "text_generation": TextExecutor(settings)}
 
 
-class _RequestCounter:
-    """Counts each answered request by method and status (``ProtocolMiddleware``'s hook)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        #: The counter of each (method, status) seen: ``labels()`` takes a lock and builds a
-        #: key on every call.
-        self._counters: dict[tuple[str, int], Any] = {}
-
-    def __call__(self, method: str, status: int) -> None:
-        key = (method, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            if len(self._counters) > 1000:  # methods are client-chosen strings
-                self._counters.clear()
-            counter = self.metrics.http_requests.labels(method, str(status))
-            self._counters[key] = counter
-        counter.inc()
-
-
 def create_app(
     settings: Settings,
     *,
@@ -162,5 +142,5 @@ def create_app(
     # 5), and every response, a 500 included, gets the request id and protocol headers.
     outer: ASGIApp = HotRoutes(app, services=services)
     return ProtocolMiddleware(
-        outer, max_body_bytes=settings.max_body_bytes, on_response=_RequestCounter(metrics)
+        outer, max_body_bytes=settings.max_body_bytes, on_response=metrics.http_requests
     )

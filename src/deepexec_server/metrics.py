@@ -2,7 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+#: Distinct methods counted by name; any further one is counted as "other".
+MAX_METHODS = 32
+
+
+class RequestCounts(Collector):
+    """``deepexec_http_requests_total`` by method and status. Called for every request, so a
+    plain dict bumped on the event loop's thread (a ``Counter`` takes a lock and looks up its
+    label child each time); the registry reads it when scraped."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self._methods: set[str] = set()
+
+    def __call__(self, method: str, status: int) -> None:
+        key = (method, status)
+        counts = self.counts
+        n = counts.get(key)
+        if n is None:
+            if method not in self._methods:
+                if len(self._methods) >= MAX_METHODS:  # methods are client-chosen strings
+                    key = ("other", status)
+                else:
+                    self._methods.add(method)
+            n = counts.get(key, 0)
+        counts[key] = n + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "deepexec_http_requests", "HTTP requests answered", labels=["method", "status"]
+        )
+        for (method, status), n in list(self.counts.items()):
+            family.add_metric([method, str(status)], n)
+        yield family
 
 
 class Metrics:
@@ -40,9 +78,5 @@ class Metrics:
             ["job_type"],
             registry=self.registry,
         )
-        self.http_requests = Counter(
-            "deepexec_http_requests_total",
-            "HTTP requests answered",
-            ["method", "status"],
-            registry=self.registry,
-        )
+        self.http_requests = RequestCounts()
+        self.registry.register(self.http_requests)

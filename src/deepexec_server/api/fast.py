@@ -210,10 +210,10 @@ class HotRoutes:
     @staticmethod
     async def _answer(scope: Scope, send: Send, work: Awaitable[tuple[int, bytes] | None]) -> None:
         """Run ``work`` and send its JSON answer, or the error envelope it raised."""
-        rid = scope_request_id(scope)
         try:
             answer = await work
         except Exception as exc:
+            rid = scope_request_id(scope)
             if not isinstance(exc, ServiceError):
                 logger.exception("request %s failed", rid)
                 exc = internal_error(rid)
