@@ -55,7 +55,7 @@ async def run(cfg: RunConfig) -> Outcome:
     """Alternating load rounds against the three endpoints."""
     out = Outcome(4, "get_mcp_job_status requests per second", cfg.command(4))
     seconds = cfg.secs(5, 1)
-    rounds = cfg.n(3, 1)
+    rounds = cfg.n(5, 1)
     results: dict[str, list[LoadResult]] = {
         "deepexec": [],
         "running": [],
