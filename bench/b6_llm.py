@@ -94,7 +94,7 @@ async def through_deepexec(client: DeepExecAsyncClient, data: dict[str, Any]) ->
 async def run(cfg: RunConfig) -> Outcome:
     """Alternate a DeepExec generation and a direct one, same prompt and settings."""
     out = Outcome(6, "Embedded-model generation: DeepExec vs xllamacpp directly", cfg.command(6))
-    reps = cfg.n(8, 1)
+    reps = cfg.n(16, 1)
     data = QUICK_DATA if cfg.quick else DATA
     direct = await asyncio.to_thread(Direct, Settings(), data)
     ours: list[dict[str, float]] = []

@@ -33,8 +33,13 @@ class Subscription:
 
     async def get(self, timeout: float | None) -> MCPJobEvent | None:
         """The next event, or None after ``timeout`` seconds without one."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        # A timeout scope, not ``wait_for``: no task per call (this runs once per streamed
+        # token); ``asyncio.timeout`` cancels only this wait.
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.queue.get()
         except TimeoutError:
             return None
 
