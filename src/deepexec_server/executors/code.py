@@ -664,6 +664,7 @@ class CodeExecutor:
         job_dir = new_job_dir(self._work_root, ctx.job_id, self._run_as)
         started = time.monotonic()
         compile_output: str | None = None
+        removing: asyncio.Future[tuple[dict[str, bytes], bool]] | None = None
         try:
             write_job_file(job_dir, language.filename, data["code"], self._run_as)
             write_input_files(job_dir, files, self._run_as)
@@ -692,13 +693,19 @@ class CodeExecutor:
             run, stats = await self._run_step(
                 data, command, stdin, job_dir, timeout, limits, ctx, stream=True
             )
-            out_files, truncated = await asyncio.to_thread(
-                collect_output_files, outputs, self._run_as.uid if self._run_as else None
+            owner_uid = self._run_as.uid if self._run_as else None
+            removing = asyncio.ensure_future(
+                asyncio.to_thread(_collect_and_remove, job_dir, outputs, owner_uid)
             )
+            out_files, truncated = await asyncio.shield(removing)
         except CgroupError as exc:
             return Outcome(None, JobError(ErrorType.INTERNAL, str(exc)))
         finally:
-            await asyncio.to_thread(remove_job_dir, job_dir)
+            if removing is None:
+                await asyncio.to_thread(remove_job_dir, job_dir)
+            elif not removing.done():  # cancelled while the thread works: let it finish
+                with contextlib.suppress(Exception):
+                    await removing
         extra = Collected(stats, encode_files(out_files), truncated, limits, compile_output)
         return decide_outcome(run, language.name, ctx.timeout, extra)
 
@@ -745,8 +752,9 @@ class CodeExecutor:
             )  # fmt: skip
             stats = None
             if cgroup is not None:
-                await asyncio.to_thread(cgroup.kill)
-                stats = cgroup.stats()
+                # One trip to a thread: kill what is left, read the figures, remove the cgroup.
+                stats = await asyncio.to_thread(_kill_measure_remove, cgroup)
+                cgroup = None
         finally:
             if cgroup is not None:
                 await asyncio.to_thread(_kill_and_remove, cgroup)
@@ -826,3 +834,23 @@ def _cpu_watch(cgroup: JobCgroup, cpu_seconds: int) -> Callable[[], str | None]:
 def _kill_and_remove(cgroup: JobCgroup) -> None:
     cgroup.kill()
     cgroup.remove()
+
+
+def _kill_measure_remove(cgroup: JobCgroup) -> CgroupStats:
+    """After the program ended: kill any process it left, then read the job's figures, then
+    remove its cgroup (the figures go with it)."""
+    cgroup.kill()
+    try:
+        return cgroup.stats()
+    finally:
+        cgroup.remove()
+
+
+def _collect_and_remove(
+    job_dir: Path, outputs: Path, owner_uid: int | None
+) -> tuple[dict[str, bytes], bool]:
+    """The files the program left in ``outputs``; then the job dir is removed."""
+    try:
+        return collect_output_files(outputs, owner_uid)
+    finally:
+        remove_job_dir(job_dir)
