@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel
 
 from ._core import Call, RequestSpec, _BaseClient, code_execution_data, text_generation_data
+from ._http11 import AsyncHTTP11Transport, used_for
 from .types import (
     JobStatus,
     LanguageListResponse,
@@ -49,7 +50,10 @@ class DeepExecAsyncClient(_BaseClient):
     ) -> None:
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries)
         self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
+        if http_client is None:
+            transport = AsyncHTTP11Transport() if used_for(self._base_url) else None
+            http_client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._http = http_client
 
     async def __aenter__(self) -> DeepExecAsyncClient:
         return self
