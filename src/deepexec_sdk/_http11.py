@@ -294,7 +294,8 @@ def _transport_error(
             "connect": httpx.ConnectTimeout,
             "write": httpx.WriteTimeout,
         }.get(phase, httpx.ReadTimeout)
-        return kind(f"timed out while {phase}ing", request=request)
+        verb = {"connect": "connecting", "write": "writing"}.get(phase, "reading")
+        return kind(f"timed out {verb}", request=request)
     kind = {"connect": httpx.ConnectError, "write": httpx.WriteError}.get(phase, httpx.ReadError)
     return kind(str(exc) or type(exc).__name__, request=request)
 
