@@ -4,6 +4,7 @@ sandbox layer directly and by a bare ``python3 -c``, interleaved in one run."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -45,11 +46,35 @@ async def rate(fn: Callable[[], Awaitable[object]], total: int, concurrency: int
     return total / (time.perf_counter() - t0)
 
 
+async def sandbox_after(sandbox: BareSandbox, reps: int) -> Table:
+    """One sandbox run timed after each of three things, in turn: another sandbox run, a bare
+    python3 run, 30 ms of nothing. Not a target: it shows how much the state of the machine
+    before a run weighs, which is why benchmark 1 runs every path after the same step."""
+    steps: dict[str, Callable[[], Awaitable[object]]] = {
+        "right after another sandbox run": sandbox.run,
+        "right after a bare python3 run": bare_python,
+        "after 30 ms of nothing": lambda: asyncio.sleep(0.03),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            await step()
+            samples[name].append(await timed(sandbox.run))
+    table = Table("One sandbox run, by what came just before it (ms)", SUMMARY_COLUMNS)
+    for name, values in samples.items():
+        table.add(*summary_row(name, Summary.of(values), 1000))
+    table.notes.append(
+        f"{reps} runs each, in turn. Not a target. On a virtual machine, a run that follows "
+        "a pause or other work can take longer than one that follows another run."
+    )
+    return table
+
+
 async def run(cfg: RunConfig) -> Outcome:
-    """Latency of the three paths (rotating order each repetition), then sandbox runs/s at
+    """Latency of the three paths (each of their 6 orders in turn), then sandbox runs/s at
     concurrency 2 against bare runs/s."""
     out = Outcome(1, f"Trivial python job end to end ({cfg.db_label})", cfg.command(1))
-    reps = cfg.n(80, 5)
+    reps = cfg.n(84, 6)
     sandbox = await BareSandbox().start()
     try:
         with running_server(database_url=cfg.database_url) as server:
@@ -64,11 +89,16 @@ async def run(cfg: RunConfig) -> Outcome:
                 for name in names:  # warm-up: connections, page cache, model of nothing
                     for _ in range(cfg.n(3, 1)):
                         await paths[name]()
+                # How fast a sandbox starts depends on what ran just before it (see the
+                # table below), so every measured run follows the same unmeasured bare run,
+                # and each repetition takes the next of the paths' 6 orders.
+                orders = list(itertools.permutations(names))
                 for i in range(reps):
-                    for k in range(len(names)):
-                        name = names[(i + k) % len(names)]
+                    for name in orders[i % len(orders)]:
+                        await bare_python()
                         samples[name].append(await timed(paths[name]))
                 floor_ms = await asyncio.to_thread(healthz_ms, server.base_url)
+                before = await sandbox_after(sandbox, cfg.n(30, 2))
         sums = {n: Summary.of(v) for n, v in samples.items()}
         sdk, sbx, bare = (sums[n] for n in names)
         table = Table("Latency of one `print(1)` (ms)", [*SUMMARY_COLUMNS, "× sandbox", "× bare"])
@@ -90,11 +120,12 @@ async def run(cfg: RunConfig) -> Outcome:
             "",
         )
         table.notes.append(
-            f"{reps} repetitions per path, interleaved (order rotates each repetition); "
+            f"{reps} repetitions per path, interleaved (each repetition takes the next of the "
+            "6 orders of the 3 paths), each run right after an unmeasured bare python3 run; "
             "server: default slots (code_execution=2). The SDK path makes 2 HTTP requests "
             "(submit, then a held GET ?wait=)."
         )
-        out.tables.append(table)
+        out.tables += [table, before]
 
         total = cfg.n(300, 10)
         rounds = cfg.n(3, 1)
