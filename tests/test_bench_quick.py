@@ -37,8 +37,9 @@ def test_quick_run_of_benchmarks_1_and_3_prints_their_tables(tmp_path: Path) -> 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
     assert "#### Latency of one `print(1)` (ms)" in out
-    assert "| SDK submit→wait (deepexec serve) | 5 |" in out
-    assert "| bare /usr/bin/python3 -c | 5 |" in out
+    assert "| SDK submit→wait (deepexec serve) | 6 |" in out
+    assert "| bare /usr/bin/python3 -c | 6 |" in out
+    assert "| right after another sandbox run | 2 |" in out
     assert "#### From the job's finished_at to the wait's return (ms)" in out
     assert "Reproduce: `.venv/bin/python -m bench --only 1 --quick`" in out
     assert "(FAILED)" not in out
