@@ -843,9 +843,25 @@ async def test_sqlite_wal_stays_bounded_under_a_stream_of_job_writes(tmp_path: P
     finally:
         await store.close()
     # 4,500 writes of ≈4 KB rows: with no checkpoint the WAL holds every page written,
-    # ≈ 85 MB; with one every CHECKPOINT_EVERY writes it stays near 5 MB.
+    # ≈ 85 MB; with one every CHECKPOINT_PAGES pages it stays near 5 MB.
     assert db > 5_000_000
     assert wal < 12_000_000, f"WAL {wal} bytes, database {db} bytes"
+
+
+async def test_sqlite_wal_stays_bounded_under_large_submits(tmp_path: Path) -> None:
+    # Large rows are few writes but many pages: the WAL must not wait for a count of writes.
+    path = tmp_path / "data" / "x.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        for i in range(60):
+            await store.create_job(new(f"j{i}", data={"code": "x" * 1_000_000}), at(i))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        wal = path.with_name(path.name + "-wal").stat().st_size
+    finally:
+        await store.close()
+    assert wal < 12_000_000, f"WAL {wal} bytes after 60 MB of submits"
 
 
 def test_sqlite_commits_survive_an_abrupt_process_exit(tmp_path: Path) -> None:

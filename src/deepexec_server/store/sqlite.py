@@ -129,8 +129,12 @@ def _fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> sql
 
 #: How long a loop-thread read waits for a lock before it hands over to the writer thread.
 READER_BUSY_TIMEOUT_MS = 20
-#: Writes on the loop's connection between two checkpoints (run on the writer thread).
-CHECKPOINT_EVERY = 256
+#: A write carrying more than this many bytes goes to the writer thread, loop or not:
+#: copying megabytes (a 2 MB submit, a 16 MB result) would hold the loop for milliseconds.
+LOOP_WRITE_MAX_BYTES = 64 * 1024
+#: WAL pages the loop's connection writes between two checkpoints (an estimate: a few pages
+#: per row plus one per 4 KiB of its text); SQLite's own autocheckpoint default is 1000.
+CHECKPOINT_PAGES = 1000
 
 
 def _read_only_connection(path: Path) -> sqlite3.Connection:
@@ -161,6 +165,16 @@ def _loop_writer_connection(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _job_values(job: Job) -> list[Any]:
+    """A job's column values, in ``_INSERT_JOB``'s order."""
+    return list(to_db(job_to_fields(job)).values())
+
+
+def _size(values: Sequence[Any]) -> int:
+    """Bytes of text and blobs among a statement's parameters."""
+    return sum(len(v) for v in values if isinstance(v, str | bytes))
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -203,10 +217,10 @@ class SQLiteStore:
         #: finish) on the loop's thread: the hop to the writer thread and back costs more
         #: than such a write (≈50 µs in WAL mode with synchronous=NORMAL). It never waits:
         #: when another connection holds the write lock, the write goes to the writer thread,
-        #: which does. It never checkpoints either: every ``CHECKPOINT_EVERY`` of its writes,
-        #: the writer thread does, and writes go there until it is done.
+        #: which does. It never checkpoints either: after about ``CHECKPOINT_PAGES`` pages of
+        #: its writes the writer thread does, and writes go there until it is done.
         self._loop_writer: sqlite3.Connection | None = None
-        self._loop_writes = 0
+        self._loop_pages = 0
         self._checkpoint: asyncio.Task[None] | None = None
         self._inserts = GroupCommit(self._insert_many, self._insert_one)
 
@@ -260,13 +274,17 @@ class SQLiteStore:
             if c is not None:
                 c.close()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a short write on the loop's thread, or on the writer thread when the loop's
-        connection is missing or another connection holds the write lock. ``fn`` must leave
-        nothing behind when SQLite refuses it for a lock (one statement, or its own
-        ``BEGIN IMMEDIATE`` transaction)."""
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], size: int = 0) -> T:
+        """Run a short write of ``size`` bytes of data on the loop's thread; on the writer
+        thread when it is larger than ``LOOP_WRITE_MAX_BYTES``, when a checkpoint runs, or
+        when another connection holds the write lock. ``fn`` must leave nothing behind when
+        SQLite refuses it for a lock (one statement, or its own ``BEGIN IMMEDIATE``)."""
         conn = self._loop_writer
-        if conn is None or (self._checkpoint is not None and not self._checkpoint.done()):
+        if (
+            conn is None
+            or size > LOOP_WRITE_MAX_BYTES
+            or (self._checkpoint is not None and not self._checkpoint.done())
+        ):
             # While the writer thread checkpoints, writes queue behind it there: a checkpoint
             # that writes keep overtaking never catches up, and the WAL would only grow.
             return await self._run(fn)
@@ -276,11 +294,9 @@ class SQLiteStore:
             if not _is_busy(exc):
                 raise
             return await self._run(fn)
-        self._loop_writes += 1
-        if self._loop_writes >= CHECKPOINT_EVERY and (
-            self._checkpoint is None or self._checkpoint.done()
-        ):
-            self._loop_writes = 0
+        self._loop_pages += 4 + size // 4096
+        if self._loop_pages >= CHECKPOINT_PAGES:
+            self._loop_pages = 0
             self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint())
         return result
 
@@ -383,9 +399,9 @@ class SQLiteStore:
         return job_from_fields(from_db(existing)), False
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, job: Job) -> sqlite3.Row | None:
+    def _insert(conn: sqlite3.Connection, job: Job, values: list[Any]) -> sqlite3.Row | None:
         """Insert ``job``; None, or the job that already holds its idempotency key."""
-        if conn.execute(_INSERT_JOB, list(to_db(job_to_fields(job)).values())).rowcount == 1:
+        if conn.execute(_INSERT_JOB, values).rowcount == 1:
             return None
         return _fetch_one(
             conn,
@@ -394,20 +410,23 @@ class SQLiteStore:
         )
 
     async def _insert_one(self, job: Job) -> sqlite3.Row | None:
-        return await self._write(lambda conn: self._insert(conn, job))
+        values = _job_values(job)
+        return await self._write(lambda conn: self._insert(conn, job, values), _size(values))
 
     async def _insert_many(self, jobs: Sequence[Job]) -> list[sqlite3.Row | None]:
+        values = [_job_values(job) for job in jobs]
+
         def op(conn: sqlite3.Connection) -> list[sqlite3.Row | None]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                rows = [self._insert(conn, job) for job in jobs]
+                rows = [self._insert(conn, job, v) for job, v in zip(jobs, values, strict=True)]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             return rows
 
-        return await self._write(op)
+        return await self._write(op, sum(_size(v) for v in values))
 
     async def get_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         """See ``Store.get_job``."""
@@ -572,7 +591,8 @@ class SQLiteStore:
         if owner is not None:
             where_sql, where_params = where_sql + " AND lease_owner = ?", [job_id, owner]
         rows = await self._write(
-            lambda conn: self._update(conn, "jobs", set_sql, set_params, where_sql, where_params)
+            lambda conn: self._update(conn, "jobs", set_sql, set_params, where_sql, where_params),
+            _size(set_params),
         )
         return job_from_fields(from_db(rows[0])) if rows else None
 
