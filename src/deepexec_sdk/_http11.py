@@ -386,6 +386,7 @@ class AsyncHTTP11Transport(httpx.AsyncBaseTransport):
     def __init__(self, other: httpx.AsyncBaseTransport | None = None) -> None:
         self._other = other
         self._idle: dict[tuple[str, int], list[_AsyncConnection]] = {}
+        self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "http":
@@ -442,13 +443,14 @@ class AsyncHTTP11Transport(httpx.AsyncBaseTransport):
 
     def _release(self, conn: _AsyncConnection, reusable: bool) -> None:
         idle = self._idle.setdefault(conn.origin, [])
-        if reusable and len(idle) < MAX_IDLE and not conn.writer.is_closing():
+        if reusable and not self._closed and len(idle) < MAX_IDLE and not conn.writer.is_closing():
             conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
             conn.close()
 
     async def aclose(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:
@@ -458,6 +460,17 @@ class AsyncHTTP11Transport(httpx.AsyncBaseTransport):
 
 
 # --- blocking sockets --------------------------------------------------------------------------
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has bytes or EOF to read now. ``poll`` where there is one: ``select``
+    refuses file descriptors over 1023."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 class _SyncConnection:
@@ -470,8 +483,7 @@ class _SyncConnection:
         if now - self.idle_since >= KEEPALIVE_EXPIRY:
             return False
         # Readable while idle means the server closed it (or sent bytes nobody asked for).
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return not readable
+        return not _readable(self.sock)
 
     def write(self, data: bytes, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
@@ -528,6 +540,7 @@ class HTTP11Transport(httpx.BaseTransport):
         self._other = other
         self._idle: dict[tuple[str, int], list[_SyncConnection]] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "http":
@@ -585,7 +598,7 @@ class HTTP11Transport(httpx.BaseTransport):
         if reusable:
             with self._lock:
                 idle = self._idle.setdefault(conn.origin, [])
-                if len(idle) < MAX_IDLE:
+                if not self._closed and len(idle) < MAX_IDLE:
                     conn.idle_since = time.monotonic()
                     idle.append(conn)
                     return
@@ -593,6 +606,7 @@ class HTTP11Transport(httpx.BaseTransport):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:

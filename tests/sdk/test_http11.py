@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import resource
 import socket
 import threading
 import time
@@ -341,6 +343,24 @@ def test_a_silent_server_is_a_read_timeout(kind: str) -> None:
         took = time.monotonic() - t0
     assert isinstance(out, httpx.ReadTimeout)
     assert took < 0.9
+
+
+def test_connections_are_reused_in_a_process_with_over_1024_open_files() -> None:
+    # select() refuses descriptors over 1023; checking an idle connection must not need it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with RawServer([answer(b'{"n": 1}'), answer(b'{"n": 2}')]) as srv:
+            out = get_all("sync", srv.url, [GET, GET])
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert out == [{"n": 1}, {"n": 2}] and srv.connections == 1
 
 
 def test_nobody_listening_is_a_connect_error(kind: str) -> None:
