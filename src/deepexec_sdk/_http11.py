@@ -108,6 +108,13 @@ class ResponseReader:
         """The server closed the connection."""
         self._eof = True
 
+    def receive(self, data: bytes) -> None:
+        """What one read of the connection returned: bytes, or b"" when it ended."""
+        if data:
+            self.feed(data)
+        else:
+            self.feed_eof()
+
     @property
     def reusable(self) -> bool:
         """The whole response was read and the connection may carry another request."""
@@ -336,10 +343,7 @@ class _AsyncConnection:
         while (event := parser.next_event()) is NEED_DATA:
             async with asyncio.timeout(timeout):
                 data = await self.reader.read(READ_SIZE)
-            if data:
-                parser.feed(data)
-            else:
-                parser.feed_eof()
+            parser.receive(data)
         return event
 
     def close(self) -> None:
@@ -493,10 +497,7 @@ class _SyncConnection:
         while (event := parser.next_event()) is NEED_DATA:
             self.sock.settimeout(timeout)
             data = self.sock.recv(READ_SIZE)
-            if data:
-                parser.feed(data)
-            else:
-                parser.feed_eof()
+            parser.receive(data)
         return event
 
     def close(self) -> None:
