@@ -271,6 +271,52 @@ attempt('netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW))
         udp.close()
 
 
+#: Socket families a program tries to open: (name, family, type). AF_VSOCK reaches the
+#: hypervisor's services on a VM host; the others are kernel attack surface a job has no use for.
+FAMILIES_TRIED = [
+    ("unix", "socket.AF_UNIX", "SOCK_STREAM"), ("inet", "socket.AF_INET", "SOCK_DGRAM"),
+    ("inet6", "socket.AF_INET6", "SOCK_DGRAM"), ("vsock", "socket.AF_VSOCK", "SOCK_STREAM"),
+    ("netlink", "socket.AF_NETLINK", "SOCK_RAW"), ("packet", "socket.AF_PACKET", "SOCK_RAW"),
+    ("alg", "socket.AF_ALG", "SOCK_SEQPACKET"), ("key", "15", "SOCK_RAW"),
+    ("unused_family_43", "43", "SOCK_DGRAM"), ("beyond_af_max", "200", "SOCK_DGRAM"),
+    ("upper_bits_vsock", "(1 << 32) | socket.AF_VSOCK", "SOCK_STREAM"),
+]  # fmt: skip
+#: The raw syscall, so the family reaches the kernel as a full 64-bit register value (libc's
+#: socket() would cut it to the 32 bits the kernel reads).
+FAMILY_PROBE = (
+    "import ctypes, os, socket\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "NR = {'x86_64': 41, 'aarch64': 198}[os.uname().machine]\n"
+) + "".join(
+    f"fd = libc.syscall(NR, ctypes.c_long({family}), ctypes.c_long(socket.{kind}), 0)\n"
+    f"print('{name}', 'OK' if fd >= 0 else f'errno {{ctypes.get_errno()}}')\n"
+    for name, family, kind in FAMILIES_TRIED
+)
+
+
+async def test_only_unix_sockets_without_network_and_inet_too_with_it(
+    executor: CodeExecutor, tmp_path: Path
+) -> None:
+    out = stdout(await run(executor, {"code": FAMILY_PROBE}))
+    found = dict(line.split(" ", 1) for line in out.splitlines())
+    assert found == {name: ("OK" if name == "unix" else "errno 1") for name, _, _ in FAMILIES_TRIED}
+
+    settings = Settings(
+        data_dir=tmp_path / "net-data",
+        credentials_file=tmp_path / "net-cred" / "credentials.json",
+        allow_network=True,
+    )
+    networked = CodeExecutor(settings)
+    await networked.start()
+    try:
+        out = stdout(await run(networked, {"code": FAMILY_PROBE}))
+    finally:
+        await networked.close()
+    found = dict(line.split(" ", 1) for line in out.splitlines())
+    allowed = {"unix", "inet", "inet6"}
+    assert found == {name: ("OK" if name in allowed else "errno 1") for name, _, _ in FAMILIES_TRIED}
+
+
 # --- filesystem and secrets -------------------------------------------------------------------
 
 

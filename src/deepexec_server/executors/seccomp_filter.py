@@ -1,5 +1,5 @@
-"""The seccomp filter given to every sandbox: escape-prone syscalls and network sockets fail
-with EPERM (notes/sandbox.md §5.2).
+"""The seccomp filter given to every sandbox: escape-prone syscalls, and sockets of any family
+but the allowed ones, fail with EPERM (docs/sandbox.md).
 
 Compiled once per process with libseccomp (``pyseccomp``, ctypes over ``libseccomp.so.2``) to
 classic BPF; each run gets the bytes on a fresh pipe whose read end is passed to
@@ -27,10 +27,17 @@ DENIED_SYSCALLS: tuple[str, ...] = (
     # The new mount API.
     "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
 )  # fmt: skip
-#: Socket families refused unless the job may use the network.
-NETWORK_FAMILIES: tuple[int, ...] = (
-    socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET,
-)  # fmt: skip
+#: The only socket families a sandboxed program may create: AF_UNIX always, plus IPv4 and IPv6
+#: when the job may use the network. Everything else (netlink, packet, vsock, which reaches the
+#: hypervisor on a VM host, bluetooth, alg, ...) is refused: an allow-list, so a family a newer
+#: kernel adds is refused too.
+LOCAL_FAMILIES: tuple[int, ...] = (socket.AF_UNIX,)
+NETWORK_FAMILIES: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+#: Families below this are refused one by one; any value from it up (a family no kernel has yet,
+#: or one with bits set above the 32 the kernel reads) by one range rule. libseccomp refuses two
+#: comparisons of one argument in one rule, so "not AF_UNIX and not AF_INET" has to be spelled
+#: this way.
+FAMILY_BOUND = 64
 
 _lock = threading.Lock()
 _compiled: dict[bool, bytes] = {}
@@ -57,12 +64,20 @@ def compile_filter(allow_network: bool) -> bytes:
                 flt.add_rule(deny, name)
             except (RuntimeError, ValueError, OSError):
                 continue  # a syscall this kernel/arch does not have
-        if not allow_network:
-            for family in NETWORK_FAMILIES:
-                flt.add_rule(deny, "socket", seccomp.Arg(0, seccomp.EQ, family))
+        allowed = socket_families(allow_network)
+        for call in ("socket", "socketpair"):
+            for family in range(FAMILY_BOUND):
+                if family not in allowed:
+                    flt.add_rule(deny, call, seccomp.Arg(0, seccomp.EQ, family))
+            flt.add_rule(deny, call, seccomp.Arg(0, seccomp.GE, FAMILY_BOUND))
         data = _export(flt)
         _compiled[allow_network] = data
         return data
+
+
+def socket_families(allow_network: bool) -> frozenset[int]:
+    """The socket families a program may create."""
+    return frozenset(LOCAL_FAMILIES + (NETWORK_FAMILIES if allow_network else ()))
 
 
 def _export(flt: object) -> bytes:
