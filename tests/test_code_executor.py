@@ -379,7 +379,7 @@ for p in ['/usr/evil', '/etc/evil', '/evil']:
 open('/home/sandbox/ok.txt', 'w').write('fine'); print('work dir ok')
 open('/tmp/t.txt', 'w').write('fine'); print('tmp ok')
 print('data visible', os.path.exists({str(data_dir / "deepexec.db")!r}))
-print('root listing', os.listdir('/root'))
+print('root visible', os.path.exists('/root'))
 """
     outcome, _ = await run(executor, {"code": code})
     assert outcome.result is not None
@@ -388,7 +388,7 @@ print('root listing', os.listdir('/root'))
     assert out.count("denied") == 3
     assert "work dir ok" in out and "tmp ok" in out
     assert "data visible False" in out
-    assert "root listing []" in out
+    assert "root visible False" in out
 
 
 async def test_work_dir_is_removed_after_the_job(executor: CodeExecutor) -> None:

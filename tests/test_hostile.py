@@ -314,7 +314,9 @@ async def test_only_unix_sockets_without_network_and_inet_too_with_it(
         await networked.close()
     found = dict(line.split(" ", 1) for line in out.splitlines())
     allowed = {"unix", "inet", "inet6"}
-    assert found == {name: ("OK" if name in allowed else "errno 1") for name, _, _ in FAMILIES_TRIED}
+    assert found == {
+        name: ("OK" if name in allowed else "errno 1") for name, _, _ in FAMILIES_TRIED
+    }
 
 
 # --- filesystem and secrets -------------------------------------------------------------------
@@ -348,6 +350,33 @@ open('ok.txt', 'w').write('fine'); print('workdir ok')
     assert secret not in out
     assert "DEEPEXEC_HOSTILE_SECRET" not in out
     assert "workdir ok" in out
+
+
+async def test_the_host_trees_other_jobs_and_the_cgroup_hierarchy_are_out_of_sight(
+    executor: CodeExecutor,
+) -> None:
+    # A neighbour job holds a cgroup and a work dir while the probe looks around.
+    neighbour = asyncio.create_task(run(executor, {"code": "import time; time.sleep(3)"}))
+    deadline = time.monotonic() + 5
+    while not our_job_cgroups(executor) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert our_job_cgroups(executor), "the neighbour job never started"
+    source_tree = Path(__file__).resolve().parents[1]
+    code = f"""
+import os
+for path in ['/sys', '/sys/fs/cgroup', '/var/lib', '/opt', '/root', '/srv', '/mnt', '/run',
+             {str(source_tree)!r}, {str(executor._work_root)!r}, '/proc/1/root/sys']:
+    print('EXISTS' if os.path.exists(path) else 'absent', path)
+print('cgroup', open('/proc/self/cgroup').read().count('deepexec'))
+print('python', os.path.exists('/usr/bin/python3'), 'etc', os.path.exists('/etc/passwd'))
+"""
+    out = stdout(await run(executor, {"code": code}))
+    await neighbour
+    assert "EXISTS" not in out, out
+    assert out.count("absent") == 11
+    assert "python True etc True" in out
+    # Its own cgroup namespace: the job's cgroup is its root, named nowhere.
+    assert "cgroup 0" in out
 
 
 async def test_escape_syscalls_fail_with_eperm(executor: CodeExecutor) -> None:

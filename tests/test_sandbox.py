@@ -41,6 +41,7 @@ from deepexec_server.executors.sandbox import (
     parse_child_pid,
     sandbox_env,
     sweep_stale_job_dirs,
+    system_mounts,
 )
 from deepexec_server.settings import Settings
 
@@ -211,24 +212,40 @@ def test_unavailable_message_says_how_to_fix() -> None:
 
 
 def test_bwrap_argv_isolates_and_runs_the_command_last() -> None:
+    system = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin"]
     argv = bwrap_argv(
-        "/usr/bin/bwrap", job_dir="/w/j1", masks=["/tmp", "/srv/data"],
+        "/usr/bin/bwrap", job_dir="/w/j1", system=system, masks=["/tmp", "/etc/data"],
         env={"PATH": "/usr/bin", "A": "b"}, command=["/usr/bin/python3", "main.py"],
         status_fd=7,
     )  # fmt: skip
     joined = " ".join(argv)
     for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                 "--new-session", "--clearenv", "--ro-bind / /", "--proc /proc", "--dev /dev",
-                 "--json-status-fd 7", "--hostname sandbox"):  # fmt: skip
+                 "--new-session", "--clearenv", "--ro-bind /usr /usr --symlink usr/bin /bin",
+                 "--proc /proc", "--dev /dev", "--json-status-fd 7",
+                 "--hostname sandbox"):  # fmt: skip
         assert flag in joined
+    assert "--ro-bind / /" not in joined and "/sys" not in argv
     assert "--share-net" not in argv
     assert f"--bind /w/j1 {SANDBOX_HOME}" in joined and f"--chdir {SANDBOX_HOME}" in joined
-    assert "--tmpfs /tmp" in joined and "--tmpfs /srv/data" in joined
+    assert "--tmpfs /tmp" in joined and "--tmpfs /etc/data" in joined
+    # The masks cover parts of the system trees, so they are mounted after them.
+    assert argv.index("/etc/data") > argv.index("/usr")
     # --clearenv comes before the variables it would otherwise wipe.
     assert argv.index("--clearenv") < argv.index("--setenv")
     assert argv[-3:] == ["--", "/usr/bin/python3", "main.py"]
-    with_net = bwrap_argv("/b", job_dir="/j", masks=[], env={}, command=["x"], share_net=True)
+    with_net = bwrap_argv(
+        "/b", job_dir="/j", system=[], masks=[], env={}, command=["x"], share_net=True
+    )
     assert "--share-net" in with_net
+
+
+def test_system_mounts_bind_directories_and_keep_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    (tmp_path / "bin").symlink_to("usr/bin")
+    trees = [str(tmp_path / name) for name in ("usr", "bin", "missing")]
+    assert system_mounts(trees) == [
+        "--ro-bind", trees[0], trees[0], "--symlink", "usr/bin", trees[1],
+    ]  # fmt: skip
 
 
 def _launch(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -296,12 +313,14 @@ def test_env_name_problem(name: str, reserved: bool) -> None:
     assert (env_name_problem(name) is not None) is reserved
 
 
-def test_masked_dirs_add_existing_service_dirs_once(tmp_path: Path) -> None:
-    srv = Path("/var/lib")  # exists, not under a scratch dir
-    masks = masked_dirs([tmp_path, srv, "/nonexistent/dir", "/"])
-    assert masks[:8] == ["/tmp", "/var/tmp", "/run", "/home", "/root", "/srv", "/mnt", "/media"]
-    assert str(tmp_path) not in masks  # already under /tmp
-    assert masks.count("/var/lib") == 1 and "/nonexistent/dir" not in masks and "/" not in masks
+def test_masked_dirs_cover_service_dirs_only_inside_the_visible_trees(tmp_path: Path) -> None:
+    # /usr/share lies inside a visible tree; /var/lib is not shown at all; tmp_path is under
+    # the scratch /tmp, which is covered already.
+    masks = masked_dirs(
+        ["/usr/share", "/usr/share/.", "/var/lib", tmp_path, "/nonexistent/dir", "/"],
+        visible=["/usr", "/etc"],
+    )
+    assert masks == ["/tmp", "/var/tmp", "/home", "/usr/share"]
 
 
 def test_parse_child_pid() -> None:
@@ -452,7 +471,13 @@ def test_cgroup_keyed_files_and_job_names() -> None:
 
 def test_bwrap_argv_passes_the_seccomp_fd_before_the_command() -> None:
     argv = bwrap_argv(
-        "/usr/bin/bwrap", job_dir="/w", masks=[], env={}, command=["/bin/true"], seccomp_fd=7
+        "/usr/bin/bwrap",
+        job_dir="/w",
+        system=[],
+        masks=[],
+        env={},
+        command=["/bin/true"],
+        seccomp_fd=7,
     )
     assert argv[argv.index("--seccomp") + 1] == "7"
     assert argv.index("--seccomp") < argv.index("--")

@@ -70,6 +70,7 @@ from .sandbox import (
     run_program,
     sandbox_env,
     sweep_stale_job_dirs,
+    system_mounts,
     write_job_file,
 )
 from .seccomp_filter import SeccompUnavailable, compile_filter, filter_pipe
@@ -539,6 +540,7 @@ class CodeExecutor:
         self._bwrap: str | None = None
         self._work_root: Path | None = None
         self._masks: list[str] = []
+        self._system: list[str] = []
         self._cgroups: CgroupHost | None = None
         self._seccomp: bytes | None = None
 
@@ -610,6 +612,7 @@ class CodeExecutor:
             log.error("code jobs will be refused: %s", unavailable_message(self._problem))
         cred_dir = Path(self.settings.credentials_file).parent
         self._masks = masked_dirs([self.settings.data_dir, cred_dir, self._work_root or "/"])
+        self._system = system_mounts()
 
     async def close(self) -> None:
         """Nothing to release: every run cleans up after itself."""
@@ -786,6 +789,7 @@ class CodeExecutor:
                 argv = bwrap_argv(
                     self._bwrap,
                     job_dir=str(job_dir),
+                    system=self._system,
                     masks=self._masks,
                     env=env,
                     command=command,

@@ -23,6 +23,7 @@ from .sandbox import (
     read_available,
     reap_sandbox_init_blocking,
     resolve_run_as,
+    system_mounts,
 )
 
 #: Mechanism names, in the order the lines are produced.
@@ -77,7 +78,7 @@ def namespace_test_argv(bwrap: str, status_fd: int) -> list[str]:
     return [
         bwrap, "--json-status-fd", str(status_fd), "--unshare-all", "--unshare-user",
         "--disable-userns", "--die-with-parent",
-        "--new-session", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+        "--new-session", *system_mounts(), "--dev", "/dev", "--proc", "/proc",
         "--", "/bin/true",
     ]  # fmt: skip
 

@@ -7,7 +7,8 @@ Process model (see notes/sandbox.md §5)::
           ─exec─▶ setpriv (drop to the sandbox uid, no groups)
           ─exec─▶ bwrap, host uid = the sandbox user
                └─ bwrap init: pid 1 of a new pid namespace (--die-with-parent)
-                    └─ python3 / node / bash main.* (no capabilities, empty netns, read-only /)
+                    └─ python3 / node / bash main.* (no capabilities, empty netns, only the
+                       read-only system trees of the host: /usr, /etc; no /sys)
 
 The uid drop happens before bwrap runs: bwrap started as root keeps host uid 0 and can read
 ``/etc/shadow`` even with ``--uid``. util-linux ``setpriv`` does it, so the server spawns with
@@ -67,11 +68,18 @@ log = logging.getLogger("deepexec_server.sandbox")
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Where the job's work dir appears inside the sandbox (also its HOME and cwd).
 SANDBOX_HOME = "/home/sandbox"
-#: Host scratch and home directories hidden behind an empty tmpfs in every sandbox.
-SCRATCH_DIRS: tuple[str, ...] = (
-    "/tmp", "/var/tmp", "/run", "/home", "/root", "/srv", "/mnt", "/media",  # noqa: S108
+#: The host trees a sandbox sees, read-only: the system and its toolchains (every interpreter
+#: and compiler is found under /usr/bin, see languages.SYSTEM_BIN_DIRS, and resolves into /usr
+#: or, through /etc/alternatives, /etc). Nothing else of the host: not /sys (the cgroup
+#: hierarchy with every other job's name and figures, the host's devices), not /var, /opt,
+#: /root, /srv or wherever the server and its source live. Missing ones are skipped; on a
+#: merged-/usr host /bin, /sbin and /lib* are symlinks and stay symlinks.
+SYSTEM_TREES: tuple[str, ...] = (
+    "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 )  # fmt: skip
-#: Size of each masking tmpfs: the sandbox's private /tmp is one of them.
+#: Empty, writable, size-capped tmpfs dirs every sandbox gets (/home holds the work dir).
+SCRATCH_DIRS: tuple[str, ...] = ("/tmp", "/var/tmp", "/home")  # noqa: S108
+#: Size of each scratch tmpfs: the sandbox's private /tmp is one of them.
 TMPFS_SIZE = 64 * 1024 * 1024
 #: Environment variable names a job may not set (they steer the loader or the sandbox).
 RESERVED_ENV_NAMES = frozenset({"PATH", "HOME"})
@@ -243,25 +251,47 @@ def sandbox_env(home: str, user_env: Mapping[str, str], progress_fd: int | None)
     return env
 
 
-def masked_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
-    """Directories to cover with an empty tmpfs: the scratch dirs, then ``extra`` (the server's
-    data, credentials and work dirs) unless already inside one of those or missing on the host
-    (a bwrap mount target must exist on the read-only root)."""
+def system_mounts(trees: Iterable[str] = SYSTEM_TREES) -> list[str]:
+    """bwrap arguments that rebuild the host's system trees, read-only, in the sandbox's empty
+    root: a symlink stays a symlink (``/bin -> usr/bin``), a directory is bound."""
+    argv: list[str] = []
+    for path in trees:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    return argv
+
+
+def masked_dirs(
+    extra: Iterable[str | os.PathLike[str]] = (), visible: Iterable[str] = SYSTEM_TREES
+) -> list[str]:
+    """The scratch dirs, then those of ``extra`` (the server's data, credentials and work dirs)
+    that the sandbox would otherwise see because they lie inside a ``visible`` tree: each is
+    covered with an empty tmpfs. Missing dirs are skipped (a bwrap mount target must exist)."""
+    shown = [os.path.realpath(v) for v in visible if os.path.isdir(v) and not os.path.islink(v)]
     out = list(SCRATCH_DIRS)
     for item in extra:
         path = os.path.realpath(os.fspath(item))
         if path == "/" or not os.path.isdir(path):
             continue
-        if any(path == m or path.startswith(m.rstrip("/") + "/") for m in out):
+        if not any(_inside(path, tree) for tree in shown):
+            continue
+        if any(_inside(path, m) for m in out):
             continue
         out.append(path)
     return out
+
+
+def _inside(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
 def bwrap_argv(
     bwrap: str,
     *,
     job_dir: str,
+    system: Sequence[str],
     masks: Sequence[str],
     env: Mapping[str, str],
     command: Sequence[str],
@@ -269,7 +299,9 @@ def bwrap_argv(
     share_net: bool = False,
     seccomp_fd: int | None = None,
 ) -> list[str]:
-    """The bubblewrap command line for one run (see module docstring)."""
+    """The bubblewrap command line for one run (see module docstring): an empty root holding
+    ``system`` (``system_mounts``), a fresh /dev and /proc, the scratch tmpfs dirs and ``masks``,
+    and the job dir as the home and working directory."""
     argv = [
         bwrap,
         "--unshare-all",
@@ -287,12 +319,15 @@ def bwrap_argv(
         argv += ["--json-status-fd", str(status_fd)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
-    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    argv += system
+    argv += ["--dev", "/dev", "--proc", "/proc"]
     for path in masks:
         argv += ["--size", str(TMPFS_SIZE), "--tmpfs", path]
     argv += [
         # /home is a tmpfs by now, so the mount target can be created.
         "--bind", job_dir, SANDBOX_HOME,
+        # The root is bwrap's own tmpfs, holding only the mount points: read-only too.
+        "--remount-ro", "/",
         "--chdir", SANDBOX_HOME,
         "--hostname", "sandbox",
         "--clearenv",
