@@ -14,7 +14,6 @@ import httpx
 from pydantic import BaseModel
 
 from ._core import Call, RequestSpec, _BaseClient, code_execution_data, text_generation_data
-from ._http11 import AsyncHTTP11Transport, used_for
 from .types import (
     JobStatus,
     LanguageListResponse,
@@ -51,8 +50,7 @@ class DeepExecAsyncClient(_BaseClient):
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries)
         self._owns_http = http_client is None
         if http_client is None:
-            transport = AsyncHTTP11Transport() if used_for(self._base_url) else None
-            http_client = httpx.AsyncClient(timeout=timeout, transport=transport)
+            http_client = httpx.AsyncClient(timeout=timeout)
         self._http = http_client
 
     async def __aenter__(self) -> DeepExecAsyncClient:

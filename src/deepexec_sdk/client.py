@@ -13,7 +13,6 @@ import httpx
 from pydantic import BaseModel
 
 from ._core import Call, RequestSpec, _BaseClient, code_execution_data, text_generation_data
-from ._http11 import HTTP11Transport, used_for
 from .types import (
     JobStatus,
     LanguageListResponse,
@@ -50,8 +49,7 @@ class DeepExecClient(_BaseClient):
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries)
         self._owns_http = http_client is None
         if http_client is None:
-            transport = HTTP11Transport() if used_for(self._base_url) else None
-            http_client = httpx.Client(timeout=timeout, transport=transport)
+            http_client = httpx.Client(timeout=timeout)
         self._http = http_client
 
     def __enter__(self) -> DeepExecClient:
