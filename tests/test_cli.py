@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 
@@ -80,6 +81,10 @@ def test_submit_a_file_by_suffix(server: ServerProcess, tmp_path: object) -> Non
     script.write_text("console.log('hello from ' + 'node')\n")
     res = server.cli("submit", "--wait", str(script))
     assert "hello from node" in res.stdout
+    if shutil.which("gcc") is not None:
+        program = Path(str(tmp_path)) / "hello.c"
+        program.write_text('#include <stdio.h>\nint main(void) { puts("hello from c"); }\n')
+        assert "hello from c" in server.cli("submit", "--wait", str(program)).stdout
 
 
 def test_unknown_job_gives_a_clear_error(server: ServerProcess) -> None:

@@ -58,8 +58,11 @@ def job(
     )
 
 
+OFFER = tools.HostOffer(languages=("python", "c", "go"), models=("m1",), max_timeout=900)
+
+
 def test_every_tool_has_a_description_and_an_object_schema() -> None:
-    defs = {t.name: t for t in tools.tool_definitions(legacy_tasks=False)}
+    defs = {t.name: t for t in tools.tool_definitions(legacy_tasks=False, offer=OFFER)}
     assert set(defs) == {
         "execute_code",
         "generate_text",
@@ -74,18 +77,27 @@ def test_every_tool_has_a_description_and_an_object_schema() -> None:
         assert tool.input_schema["type"] == "object"
         assert tool.execution is None
     assert defs["execute_code"].input_schema["required"] == ["code"]
-    assert defs["execute_code"].input_schema["properties"]["language"]["enum"] == [
-        "python",
-        "javascript",
-        "bash",
-    ]
     assert defs["wait_job"].input_schema["required"] == ["job_id"]
+
+
+def test_schemas_carry_the_hosts_languages_models_and_longest_timeout() -> None:
+    defs = {t.name: t for t in tools.tool_definitions(legacy_tasks=False, offer=OFFER)}
+    execute = defs["execute_code"]
+    assert execute.input_schema["properties"]["language"]["enum"] == ["python", "c", "go"]
+    assert execute.description is not None and "python, c, go" in execute.description
+    assert defs["generate_text"].description is not None
+    assert "m1" in defs["generate_text"].description
+    for name in ("execute_code", "generate_text", "submit_job"):
+        assert defs[name].input_schema["properties"]["timeout"]["maximum"] == 900
+    unknown = tools.HostOffer(languages=("python",))
+    for tool in tools.tool_definitions(legacy_tasks=False, offer=unknown):
+        assert "maximum" not in tool.input_schema["properties"].get("timeout", {})
 
 
 def test_legacy_listing_offers_tasks_on_run_tools_only() -> None:
     support = {
         t.name: t.execution.task_support if t.execution else None
-        for t in tools.tool_definitions(legacy_tasks=True)
+        for t in tools.tool_definitions(legacy_tasks=True, offer=OFFER)
     }
     assert support["execute_code"] == support["generate_text"] == "optional"
     assert support["get_job"] is None
@@ -111,7 +123,9 @@ def test_generate_text_arguments_become_a_text_job_without_unset_fields() -> Non
     ("arguments", "named"),
     [
         ({}, "code"),
-        ({"code": "x", "language": "cobol"}, "language"),
+        # An unknown language is the server's to refuse (its languages are the host's):
+        # test_invalid_arguments_are_an_error_result.
+        ({"code": "x", "language": 3}, "language"),
         ({"code": "x", "timeout": 0}, "timeout"),
         ({"code": "x", "shell": True}, "shell"),
     ],
@@ -436,6 +450,53 @@ async def test_nonzero_exit_is_an_error_result_with_stderr(
     assert result.structured_content is not None
     assert result.structured_content["exit_code"] == 4
     assert result.structured_content["stderr"] == "it broke\n"
+
+
+C_PROGRAM = '#include <stdio.h>\nint main(void) { printf("c says %d\\n", 6 * 7); return 0; }\n'
+GO_PROGRAM = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("go says", 6*7) }\n'
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_execute_code_offers_every_host_language_and_runs_c_and_go(
+    server: ServerProcess, transport: Transport
+) -> None:
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    listed = httpx.get(f"{server.base_url}/v1/languages", headers=headers, timeout=10).json()
+    host = [lang["name"] for lang in listed["languages"]]
+    if not {"c", "go"} <= set(host):
+        pytest.skip(f"this host lacks a C or Go toolchain: {host}")
+    async with connect(server, transport) as client:
+        execute = next(t for t in (await client.list_tools()).tools if t.name == "execute_code")
+        assert execute.input_schema["properties"]["language"]["enum"] == host
+        c = await client.call_tool("execute_code", {"code": C_PROGRAM, "language": "c"})
+        go = await client.call_tool(
+            "execute_code", {"code": GO_PROGRAM, "language": "go", "timeout": 120}
+        )
+    assert not c.is_error, text_of(c)
+    assert text_of(c) == "c says 42"
+    assert not go.is_error, text_of(go)
+    assert text_of(go) == "go says 42"
+
+
+async def test_the_timeout_maximum_follows_the_servers_setting(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    home = tmp_path_factory.mktemp("max-timeout")
+    srv = ServerProcess(home, env={"DEEPEXEC_MAX_TIMEOUT": "7200"}).start()
+    try:
+        async with connect(srv, "http") as client:
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+            for name in ("execute_code", "generate_text", "submit_job"):
+                assert listed[name].input_schema["properties"]["timeout"]["maximum"] == 7200
+            # Over the old fixed maximum of 3600, within the server's.
+            long = await client.call_tool("execute_code", {"code": "print(7)", "timeout": 5000})
+            too_long = await client.call_tool("execute_code", {"code": "print(7)", "timeout": 7201})
+    finally:
+        srv.stop()
+    assert not long.is_error, text_of(long)
+    assert text_of(long) == "7"
+    assert too_long.is_error
+    assert "7200" in text_of(too_long)
 
 
 async def test_invalid_arguments_are_an_error_result(server: ServerProcess) -> None:

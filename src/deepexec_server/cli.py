@@ -26,14 +26,17 @@ from deepexec_sdk import (
     MCPJobStatusResponse,
 )
 
+from .executors.languages import LANGUAGES
 from .settings import Settings, SettingsError
 
+#: A program file's language by its suffix: each language's own (``main.c`` -> c), and a few
+#: other common ones.
 LANGUAGE_BY_SUFFIX = {
-    ".py": "python",
-    ".js": "javascript",
+    **{Path(lang.filename).suffix: lang.name for lang in LANGUAGES},
     ".mjs": "javascript",
-    ".sh": "bash",
     ".bash": "bash",
+    ".cc": "cpp",
+    ".cxx": "cpp",
 }
 EXIT_BY_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELED": 3}
 
@@ -567,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--language",
         "-l",
-        help="python, javascript or bash (default: from the file's suffix, else python)",
+        help="one of the server's languages, as 'deepexec languages' lists them: "
+        + ", ".join(lang.name for lang in LANGUAGES)
+        + " where installed (default: from the file's suffix, else python)",
     )
     p.add_argument("--stdin-file", help="file whose contents the program reads on stdin")
     p.add_argument("--prompt", "-p", help="generate text from this prompt instead")

@@ -27,7 +27,7 @@ from deepexec_sdk.types import (
     MCPJobStatusResponse,
 )
 
-from .jobs import ErrorKind, JobOpsError
+from .jobs import ErrorKind, HostOffer, JobOpsError
 
 #: Longest single long-poll while waiting on a job (the server answers as soon as it ends).
 POLL_SECONDS = 5.0
@@ -113,3 +113,15 @@ class ClientJobOps:
                 yield event
         except DeepExecError as exc:
             raise _refusal(exc) from exc
+
+    async def offer(self) -> HostOffer:
+        # The server's longest timeout is not published: it refuses a longer one by name.
+        try:
+            languages = await self._client.list_languages()
+            models = await self._client.list_models()
+        except DeepExecError as exc:
+            raise _refusal(exc) from exc
+        return HostOffer(
+            languages=tuple(lang.name for lang in languages.languages),
+            models=tuple(m.name for m in models.models if m.available),
+        )

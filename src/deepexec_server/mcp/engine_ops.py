@@ -26,7 +26,7 @@ from ..errors import (
     Unprocessable,
 )
 from ..views import job_status, job_summary
-from .jobs import ErrorKind, JobOpsError
+from .jobs import ErrorKind, HostOffer, JobOpsError
 
 
 def error_kind(exc: ServiceError) -> ErrorKind:
@@ -100,3 +100,13 @@ class EngineJobOps:
                     yield event
         except ServiceError as exc:
             raise JobOpsError(error_kind(exc), exc.message) from exc
+
+    async def offer(self) -> HostOffer:
+        described = self._engine.describe()
+        code = described.get("code_execution") or {}
+        text = described.get("text_generation") or {}
+        return HostOffer(
+            languages=tuple(lang["name"] for lang in code.get("languages") or ()),
+            models=tuple(m["name"] for m in text.get("models") or () if m.get("available")),
+            max_timeout=self._engine.settings.max_timeout,
+        )

@@ -7,6 +7,7 @@ Both speak the SDK's wire models, so the tool layer is written once and cannot t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
@@ -19,6 +20,18 @@ from deepexec_sdk.types import (
     MCPJobResponse,
     MCPJobStatusResponse,
 )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostOffer:
+    """What the server behind the tools runs, for their input schemas: the canonical names of
+    its code languages and of its usable models, and its longest job timeout (None: unknown,
+    the server still refuses a longer one with a message naming its maximum)."""
+
+    languages: tuple[str, ...]
+    models: tuple[str, ...] = ()
+    max_timeout: int | None = None
+
 
 ErrorKind = Literal["not_found", "invalid", "conflict", "unavailable", "unauthorized"]
 
@@ -68,4 +81,8 @@ class JobOps(Protocol):
 
     def events(self, job_id: str) -> AsyncIterator[MCPJobEvent]:
         """The job's live events: its status first, ending with a terminal status."""
+        ...
+
+    async def offer(self) -> HostOffer:
+        """What the server runs: its languages, usable models and longest timeout."""
         ...

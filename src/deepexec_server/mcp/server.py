@@ -93,7 +93,11 @@ class DeepExecHandlers:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         legacy = ctx.protocol_version == LEGACY_TASKS_VERSION
-        return types.ListToolsResult(tools=tools.tool_definitions(legacy_tasks=legacy))
+        try:
+            offer = await self._resolve_ops(ctx).offer()
+        except JobOpsError as exc:
+            raise _ops_failure(exc) from exc
+        return types.ListToolsResult(tools=tools.tool_definitions(legacy_tasks=legacy, offer=offer))
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams

@@ -20,6 +20,8 @@ from deepexec_sdk.types import (
     MCPJobStatusResponse,
 )
 
+from .jobs import HostOffer
+
 EXECUTE_CODE = "execute_code"
 GENERATE_TEXT = "generate_text"
 SUBMIT_JOB = "submit_job"
@@ -46,14 +48,12 @@ class _Args(BaseModel):
 
 class ExecuteCodeArgs(_Args):
     code: str = Field(min_length=1, description="The program's source code.")
-    language: Literal["python", "javascript", "bash"] = Field(
-        default="python", description="Language of the program."
-    )
+    # The languages and the timeout maximum are the host's: ``tool_definitions`` writes them
+    # into the schema, and the server checks them when the job is submitted.
+    language: str = Field(default="python", description="Language of the program.")
     stdin: str | None = Field(default=None, description="Text the program reads on stdin.")
     args: list[str] = Field(default_factory=list, description="Command-line arguments.")
-    timeout: int = Field(
-        default=60, ge=1, le=3600, description="Wall-clock limit in seconds (default 60)."
-    )
+    timeout: int = Field(default=60, ge=1, description="Wall-clock limit in seconds (default 60).")
 
 
 class GenerateTextArgs(_Args):
@@ -68,7 +68,7 @@ class GenerateTextArgs(_Args):
     temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
     seed: int | None = Field(default=None, description="Sampling seed, for repeatable output.")
     timeout: int = Field(
-        default=120, ge=1, le=3600, description="Wall-clock limit in seconds (default 120)."
+        default=120, ge=1, description="Wall-clock limit in seconds (default 120)."
     )
 
 
@@ -82,7 +82,7 @@ class SubmitJobArgs(_Args):
         "top_p?, stop?, seed?}."
     )
     name: str | None = Field(default=None, max_length=200, description="A name for the job.")
-    timeout: int = Field(default=60, ge=1, le=3600, description="Wall-clock limit in seconds.")
+    timeout: int = Field(default=60, ge=1, description="Wall-clock limit in seconds.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
     tags: list[str] = Field(default_factory=list, max_length=32, description="Tags for the job.")
 
@@ -116,7 +116,7 @@ ArgsT = TypeVar("ArgsT", bound=_Args)
 _SPECS: dict[str, tuple[str, str, type[_Args]]] = {
     EXECUTE_CODE: (
         "Execute code",
-        "Run a Python, JavaScript or Bash program in an isolated sandbox (no network) and "
+        "Run a program in an isolated sandbox (no network) and "
         "return its stdout and stderr. A non-zero exit is reported as an error result carrying "
         "stderr. Sends progress notifications while it runs. For programs that may outlive "
         "your tool-call timeout, use submit_job and wait_job instead.",
@@ -161,9 +161,10 @@ _SPECS: dict[str, tuple[str, str, type[_Args]]] = {
 _READ_ONLY = frozenset({GET_JOB, WAIT_JOB, LIST_JOBS})
 
 
-def tool_definitions(*, legacy_tasks: bool) -> list[types.Tool]:
-    """Every tool with its JSON schema. ``legacy_tasks``: mark the run tools as accepting
-    2025-11-25 task augmentation (``execution.taskSupport``, gone in 2026-07-28)."""
+def tool_definitions(*, legacy_tasks: bool, offer: HostOffer) -> list[types.Tool]:
+    """Every tool with its JSON schema, fitted to what the host ``offer``s. ``legacy_tasks``:
+    mark the run tools as accepting 2025-11-25 task augmentation (``execution.taskSupport``,
+    gone in 2026-07-28)."""
     tools = []
     for name, (title, description, model) in _SPECS.items():
         execution = (
@@ -175,8 +176,8 @@ def tool_definitions(*, legacy_tasks: bool) -> list[types.Tool]:
             types.Tool(
                 name=name,
                 title=title,
-                description=description,
-                input_schema=model.model_json_schema(),
+                description=_describe(name, description, offer),
+                input_schema=_fit_schema(model.model_json_schema(), offer),
                 execution=execution,
                 annotations=types.ToolAnnotations(
                     title=title,
@@ -187,6 +188,24 @@ def tool_definitions(*, legacy_tasks: bool) -> list[types.Tool]:
             )
         )
     return tools
+
+
+def _describe(name: str, description: str, offer: HostOffer) -> str:
+    if name == EXECUTE_CODE and offer.languages:
+        return f"{description} Languages: {', '.join(offer.languages)}."
+    if name == GENERATE_TEXT and offer.models:
+        return f"{description} Models: {', '.join(offer.models)}."
+    return description
+
+
+def _fit_schema(schema: dict[str, Any], offer: HostOffer) -> dict[str, Any]:
+    """``schema`` with the host's languages as the ``language`` enum and its maximum timeout."""
+    props = schema.get("properties", {})
+    if "language" in props and offer.languages:
+        props["language"]["enum"] = list(offer.languages)
+    if "timeout" in props and offer.max_timeout is not None:
+        props["timeout"]["maximum"] = offer.max_timeout
+    return schema
 
 
 def parse_args(model: type[ArgsT], arguments: dict[str, Any] | None) -> ArgsT:
