@@ -17,16 +17,14 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from ._config import ENV_API_KEY, credentials_path, resolve
-from ._sse import ServerSentEvent, SSEDecoder
 from ._version import __version__
+from .config import ENV_API_KEY, credentials_path, resolve
 from .errors import (
     DeepExecError,
     JobWaitTimeoutError,
@@ -41,6 +39,8 @@ from .errors import (
     MCPTimeoutError,
     MCPValidationError,
 )
+from .retry import RETRYABLE_STATUS_CODES, RetryPolicy, parse_retry_after
+from .streaming import ServerSentEvent, SSEDecoder
 from .types import (
     IDEMPOTENCY_HEADER,
     PROTOCOL_HEADER,
@@ -65,16 +65,13 @@ USER_AGENT = f"deepexec-sdk/{__version__}"
 
 # --- retry policy -----------------------------------------------------------------------------
 
-#: Statuses that say "try again later". 500 is a bug, 409 a real conflict: neither is retried.
-RETRYABLE_STATUS_CODES = frozenset({408, 429, 502, 503, 504})
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 8.0
-RETRY_AFTER_CAP = 60.0
 #: The longest long-poll the server holds (``GET /v1/jobs/{id}?wait=S``, S <= 60).
 MAX_LONG_POLL = 60.0
 #: The server sends a keep-alive comment every 15 s on an event stream, so 60 s of silence
 #: means a half-open connection: it is treated as a drop and the stream reconnects.
 STREAM_READ_TIMEOUT: float | None = 60.0
+#: Pauses before reopening a dropped event stream (how many times: the client's max_retries).
+RECONNECT_POLICY = RetryPolicy()
 
 
 def is_retryable_error(error: BaseException) -> bool:
@@ -90,51 +87,17 @@ def is_retryable_error(error: BaseException) -> bool:
 
 def should_retry(
     attempt: int,
-    max_retries: int,
+    policy: RetryPolicy,
     *,
     status_code: int | None = None,
     error: BaseException | None = None,
 ) -> bool:
     """Whether attempt number ``attempt`` (0 for the first) may be followed by another."""
-    if attempt >= max_retries:
+    if not policy.allows(attempt):
         return False
     if error is not None:
         return is_retryable_error(error)
     return status_code in RETRYABLE_STATUS_CODES
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP date), or None
-    when it is absent or unreadable. A date in the past means "now" (0)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - now).total_seconds())
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
-def backoff_delay(attempt: int, *, jitter: float, retry_after: float | None = None) -> float:
-    """Seconds to sleep before retry ``attempt + 1``.
-
-    ``Retry-After`` wins, capped at ``RETRY_AFTER_CAP``. Otherwise capped exponential backoff
-    with full jitter: uniform in ``[0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))`` for
-    ``jitter`` in ``[0, 1)``, so clients that failed together do not retry together.
-    """
-    if retry_after is not None:
-        return min(retry_after, RETRY_AFTER_CAP)
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 32))
-    return max(0.0, min(jitter, 1.0)) * ceiling
 
 
 # --- error mapping ----------------------------------------------------------------------------
@@ -488,7 +451,7 @@ class EventStreamState:
                 f"{self._failures + 1} time(s) in a row; giving up",
                 error_type="stream_interrupted",
             ) from error
-        delay = backoff_delay(self._failures, jitter=jitter)
+        delay = RECONNECT_POLICY.backoff(self._failures, jitter=jitter)
         self._failures += 1
         logger.info(
             "event stream of job %s %s; reconnecting in %.2f s (%d/%d)",
@@ -527,6 +490,7 @@ class _BaseClient:
         self._api_key = config.api_key
         self._timeout = float(timeout)
         self._max_retries = max_retries
+        self._retry = RetryPolicy(max_retries=max_retries)
         self._key_source = self._describe_key_source(api_key)
 
     @property
@@ -711,7 +675,7 @@ class _BaseClient:
     ) -> float | None:
         """Seconds to sleep before retrying, or None to stop here; logs the decision."""
         status = response.status_code if response is not None else None
-        retryable = should_retry(attempt, self._max_retries, status_code=status, error=error)
+        retryable = should_retry(attempt, self._retry, status_code=status, error=error)
         reason = f"HTTP {status}" if error is None else f"{type(error).__name__}: {error}"
         if not retryable:
             if attempt > 0 and (error is not None or status in RETRYABLE_STATUS_CODES):
@@ -726,7 +690,8 @@ class _BaseClient:
         retry_after = None
         if response is not None:
             retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
-        delay = backoff_delay(attempt, jitter=random.random(), retry_after=retry_after)
+        delay = self._retry.delay(attempt, jitter=random.random(), retry_after=retry_after)
+        assert delay is not None  # allowed above, and no time limit
         logger.info(
             "%s %s: %s; retry %d/%d in %.2f s",
             spec.method,

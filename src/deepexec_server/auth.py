@@ -13,7 +13,7 @@ import secrets
 import time
 from pathlib import Path
 
-from deepexec_sdk._config import read_credentials_file, write_credentials_file
+from deepexec_sdk.config import read_credentials_file, write_credentials_file
 
 from .domain import ApiKey, utcnow
 from .errors import Unauthorized

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deepexec_sdk._config import credentials_path, default_data_dir
+from deepexec_sdk.config import credentials_path, default_data_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

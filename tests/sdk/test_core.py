@@ -4,16 +4,11 @@ wait pacing and configuration precedence."""
 from __future__ import annotations
 
 import json
-import math
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from deepexec_sdk import (
     DeepExecClient,
@@ -32,22 +27,20 @@ from deepexec_sdk import (
     MCPValidationError,
     __version__,
 )
-from deepexec_sdk._config import resolve
 from deepexec_sdk._core import (
-    BACKOFF_CAP,
-    RETRY_AFTER_CAP,
     WaitClock,
-    backoff_delay,
     code_execution_data,
     error_from_response,
-    parse_retry_after,
     should_retry,
     text_generation_data,
     transport_error,
 )
+from deepexec_sdk.config import resolve
+from deepexec_sdk.retry import RetryPolicy
 from tests.sdk.conftest import BASE, KEY, envelope, job_json
 
 URL = f"{BASE}/v1/jobs/job_1"
+POLICY = RetryPolicy(max_retries=3)
 
 
 def response(
@@ -166,7 +159,7 @@ def test_transport_errors_are_translated() -> None:
     + [(s, False) for s in (200, 201, 400, 401, 403, 404, 409, 413, 422, 500, 501)],
 )
 def test_retry_decision_by_status(status: int, retried: bool) -> None:
-    assert should_retry(0, 3, status_code=status) is retried
+    assert should_retry(0, POLICY, status_code=status) is retried
 
 
 @pytest.mark.parametrize(
@@ -182,59 +175,13 @@ def test_retry_decision_by_status(status: int, retried: bool) -> None:
     ],
 )
 def test_retry_decision_by_transport_error(error: httpx.TransportError, retried: bool) -> None:
-    assert should_retry(0, 3, error=error) is retried
+    assert should_retry(0, POLICY, error=error) is retried
 
 
 def test_no_retry_once_max_retries_are_spent() -> None:
-    assert should_retry(2, 3, status_code=503)
-    assert not should_retry(3, 3, status_code=503)
-    assert not should_retry(0, 0, error=httpx.ConnectError("x"))
-
-
-@given(attempt=st.integers(0, 200), jitter=st.floats(0, 1, exclude_max=True))
-def test_backoff_is_capped_exponential_with_full_jitter(attempt: int, jitter: float) -> None:
-    delay = backoff_delay(attempt, jitter=jitter)
-    ceiling = min(BACKOFF_CAP, 0.5 * 2**attempt)
-    assert 0 <= delay <= ceiling
-    assert math.isclose(delay, jitter * ceiling)
-
-
-def test_backoff_grows_then_stops_at_the_cap() -> None:
-    almost_one = 0.999999
-    delays = [backoff_delay(a, jitter=almost_one) for a in range(8)]
-    assert delays[:5] == pytest.approx([0.5, 1, 2, 4, 8], rel=1e-4)
-    assert max(delays) <= BACKOFF_CAP
-
-
-@given(retry_after=st.floats(0, 10_000), jitter=st.floats(0, 1, exclude_max=True))
-def test_retry_after_wins_up_to_its_cap(retry_after: float, jitter: float) -> None:
-    assert backoff_delay(0, jitter=jitter, retry_after=retry_after) == min(
-        retry_after, RETRY_AFTER_CAP
-    )
-
-
-NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        (None, None),
-        ("3", 3.0),
-        ("0", 0.0),
-        (" 2 ", 2.0),
-        ("1.5", 1.5),
-        ("-1", None),
-        ("nan", None),
-        ("inf", None),
-        ("soon", None),
-        ("", None),
-        (format_datetime(NOW + timedelta(seconds=7), usegmt=True), 7.0),
-        (format_datetime(NOW - timedelta(seconds=30), usegmt=True), 0.0),
-    ],
-)
-def test_retry_after_seconds_or_http_date(value: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(value, NOW) == seconds
+    assert should_retry(2, POLICY, status_code=503)
+    assert not should_retry(3, POLICY, status_code=503)
+    assert not should_retry(0, RetryPolicy(max_retries=0), error=httpx.ConnectError("x"))
 
 
 # --- request building -------------------------------------------------------------------------

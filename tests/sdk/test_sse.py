@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from deepexec_sdk import MCPProtocolError
 from deepexec_sdk._core import job_event
-from deepexec_sdk._sse import ServerSentEvent, SSEDecoder
+from deepexec_sdk.streaming import ServerSentEvent, SSEDecoder
 from tests.sdk.conftest import job_json
 
 

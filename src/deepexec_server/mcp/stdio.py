@@ -14,7 +14,7 @@ import anyio
 from mcp.server.stdio import stdio_server
 
 from deepexec_sdk import DeepExecAsyncClient
-from deepexec_sdk._config import resolve
+from deepexec_sdk.config import resolve
 
 from ..settings import Settings
 from .client_ops import ClientJobOps
