@@ -48,10 +48,12 @@ gguf = pathlib.Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-In
 assert gguf.is_file(), f"model file missing: {gguf}"
 print(f"==> embedded model: {gguf.name} ({gguf.stat().st_size // 2**20} MiB)")
 PY
-# The MCP Inspector CLI, for the MCP interface's tests (needs Node.js >= 20 and npm).
+# Independent clients the tests drive DeepExec with: the MCP Inspector CLI and Piston's
+# piston-client (needs Node.js >= 20 and npm).
 if command -v npm >/dev/null 2>&1; then
-    bash scripts/setup-mcp-inspector.sh
+    bash scripts/setup-npm-client.sh "@modelcontextprotocol/inspector" "${MCP_INSPECTOR_VERSION:-2.12.0}" inspector
+    bash scripts/setup-npm-client.sh piston-client 1.0.2 piston-client
 else
-    say "npm not found: skipping the MCP Inspector (its tests will be skipped)"
+    say "npm not found: skipping the MCP Inspector and piston-client (their tests will be skipped)"
 fi
 say "set-up done"

@@ -1,5 +1,5 @@
 """An independent MCP client, the MCP Inspector CLI (Node, from npm; installed by
-``scripts/setup-mcp-inspector.sh``), lists DeepExec's tools and runs ``execute_code`` over both
+``scripts/setup-npm-client.sh``), lists DeepExec's tools and runs ``execute_code`` over both
 transports: stdio (``deepexec mcp``) and Streamable HTTP (``/mcp`` of the real server), in the
 Inspector's default 2025 era and in the 2026-07-28 era with the tasks extension."""
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 
 def inspector(server: ServerProcess, transport: str, *args: str) -> dict[str, Any]:
     """Run the Inspector CLI against ``server`` and return its JSON result."""
-    assert INSPECTOR.exists(), "run scripts/setup-mcp-inspector.sh to install the MCP Inspector"
+    assert INSPECTOR.exists(), "run scripts/setup.sh to install the MCP Inspector"
     if transport == "stdio":
         # The Inspector gives the server a minimal environment: hand it what locates the
         # credentials file, as an MCP host's config block would.

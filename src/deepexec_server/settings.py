@@ -104,6 +104,11 @@ class Settings:
         }
     )
 
+    # --- other services' APIs ----------------------------------------------------------------
+    #: Tenant of Piston API requests that carry no API key (Piston has no keys, and some of
+    #: its clients cannot send one). Empty: the Piston API requires a key like /v1.
+    piston_tenant: str = ""
+
     # --- text_generation ---------------------------------------------------------------------
     #: Model used when a job names none.
     default_model: str = "smollm2-135m-instruct"
