@@ -22,7 +22,7 @@ from .api.middleware import ProtocolMiddleware
 from .api.routes import declare_bearer_auth, health, router
 from .api.services import Services
 from .auth import Authenticator, provision_local_key
-from .compat import piston
+from .compat import openai, piston
 from .engine import Engine
 from .executors.base import Executor
 from .mcp import install_mcp
@@ -132,6 +132,7 @@ def create_app(
     app.include_router(router)
     app.include_router(health)
     app.include_router(piston.router())
+    app.include_router(openai.router())
     _openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
