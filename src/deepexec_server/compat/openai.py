@@ -281,10 +281,10 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": _models(svc)})
 
 
-async def get_model(request: Request) -> JSONResponse:
+async def get_model(request: Request, model: str) -> JSONResponse:
     """``GET /openai/v1/models/{model}``."""
     svc: Services = request.app.state.services
-    name = request.path_params["model"]
+    name = model
     try:
         await _tenant(request, svc)
         found = next((m for m in _models(svc) if m["id"] == name), None)
@@ -395,7 +395,7 @@ def router() -> APIRouter:
     """The OpenAI-compatible routes."""
     api = APIRouter(prefix=PREFIX, tags=["OpenAI compatibility"])
     api.add_api_route("/models", list_models, methods=["GET"])
-    api.add_api_route("/models/{model:path}", get_model, methods=["GET"])
+    api.add_api_route("/models/{model}", get_model, methods=["GET"])
     # The handlers return their responses themselves: no response model to generate.
     api.add_api_route("/chat/completions", chat_completions, methods=["POST"], response_model=None)
     api.add_api_route("/completions", completions, methods=["POST"], response_model=None)
