@@ -9,6 +9,12 @@ say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 
 if [ "$(id -u)" = 0 ]; then
     bash scripts/setup-sandbox.sh
+    # The browser the dashboard's tests drive (Playwright with Debian's chromium).
+    if ! command -v chromium >/dev/null 2>&1 && [ -z "${DEEPEXEC_SKIP_BROWSER:-}" ]; then
+        say "installing chromium (for the dashboard's browser tests; DEEPEXEC_SKIP_BROWSER=1 skips)"
+        apt-get install -y -q chromium >/dev/null \
+            || { apt-get update -q && apt-get install -y -q chromium >/dev/null; }
+    fi
 else
     if ! command -v bwrap >/dev/null 2>&1; then
         say "bubblewrap is missing and this is not root: code jobs will be refused until an"
@@ -53,7 +59,8 @@ PY
 if command -v npm >/dev/null 2>&1; then
     bash scripts/setup-npm-client.sh "@modelcontextprotocol/inspector" "${MCP_INSPECTOR_VERSION:-2.12.0}" inspector
     bash scripts/setup-npm-client.sh piston-client 1.0.2 piston-client
+    bash scripts/setup-ui-assets.sh
 else
-    say "npm not found: skipping the MCP Inspector and piston-client (their tests will be skipped)"
+    say "npm not found: skipping the MCP Inspector, piston-client and the dashboard's libraries"
 fi
 say "set-up done"

@@ -267,7 +267,7 @@ def test_timeouts_signals_and_the_job_behind_each_request(server: ServerProcess)
     # Each request was an ordinary job of the key's tenant, tagged piston.
     jobs = httpx.get(
         f"{server.base_url}/v1/jobs",
-        params={"tags": "piston", "limit": 5},
+        params={"tag": "piston", "limit": 5},
         headers={"authorization": f"Bearer {key}"},
     ).json()["jobs"]
     assert len(jobs) >= 2 and all("piston" in j["tags"] for j in jobs)

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 
 from deepexec_sdk import __version__
 
+from . import ui
 from .api.errors import install_error_handlers
 from .api.fast import HotRoutes
 from .api.middleware import ProtocolMiddleware
@@ -133,6 +134,7 @@ def create_app(
     app.include_router(health)
     app.include_router(piston.router())
     app.include_router(openai.router())
+    ui.install(app, services, ui.Sessions(ui.load_secret(settings.ui_secret, settings.data_dir)))
     _openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

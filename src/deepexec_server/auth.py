@@ -72,7 +72,14 @@ class Authenticator:
                 "`deepexec keys create` makes more",
                 type="authentication_required",
             )
-        digest = hash_key(secret)
+        tenant = await self.tenant_for_digest(hash_key(secret))
+        if tenant is None:
+            raise Unauthorized("the API key is unknown or revoked", type="invalid_api_key")
+        return tenant
+
+    async def tenant_for_digest(self, digest: str) -> str | None:
+        """The tenant of the active key whose SHA-256 is ``digest`` (the dashboard's session
+        holds that, not the key), or None."""
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
@@ -83,7 +90,7 @@ class Authenticator:
                 self._cache.clear()
             self._cache[digest] = (now, key)
         if key is None or not key.active or not hmac.compare_digest(key.key_hash, digest):
-            raise Unauthorized("the API key is unknown or revoked", type="invalid_api_key")
+            return None
         return key.tenant_id
 
 

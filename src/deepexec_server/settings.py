@@ -104,6 +104,12 @@ class Settings:
         }
     )
 
+    # --- dashboard ---------------------------------------------------------------------------
+    #: Signs the dashboard's session cookies. Empty: a random secret kept in ``data_dir``
+    #: (shared by the processes of one machine); set it when processes on several machines
+    #: serve the dashboard.
+    ui_secret: str = ""
+
     # --- other services' APIs ----------------------------------------------------------------
     #: Tenant of Piston API requests that carry no API key (Piston has no keys, and some of
     #: its clients cannot send one). Empty: the Piston API requires a key like /v1.
