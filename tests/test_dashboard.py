@@ -224,3 +224,17 @@ def test_the_session_cookie_is_http_only_and_strict(server: ServerProcess) -> No
     started = time.monotonic()
     assert httpx.get(f"{server.base_url}/ui/jobs", follow_redirects=False).status_code == 303
     assert time.monotonic() - started < 10
+
+
+def test_the_languages_and_models_page_shows_what_the_server_runs(
+    page: sync_api.Page, server: ServerProcess, client: DeepExecClient
+) -> None:
+    sign_in(page, server, server.api_key)
+    page.get_by_role("link", name="Languages and models").click()
+    languages = [lang.name for lang in client.list_languages().languages]
+    table = page.locator("table").first
+    for name in languages:
+        expect(table).to_contain_text(name)
+    models = page.locator("table").nth(1)
+    expect(models).to_contain_text("smollm2-135m-instruct")
+    expect(models).to_contain_text("(default)")

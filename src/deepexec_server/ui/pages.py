@@ -259,6 +259,23 @@ class Dashboard:
                 return self.render(request, "not_found.html", status=404, job_id=job_id)
         return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
+    # -- what the server runs --
+
+    async def runtimes(self, request: Request) -> HTMLResponse:
+        await self.tenant(request)
+        described = self.svc.engine.describe()
+        code = described.get("code_execution") or {}
+        text = described.get("text_generation") or {}
+        return self.render(
+            request,
+            "runtimes.html",
+            languages=code.get("languages") or [],
+            sandbox=code.get("sandbox") or {},
+            limits=code.get("limits") or {},
+            models=text.get("models") or [],
+            default_model=text.get("default_model"),
+        )
+
     # -- submit --
 
     async def submit_form(self, request: Request) -> HTMLResponse:
@@ -345,6 +362,7 @@ def router(services: Services, sessions: Sessions) -> APIRouter:
         ("/jobs/{job_id}", ui.job, "GET"),
         ("/jobs/{job_id}/stream", ui.job_stream, "GET"),
         ("/jobs/{job_id}/cancel", ui.cancel, "POST"),
+        ("/runtimes", ui.runtimes, "GET"),
         ("/submit", ui.submit_form, "GET"),
         ("/submit", ui.submit, "POST"),
     ]
