@@ -238,3 +238,21 @@ def test_the_languages_and_models_page_shows_what_the_server_runs(
     models = page.locator("table").nth(1)
     expect(models).to_contain_text("smollm2-135m-instruct")
     expect(models).to_contain_text("(default)")
+
+
+def test_run_again_and_download_the_output(
+    page: sync_api.Page, server: ServerProcess, client: DeepExecClient
+) -> None:
+    sign_in(page, server, server.api_key)
+    job = client.execute_code_and_wait("print('again and again')")
+    page.goto(f"{server.base_url}/ui/jobs/{job.job_id}")
+    with page.expect_download() as fetched:
+        page.get_by_role("link", name="Download output").click()
+    saved = Path(fetched.value.path())
+    assert saved.read_text() == "again and again\n"
+    page.get_by_role("button", name="Run again").click()
+    expect(page).not_to_have_url(f"{server.base_url}/ui/jobs/{job.job_id}")
+    expect(page.locator("#final-output")).to_have_text("again and again\n")
+    rerun_id = page.url.rsplit("/", 1)[1]
+    assert rerun_id != job.job_id
+    assert client.get_mcp_job_status(rerun_id).result["stdout"] == "again and again\n"

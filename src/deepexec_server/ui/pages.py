@@ -259,6 +259,51 @@ class Dashboard:
                 return self.render(request, "not_found.html", status=404, job_id=job_id)
         return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
+    async def rerun(self, request: Request) -> Response:
+        """Submit the same request again; land on the new job."""
+        tenant = await self.tenant(request)
+        form = await _form(request)
+        if not self.check_post(request, form):
+            return HTMLResponse("cross-site request refused", status_code=403)
+        job_id = request.path_params["job_id"]
+        try:
+            old = await self.svc.engine.get(tenant, job_id)
+            again = JobSubmitRequest(
+                name=old.name,
+                job_type=old.job_type,
+                data=old.data,
+                timeout=old.timeout,
+                priority=old.priority,
+                tags=list(old.tags),
+            )
+            new, _ = await self.svc.engine.submit(tenant, again)
+        except ServiceError as exc:
+            if exc.status_code == 404:
+                return self.render(request, "not_found.html", status=404, job_id=job_id)
+            return HTMLResponse(html.escape(exc.message), status_code=exc.status_code)
+        return RedirectResponse(f"/ui/jobs/{new.id}", status_code=303)
+
+    async def download(self, request: Request) -> Response:
+        """The job's output (or generated text) as a text file."""
+        tenant = await self.tenant(request)
+        job_id = request.path_params["job_id"]
+        try:
+            job = job_status(await self.svc.engine.get(tenant, job_id))
+        except ServiceError:
+            return self.render(request, "not_found.html", status=404, job_id=job_id)
+        result = job.result or {}
+        if isinstance(result.get("text"), str):
+            body = result["text"]
+        else:
+            body = str(result.get("stdout") or "")
+            if result.get("stderr"):
+                body += "\n--- stderr ---\n" + str(result["stderr"])
+        return Response(
+            body,
+            media_type="text/plain; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{job.job_id}.txt"'},
+        )
+
     # -- what the server runs --
 
     async def runtimes(self, request: Request) -> HTMLResponse:
@@ -362,6 +407,8 @@ def router(services: Services, sessions: Sessions) -> APIRouter:
         ("/jobs/{job_id}", ui.job, "GET"),
         ("/jobs/{job_id}/stream", ui.job_stream, "GET"),
         ("/jobs/{job_id}/cancel", ui.cancel, "POST"),
+        ("/jobs/{job_id}/rerun", ui.rerun, "POST"),
+        ("/jobs/{job_id}/output.txt", ui.download, "GET"),
         ("/runtimes", ui.runtimes, "GET"),
         ("/submit", ui.submit_form, "GET"),
         ("/submit", ui.submit, "POST"),
