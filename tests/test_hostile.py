@@ -420,6 +420,8 @@ async def test_fifty_concurrent_jobs_get_their_own_outputs(executor: CodeExecuto
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(run(executor, {"code": code, "stdin": t}) for t in tokens)), 45
     )
+    bad = [o for o in outcomes if o.error]
+    assert not bad, bad[:2]
     assert [stdout(o) for o in outcomes] == [t[::-1] + "\n" for t in tokens]
 
 

@@ -32,6 +32,7 @@ NAMESPACES = "namespaces"
 RLIMITS = "rlimits"
 CGROUPS = "cgroups"
 SECCOMP = "seccomp"
+DISK_QUOTA = "disk_quota"
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -249,13 +250,40 @@ def _probe_seccomp(result: tuple[bool, str] | None) -> ProbeLine:
     )
 
 
+def _probe_disk(settings: Settings, result: tuple[bool, str] | None) -> ProbeLine:
+    if result is None:
+        from .workdirs import WorkDirError, default_work_root, ensure_work_root, mount_check
+
+        root = Path(settings.work_dir) if settings.work_dir else default_work_root()
+        try:
+            result = mount_check(ensure_work_root(root))
+        except (OSError, WorkDirError) as exc:
+            result = (False, f"work dir {root} unusable ({exc})")
+    ok, detail = result
+    if ok:
+        return ProbeLine(
+            DISK_QUOTA,
+            True,
+            f"{detail}: a job's files past its disk_mb fail with ENOSPC and end it disk_limit",
+        )
+    return ProbeLine(
+        DISK_QUOTA,
+        False,
+        f"cannot mount a tmpfs per job dir: {detail}: falls back to measuring each job dir "
+        "every 0.5 s and killing the job over its disk_mb (a burst between two checks can "
+        "exceed it; RLIMIT_FSIZE still caps each file)",
+    )
+
+
 def probe_host(
     settings: Settings,
     cgroups: tuple[bool, str] | None = None,
     seccomp: tuple[bool, str] | None = None,
+    disk: tuple[bool, str] | None = None,
 ) -> list[ProbeLine]:
     """Probe each sandbox mechanism (spawns bwrap once; blocking). ``cgroups``/``seccomp``:
-    (usable, detail) when the caller already set them up; probed here otherwise."""
+    (usable, detail) when the caller already set them up; probed here otherwise. ``disk``:
+    whether job dirs get a tmpfs (``workdirs.mount_check``)."""
     bwrap = find_bwrap()
     identity, run_as, usable = _probe_identity(settings)
     return [
@@ -265,6 +293,7 @@ def probe_host(
         _probe_rlimits(),
         _probe_cgroups(cgroups),
         _probe_seccomp(seccomp),
+        _probe_disk(settings, disk),
     ]
 
 
