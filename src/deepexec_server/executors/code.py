@@ -15,14 +15,16 @@ descriptor in ``$DEEPEXEC_PROGRESS_FD`` (see ``_progress_helper`` for one-liners
 ``code_limits_max``, over a maximum is a 422):
 ``cpu_time_s`` (total CPU of every process), ``memory_mb`` (cgroup memory+swap),
 ``max_processes`` (cgroup pids.max, threads included), ``max_output_bytes`` (per stream),
-``max_file_size_mb`` (RLIMIT_FSIZE). Exceeding them ends the job FAILED with
-``memory_limit``, ``cpu_limit`` or ``output_limit`` (the first ``max_output_bytes`` of each
-stream kept, ``*_truncated`` set, the program killed).
+``max_file_size_mb`` (RLIMIT_FSIZE), ``disk_mb`` (the job dir's size: see ``workdirs``).
+Exceeding them ends the job FAILED with ``memory_limit``, ``cpu_limit``, ``output_limit`` or
+``disk_limit`` (the first ``max_output_bytes`` of each stream kept, ``*_truncated`` set, the
+program killed). docs/sandbox.md lists every bound.
 
 ``data.files``: ``{"rel/path": "text" | {"content": base64, "encoding": "base64"}}`` written
 into the work dir before the run. Files the program leaves under ``outputs/`` come back in
 ``result.files`` (text, or ``{"content", "encoding": "base64"}`` when not UTF-8), at most
-``MAX_RESULT_FILES_BYTES`` in all (``files_truncated`` otherwise).
+``MAX_RESULT_FILES_BYTES`` in all (``files_truncated`` otherwise); names that are not UTF-8
+and directories deeper than ``MAX_OUTPUT_DEPTH`` are listed in ``result.files_skipped``.
 """
 
 from __future__ import annotations
