@@ -132,6 +132,17 @@ def test_without_a_tmpfs_the_gauge_measures_the_dir(tmp_path: Path) -> None:
     assert DiskGauge(job).final() == "filled its disk quota of 1 MB"
 
 
+def test_without_a_tmpfs_the_running_check_walks_in_the_background(tmp_path: Path) -> None:
+    gauge = DiskGauge(JobDir(tmp_path, 1 << 20, mounted=False))
+    assert gauge.check() is None  # starts the first walk; the dir is empty
+    (tmp_path / "big").write_bytes(b"x" * (2 << 20))
+    deadline = time.monotonic() + 10
+    while gauge.check() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert gauge.final() == "filled its disk quota of 1 MB"
+
+
 def test_probe_says_what_it_falls_back_to_without_mounts() -> None:
     line = _probe_disk(Settings(), (False, "server is not root (Operation not permitted)"))
     assert not line.ok and line.fatal is None

@@ -601,8 +601,11 @@ def collect_output_files(
                     )
                 except OSError:
                     continue
-                with os.fdopen(file_fd, "rb") as f:
-                    content = f.read(budget + 1)
+                try:
+                    with os.fdopen(file_fd, "rb") as f:
+                        content = f.read(budget + 1)
+                except OSError:
+                    continue
                 if len(content) > budget:
                     truncated = True
                     continue
@@ -760,6 +763,8 @@ class CodeExecutor:
                 "run_as": self._run_as.name if self._run_as else None,
                 "cgroups": self._cgroups is not None,
                 "seccomp": self._seccomp is not None and self._bwrap is not None,
+                # tmpfs: the kernel holds each job to its disk_mb; walk: measured every 0.5 s.
+                "disk_quota": "tmpfs" if self._mount_job_dirs else "walk",
                 "probe": [line.to_dict() for line in self._probe],
             },
         }
