@@ -483,6 +483,21 @@ async def test_a_job_asks_for_a_smaller_disk_and_gets_it(executor: CodeExecutor)
     assert stdout(roomy) == "fit\n"
 
 
+async def test_files_beyond_the_memory_limit_are_memory_limit(executor: CodeExecutor) -> None:
+    # The work dir is a tmpfs: its pages count against the job's memory (docs/sandbox.md).
+    code = (
+        "chunk = b'x' * (16 << 20)\n"
+        "with open('f', 'wb') as f:\n"
+        "    for _ in range(25):\n"
+        "        f.write(chunk)\n"
+        "print('wrote 400 MB')\n"
+    )
+    limits = {"memory_mb": 256, "disk_mb": 512, "max_file_size_mb": 512}
+    outcome = await run(executor, {"code": code, "limits": limits})
+    assert error_type(outcome) == ErrorType.MEMORY_LIMIT, outcome
+    assert "wrote" not in stdout(outcome)
+
+
 async def test_three_thousand_nested_directories_end_with_the_output_kept(
     executor: CodeExecutor,
 ) -> None:
