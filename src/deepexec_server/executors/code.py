@@ -75,6 +75,7 @@ from .workdirs import (
     WorkDirError,
     default_work_root,
     ensure_work_root,
+    lost_mount_race,
     mount_check,
     new_job_dir,
     remove_job_dir,
@@ -108,7 +109,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: The compile step of compiled languages: its own wall clock and limits (javac's JVM needs
 #: room; gcc's cc1 forks as and ld).
 COMPILE_TIMEOUT_S = 60.0
-#: How many times a run is launched when bwrap loses a race with a job dir's removal.
+#: How many times a run is launched when bwrap loses a race with another job dir's removal
+#: (``workdirs.lost_mount_race``).
 LAUNCH_ATTEMPTS = 3
 BWRAP_ERROR_PREFIX = "bwrap: "
 
@@ -888,7 +890,8 @@ class CodeExecutor:
                 )
                 output = _LaunchOutput(ctx.emit_output if stream else no_output)
                 run = await run_program(request, ctx.cancel_requested, output, on_progress)
-                if attempt == LAUNCH_ATTEMPTS or not lost_a_mount_race(run):
+                raced = run.sandbox_failed and lost_mount_race(run.stderr)
+                if attempt == LAUNCH_ATTEMPTS or not raced:
                     output.flush()
                     break
                 log.info(
@@ -980,21 +983,6 @@ def _watch(
         return gauge.check()
 
     return check
-
-
-def lost_a_mount_race(run: RunResult) -> bool:
-    """Did bwrap fail to start because another job's dir was removed while it set up?
-
-    bwrap's ``--ro-bind / /`` copies every mount, other jobs' tmpfs included, then remounts
-    each read-only by its path; a job dir removed in between (its ``rmdir`` detaches the
-    copies in every mount namespace) makes that remount fail with ENOENT before the program
-    ran. Launching again is safe and the race is rare (about 1 in 50 launches with 50 jobs
-    ending around them)."""
-    return (
-        run.sandbox_failed
-        and "Unable to apply mount flags" in run.stderr
-        and "No such file or directory" in run.stderr
-    )
 
 
 class _LaunchOutput:
