@@ -521,7 +521,7 @@ print("built")
     skipped = outcome.result["files_skipped"]
     assert len(skipped) == 1
     assert skipped[0]["reason"] == "deeper than 32 directory levels"
-    assert skipped[0]["path"] == "d/" * 32
+    assert skipped[0]["path"] == "d/" * 33
 
 
 async def test_output_names_that_are_not_utf8_are_reported_skipped(

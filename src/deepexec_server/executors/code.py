@@ -35,6 +35,7 @@ import binascii
 import contextlib
 import dataclasses
 import errno
+import itertools
 import logging
 import math
 import os
@@ -564,7 +565,9 @@ def collect_output_files(
             subdirs: list[str] = []
             try:
                 with os.scandir(fd) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                    # Never more than the entries still allowed, however large the dir.
+                    room = MAX_OUTPUT_ENTRIES - seen + 1
+                    entries = sorted(itertools.islice(it, room), key=lambda e: e.name)
             except OSError:
                 entries = []
             for entry in entries:
@@ -589,7 +592,7 @@ def collect_output_files(
                     skip(rel + (b"/" if is_dir else b""), f"{kind} is not valid UTF-8")
                     continue
                 if is_dir:
-                    if len(stack) + 1 >= MAX_OUTPUT_DEPTH:
+                    if len(stack) + 1 > MAX_OUTPUT_DEPTH:
                         skip(rel + b"/", f"deeper than {MAX_OUTPUT_DEPTH} directory levels")
                     else:
                         subdirs.append(entry.name)

@@ -152,7 +152,8 @@ def mounts_under(root: Path, mountinfo: bytes | None = None) -> list[Path]:
             mountinfo = Path("/proc/self/mountinfo").read_bytes()
         except OSError:
             return []
-    prefix = os.fsencode(root).rstrip(b"/") + b"/"
+    # mountinfo shows resolved paths.
+    prefix = os.fsencode(os.path.realpath(root)).rstrip(b"/") + b"/"
     found: list[bytes] = []
     for line in mountinfo.splitlines():
         fields = line.split()
@@ -251,7 +252,7 @@ def sweep_stale_job_dirs(root: Path) -> list[Path]:
     first, then remove what is left. Returns them; logs, never raises, whatever they hold."""
     removed: list[Path] = []
     for point in mounts_under(root):
-        top = point.relative_to(root).parts[0]
+        top = point.relative_to(os.path.realpath(root)).parts[0]
         # A few tries: mounts may be stacked on one point.
         for _ in range(4) if _is_stale(top) else ():
             try:
