@@ -564,7 +564,7 @@ def test_validation_normalises_aliases_and_defaults() -> None:
         "code": "echo", "language": "bash", "stdin": "", "args": [], "env": {}, "files": {},
         "limits": {
             "cpu_time_s": None, "memory_mb": 512, "max_processes": 128,
-            "max_output_bytes": 1024 * 1024, "max_file_size_mb": 64,
+            "max_output_bytes": 1024 * 1024, "max_file_size_mb": 64, "disk_mb": 256,
         },
     }  # fmt: skip
     limited = ex.validate({"code": "", "limits": {"memory_mb": 256, "cpu_time_s": 2}}, 10)

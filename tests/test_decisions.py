@@ -126,7 +126,8 @@ def test_code_limits_from_environment_merge_over_the_defaults() -> None:
         }
     )
     assert s.code_limits_default == {
-        "memory_mb": 256, "max_processes": 128, "max_file_size_mb": 64, "cpu_time_s": 10,
+        "memory_mb": 256, "max_processes": 128, "max_file_size_mb": 64, "disk_mb": 256,
+        "cpu_time_s": 10,
     }  # fmt: skip
     assert s.code_limits_max["memory_mb"] == 1024
     assert s.code_limits_max["max_processes"] == Settings().code_limits_max["max_processes"]

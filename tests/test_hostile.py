@@ -495,7 +495,128 @@ async def test_fifty_concurrent_jobs_get_their_own_outputs(executor: CodeExecuto
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(run(executor, {"code": code, "stdin": t}) for t in tokens)), 45
     )
+    bad = [o for o in outcomes if o.error]
+    assert not bad, bad[:2]
     assert [stdout(o) for o in outcomes] == [t[::-1] + "\n" for t in tokens]
+
+
+# --- disk -------------------------------------------------------------------------------------
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+async def test_writing_many_large_files_is_disk_limit_within_the_quota(
+    executor: CodeExecutor,
+) -> None:
+    # 48 files of 60 MiB, each under the 64 MiB RLIMIT_FSIZE: 2.8 GB without a disk quota.
+    code = r"""
+import sys
+chunk = b"x" * (60 << 20)
+for i in range(48):
+    with open(f"big{i}", "wb") as f:
+        f.write(chunk)
+    print("wrote", i, flush=True)
+"""
+    assert executor._work_root is not None
+    watched = {str(executor._work_root), "/"}
+    before = {path: _free_bytes(path) for path in watched}
+    lowest = dict(before)
+    done = asyncio.Event()
+
+    async def watch_free_space() -> None:
+        while not done.is_set():
+            for path in watched:
+                lowest[path] = min(lowest[path], _free_bytes(path))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch_free_space())
+    try:
+        outcome = await run(executor, {"code": code}, timeout=30)
+    finally:
+        done.set()
+        await watcher
+    assert error_type(outcome) == ErrorType.DISK_LIMIT, outcome
+    assert outcome.error is not None and "256 MB" in outcome.error.message
+    assert outcome.result is not None
+    # At most the files that fit in 256 MiB were written whole.
+    assert stdout(outcome).count("wrote") <= 4
+    quota = 256 << 20
+    for path in watched:
+        assert before[path] - lowest[path] <= quota, (path, before[path] - lowest[path])
+
+
+async def test_a_job_asks_for_a_smaller_disk_and_gets_it(executor: CodeExecutor) -> None:
+    code = "open('f', 'wb').write(b'x' * (40 << 20))\nprint('fit')"
+    small = await run(executor, {"code": code, "limits": {"disk_mb": 16}})
+    assert error_type(small) == ErrorType.DISK_LIMIT, small
+    assert small.error is not None and "16 MB" in small.error.message
+    roomy = await run(executor, {"code": code, "limits": {"disk_mb": 64}})
+    assert roomy.error is None, roomy
+    assert stdout(roomy) == "fit\n"
+
+
+async def test_files_beyond_the_memory_limit_are_memory_limit(executor: CodeExecutor) -> None:
+    # The work dir is a tmpfs: its pages count against the job's memory (docs/sandbox.md).
+    code = (
+        "chunk = b'x' * (16 << 20)\n"
+        "with open('f', 'wb') as f:\n"
+        "    for _ in range(25):\n"
+        "        f.write(chunk)\n"
+        "print('wrote 400 MB')\n"
+    )
+    limits = {"memory_mb": 256, "disk_mb": 512, "max_file_size_mb": 512}
+    outcome = await run(executor, {"code": code, "limits": limits})
+    assert error_type(outcome) == ErrorType.MEMORY_LIMIT, outcome
+    assert "wrote" not in stdout(outcome)
+
+
+async def test_three_thousand_nested_directories_end_with_the_output_kept(
+    executor: CodeExecutor,
+) -> None:
+    code = r"""
+import os
+os.chdir("outputs")
+open("top.txt", "w").write("top")
+for i in range(3000):
+    os.mkdir("d")
+    os.chdir("d")
+    if i == 2:
+        open("shallow.txt", "w").write("three down")
+open("bottom.txt", "w").write("deep")
+print("built")
+"""
+    outcome = await run(executor, {"code": code}, timeout=30)
+    assert outcome.error is None, outcome
+    assert outcome.result is not None
+    assert stdout(outcome) == "built\n"
+    assert outcome.result["files"] == {"top.txt": "top", "d/d/d/shallow.txt": "three down"}
+    skipped = outcome.result["files_skipped"]
+    assert len(skipped) == 1
+    assert skipped[0]["reason"] == "deeper than 32 directory levels"
+    assert skipped[0]["path"] == "d/" * 33
+
+
+async def test_output_names_that_are_not_utf8_are_reported_skipped(
+    executor: CodeExecutor,
+) -> None:
+    code = r"""
+import os
+open(b"outputs/\xff.txt", "wb").write(b"raw name")
+os.mkdir(b"outputs/caf\xe9")
+open(b"outputs/caf\xe9/inside.txt", "w").write("hidden")
+open("outputs/ok.txt", "w").write("fine")
+"""
+    outcome = await run(executor, {"code": code})
+    assert outcome.error is None, outcome
+    assert outcome.result is not None
+    assert outcome.result["files"] == {"ok.txt": "fine"}
+    assert outcome.result["files_skipped"] == [
+        {"path": "caf\\xe9/", "reason": "directory name is not valid UTF-8"},
+        {"path": "\\xff.txt", "reason": "file name is not valid UTF-8"},
+    ]
 
 
 # --- files ------------------------------------------------------------------------------------

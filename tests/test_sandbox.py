@@ -29,17 +29,19 @@ from deepexec_server.executors.sandbox import (
     RunAs,
     RunResult,
     StreamCapture,
-    WorkDirError,
     bwrap_argv,
     decode_exit,
-    ensure_work_root,
     env_name_problem,
     is_bwrap_failure,
     launcher_argv,
     masked_dirs,
-    new_job_dir,
     parse_child_pid,
     sandbox_env,
+)
+from deepexec_server.executors.workdirs import (
+    WorkDirError,
+    ensure_work_root,
+    new_job_dir,
     sweep_stale_job_dirs,
     system_mounts,
 )
@@ -336,7 +338,7 @@ def test_parse_child_pid() -> None:
 def test_work_root_is_created_traversable_but_not_listable(tmp_path: Path) -> None:
     root = ensure_work_root(tmp_path / "work")
     assert (root.stat().st_mode & 0o777) == 0o711
-    job = new_job_dir(root, "job_abc/../x", None)
+    job = new_job_dir(root, "job_abc/../x", None).path
     assert job.parent == root and (job.stat().st_mode & 0o777) == 0o700
     assert job.name.startswith(f"{os.getpid()}-job_abcx-")
 
@@ -361,7 +363,7 @@ def test_work_root_refuses_symlinks_and_shared_dirs(tmp_path: Path) -> None:
 
 def test_sweep_removes_only_dirs_of_dead_servers(tmp_path: Path) -> None:
     root = ensure_work_root(tmp_path / "work")
-    mine = new_job_dir(root, "live", None)
+    mine = new_job_dir(root, "live", None).path
     # A pid that cannot be alive: above the kernel's pid_max.
     dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     stale = root / f"{dead_pid}-job_old-0000"
@@ -413,7 +415,7 @@ def test_interpreters_are_system_paths_never_shims() -> None:
 def test_probe_reports_each_mechanism_on_this_host() -> None:
     lines = probe_host(Settings())
     assert [line.mechanism for line in lines] == [
-        "bubblewrap", "uid_switch", "namespaces", "rlimits", "cgroups", "seccomp",
+        "bubblewrap", "uid_switch", "namespaces", "rlimits", "cgroups", "seccomp", "disk_quota",
     ]  # fmt: skip
     by_name = {line.mechanism: line for line in lines}
     assert by_name["bubblewrap"].ok and "bubblewrap" in by_name["bubblewrap"].detail
@@ -422,6 +424,7 @@ def test_probe_reports_each_mechanism_on_this_host() -> None:
     # This host (root, cgroup v1 hybrid, libseccomp2): both hardening layers apply.
     assert by_name["cgroups"].ok and "pids.max" in by_name["cgroups"].detail
     assert by_name["seccomp"].ok and "EPERM" in by_name["seccomp"].detail
+    assert by_name["disk_quota"].ok and "tmpfs" in by_name["disk_quota"].detail
     assert sandbox_problem(lines) is None
     for line in lines:
         rendered = line.render()
@@ -488,8 +491,9 @@ def test_decide_outcome_with_cgroup_stats_and_limits() -> None:
     from deepexec_server.executors.code import Collected, JobLimits
 
     limits = JobLimits(
-        cpu_time_s=1, memory_mb=256, max_processes=128, max_output_bytes=10, max_file_size_mb=64
-    )
+        cpu_time_s=1, memory_mb=256, max_processes=128, max_output_bytes=10, max_file_size_mb=64,
+        disk_mb=16,
+    )  # fmt: skip
     oom = Collected(CgroupStats(5, 262144, True), {}, False, limits)
     out = decide_outcome(_run(exit_code=None, signal="SIGKILL"), "python", 5, oom)
     assert out.error is not None and out.error.type == "memory_limit"
@@ -500,6 +504,13 @@ def test_decide_outcome_with_cgroup_stats_and_limits() -> None:
     assert out.error is not None and out.error.type == "cpu_limit"
     out = decide_outcome(_run(stdout_truncated=True), "python", 5, fine)
     assert out.error is not None and out.error.type == "output_limit"
+    out = decide_outcome(_run(limit_exceeded="disk_limit"), "python", 5, fine)
+    assert out.error is not None and out.error.type == "disk_limit"
+    assert out.error.message == "filled its disk quota of 16 MB"
+    full = Collected(CgroupStats(5, 100, False), {}, False, limits, disk_full="filled it")
+    out = decide_outcome(_run(), "python", 5, full)
+    assert out.error is not None and out.error.type == "disk_limit"
+    assert out.error.message == "filled it"
     out = decide_outcome(_run(), "python", 5, fine)
     assert out.error is None and out.result is not None and out.result["files"] == {"a": "b"}
 

@@ -87,6 +87,7 @@ class ErrorType:
     MEMORY_LIMIT = "memory_limit"
     CPU_LIMIT = "cpu_limit"
     OUTPUT_LIMIT = "output_limit"
+    DISK_LIMIT = "disk_limit"
     COMPILE_ERROR = "compile_error"
     KILLED = "killed"
     INTERRUPTED = "interrupted"

@@ -29,6 +29,7 @@ CODE_LIMIT_NAMES = (
     "max_processes",
     "max_output_bytes",
     "max_file_size_mb",
+    "disk_mb",
 )
 
 
@@ -91,7 +92,12 @@ class Settings:
     #: Defaults for a code job's other ``data.limits``. Without ``cpu_time_s`` a job's CPU
     #: time is capped just above its wall-clock timeout.
     code_limits_default: Mapping[str, int] = dataclasses.field(
-        default_factory=lambda: {"memory_mb": 512, "max_processes": 128, "max_file_size_mb": 64}
+        default_factory=lambda: {
+            "memory_mb": 512,
+            "max_processes": 128,
+            "max_file_size_mb": 64,
+            "disk_mb": 256,
+        }
     )
     #: The most a code job may ask for, per limit; more is a 422 naming the limit.
     code_limits_max: Mapping[str, int] = dataclasses.field(
@@ -101,6 +107,7 @@ class Settings:
             "max_processes": 1024,
             "max_output_bytes": 16 * 1024 * 1024,
             "max_file_size_mb": 1024,
+            "disk_mb": 1024,
         }
     )
 

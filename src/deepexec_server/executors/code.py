@@ -15,14 +15,16 @@ descriptor in ``$DEEPEXEC_PROGRESS_FD`` (see ``_progress_helper`` for one-liners
 ``code_limits_max``, over a maximum is a 422):
 ``cpu_time_s`` (total CPU of every process), ``memory_mb`` (cgroup memory+swap),
 ``max_processes`` (cgroup pids.max, threads included), ``max_output_bytes`` (per stream),
-``max_file_size_mb`` (RLIMIT_FSIZE). Exceeding them ends the job FAILED with
-``memory_limit``, ``cpu_limit`` or ``output_limit`` (the first ``max_output_bytes`` of each
-stream kept, ``*_truncated`` set, the program killed).
+``max_file_size_mb`` (RLIMIT_FSIZE), ``disk_mb`` (the job dir's size: see ``workdirs``).
+Exceeding them ends the job FAILED with ``memory_limit``, ``cpu_limit``, ``output_limit`` or
+``disk_limit`` (the first ``max_output_bytes`` of each stream kept, ``*_truncated`` set, the
+program killed). docs/sandbox.md lists every bound.
 
 ``data.files``: ``{"rel/path": "text" | {"content": base64, "encoding": "base64"}}`` written
 into the work dir before the run. Files the program leaves under ``outputs/`` come back in
 ``result.files`` (text, or ``{"content", "encoding": "base64"}`` when not UTF-8), at most
-``MAX_RESULT_FILES_BYTES`` in all (``files_truncated`` otherwise).
+``MAX_RESULT_FILES_BYTES`` in all (``files_truncated`` otherwise); names that are not UTF-8
+and directories deeper than ``MAX_OUTPUT_DEPTH`` are listed in ``result.files_skipped``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import errno
+import itertools
 import logging
 import math
 import os
@@ -55,25 +59,31 @@ from .sandbox import (
     RunAs,
     RunRequest,
     RunResult,
-    WorkDirError,
     become_subreaper,
     bwrap_argv,
-    default_work_root,
-    ensure_work_root,
     env_name_problem,
     launcher_argv,
     masked_dirs,
-    new_job_dir,
     open_pipe,
-    remove_job_dir,
     resolve_run_as,
     run_program,
     sandbox_env,
+)
+from .seccomp_filter import SeccompUnavailable, compile_filter, filter_pipe
+from .workdirs import (
+    DiskGauge,
+    JobDir,
+    WorkDirError,
+    default_work_root,
+    ensure_work_root,
+    lost_mount_race,
+    mount_check,
+    new_job_dir,
+    remove_job_dir,
     sweep_stale_job_dirs,
     system_mounts,
     write_job_file,
 )
-from .seccomp_filter import SeccompUnavailable, compile_filter, filter_pipe
 
 log = logging.getLogger("deepexec_server.sandbox")
 
@@ -92,9 +102,19 @@ MAX_FILE_PATH_CHARS = 255
 #: Output files returned in the result (total decoded bytes).
 MAX_RESULT_FILES_BYTES = 1024 * 1024
 OUTPUTS_DIR = "outputs"
+#: How far the collection of output files looks: directory levels, entries, and how many
+#: left-out names the result lists.
+MAX_OUTPUT_DEPTH = 32
+MAX_OUTPUT_ENTRIES = 10_000
+MAX_SKIPPED_REPORTED = 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: The compile step of compiled languages: its own wall clock and limits (javac's JVM needs
 #: room; gcc's cc1 forks as and ld).
 COMPILE_TIMEOUT_S = 60.0
+#: How many times a run is launched when bwrap loses a race with another job dir's removal
+#: (``workdirs.lost_mount_race``).
+LAUNCH_ATTEMPTS = 3
+BWRAP_ERROR_PREFIX = "bwrap: "
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,6 +127,8 @@ class JobLimits:
     max_processes: int
     max_output_bytes: int
     max_file_size_mb: int
+    #: The job dir's quota: every file and directory the program writes there.
+    disk_mb: int
 
     def to_dict(self) -> dict[str, int | None]:
         """As stored in the job's data. (``dataclasses.asdict`` deep-copies every int.)"""
@@ -117,9 +139,10 @@ class JobLimits:
         return self.cpu_time_s or max(1, math.ceil(timeout)) + 1
 
 
+#: ``disk_mb`` is not used: the compiler writes into the job's dir, under the job's own quota.
 COMPILE_LIMITS = JobLimits(
     cpu_time_s=60, memory_mb=1024, max_processes=256, max_output_bytes=64 * 1024,
-    max_file_size_mb=256,
+    max_file_size_mb=256, disk_mb=1024,
 )  # fmt: skip
 
 
@@ -140,6 +163,7 @@ class LimitPolicy:
             max_processes=d["max_processes"],
             max_output_bytes=settings.max_output_bytes,
             max_file_size_mb=d["max_file_size_mb"],
+            disk_mb=d["disk_mb"],
         )
         return cls(defaults, dict(settings.code_limits_max))
 
@@ -364,12 +388,16 @@ class Collected:
     limits: JobLimits | None = None
     #: Compiled languages: what the compiler printed (None for interpreted languages).
     compile_output: str | None = None
+    #: Output files left out for their name or depth (``OutputFiles.skipped``).
+    files_skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    #: Why the job dir was over its disk quota when the run ended, or None.
+    disk_full: str | None = None
 
 
 def result_dict(run: RunResult, language: str, extra: Collected | None = None) -> dict[str, Any]:
     """The job's ``result``: what the program did, whatever the verdict. With ``extra``
-    (the real executor), also ``cpu_time_ms``, ``memory_peak_kb``, ``oom_killed``, ``files``
-    and ``files_truncated`` (None where this host has no cgroups)."""
+    (the real executor), also ``cpu_time_ms``, ``memory_peak_kb``, ``oom_killed`` (None where
+    this host has no cgroups), ``files``, ``files_truncated`` and ``files_skipped``."""
     base: dict[str, Any] = {
         "stdout": run.stdout,
         "stderr": run.stderr,
@@ -390,6 +418,7 @@ def result_dict(run: RunResult, language: str, extra: Collected | None = None) -
         oom_killed=stats.oom_killed if stats else None,
         files=extra.files or {},
         files_truncated=extra.files_truncated,
+        files_skipped=extra.files_skipped,
         compile_output=extra.compile_output,
     )
     return base
@@ -402,8 +431,8 @@ def _format_seconds(timeout: float) -> str:
 def decide_outcome(
     run: RunResult, language: str, timeout: float, extra: Collected | None = None
 ) -> Outcome:
-    """Map a run to the job's outcome: cancel > memory (OOM kill) > CPU > output > timeout >
-    sandbox failure > exit status."""
+    """Map a run to the job's outcome: cancel > memory (OOM kill) > CPU > disk > output >
+    timeout > sandbox failure > exit status."""
     result = result_dict(run, language, extra)
     limits = extra.limits if extra else None
     if run.canceled:
@@ -414,6 +443,10 @@ def decide_outcome(
     if run.limit_exceeded == "cpu_limit":
         secs = f" of {limits.cpu_time_s} s" if limits and limits.cpu_time_s else ""
         return Outcome(result, JobError(ErrorType.CPU_LIMIT, f"exceeded the CPU time limit{secs}"))
+    if run.limit_exceeded == "disk_limit" or (extra is not None and extra.disk_full):
+        why = extra.disk_full if extra is not None and extra.disk_full else None
+        quota = f"filled its disk quota of {limits.disk_mb} MB" if limits else "filled its disk"
+        return Outcome(result, JobError(ErrorType.DISK_LIMIT, why or quota))
     if run.limit_exceeded == "output_limit" or run.stdout_truncated or run.stderr_truncated:
         size = f" of {limits.max_output_bytes} bytes" if limits else ""
         return Outcome(result, JobError(ErrorType.OUTPUT_LIMIT, f"output exceeded the limit{size}"))
@@ -484,41 +517,127 @@ def write_input_files(job_dir: Path, files: Mapping[str, bytes], owner: RunAs | 
             os.chown(path, owner.uid, owner.gid)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutputFiles:
+    """What came back from ``outputs/``."""
+
+    files: dict[str, bytes]
+    #: A budget (bytes, files, entries looked at) was reached: some files were not returned.
+    truncated: bool
+    #: The first ``MAX_SKIPPED_REPORTED`` files or directories left out for their name or
+    #: depth: ``{"path": ..., "reason": ...}``, names shown with undecodable bytes escaped.
+    skipped: list[dict[str, str]]
+
+
+def _shown(rel: bytes) -> str:
+    """A job-made path as text for the result: never a lone surrogate (which neither the
+    stores nor JSON encoders accept), at most 200 characters."""
+    text = rel.decode("utf-8", errors="backslashreplace")
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def collect_output_files(
     outputs: Path, owner_uid: int | None, budget: int = MAX_RESULT_FILES_BYTES
-) -> tuple[dict[str, bytes], bool]:
+) -> OutputFiles:
     """Regular files under ``outputs`` (names relative to it), at most ``budget`` bytes in all
-    and ``MAX_INPUT_FILES`` files; (files, truncated). Runs after every process of the job is
-    dead; symlinks, devices, fifos and files of another owner are skipped, never followed."""
+    and ``MAX_INPUT_FILES`` files. Runs after every process of the job is dead; symlinks,
+    devices, fifos and files of another owner are left out, never followed. The walk is
+    iterative and by directory fd (a job's tree may be deeper than PATH_MAX allows), at most
+    ``MAX_OUTPUT_DEPTH`` levels and ``MAX_OUTPUT_ENTRIES`` entries; a name that is not UTF-8
+    is reported in ``skipped``."""
     found: dict[str, bytes] = {}
+    skipped: list[dict[str, str]] = []
     truncated = False
-    if not outputs.is_dir() or outputs.is_symlink():
-        return found, truncated
-    for dirpath, dirnames, filenames in os.walk(outputs, followlinks=False):
-        dirnames.sort()
-        for fname in sorted(filenames):
-            path = Path(dirpath) / fname
+    seen = 0
+
+    def skip(rel: bytes, reason: str) -> None:
+        if len(skipped) < MAX_SKIPPED_REPORTED:
+            skipped.append({"path": _shown(rel), "reason": reason})
+
+    try:
+        root = os.open(outputs, _DIR_FLAGS)
+    except OSError:
+        return OutputFiles(found, truncated, skipped)
+    # (dir fd, its path relative to outputs, its subdirectories still to visit)
+    stack: list[tuple[int, bytes, list[str]]] = []
+    fd, prefix = root, b""
+    try:
+        while True:
+            subdirs: list[str] = []
             try:
-                st = path.lstat()
+                with os.scandir(fd) as it:
+                    # Never more than the entries still allowed, however large the dir.
+                    room = MAX_OUTPUT_ENTRIES - seen + 1
+                    entries = sorted(itertools.islice(it, room), key=lambda e: e.name)
             except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode) or (owner_uid is not None and st.st_uid != owner_uid):
-                continue
-            if st.st_size > budget or len(found) >= MAX_INPUT_FILES:
-                truncated = True
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as f:
-                content = f.read(budget + 1)
-            if len(content) > budget:
-                truncated = True
-                continue
-            budget -= len(content)
-            found[str(path.relative_to(outputs))] = content
-    return found, truncated
+                entries = []
+            for entry in entries:
+                seen += 1
+                if seen > MAX_OUTPUT_ENTRIES:
+                    truncated = True
+                    break
+                rel = prefix + os.fsencode(entry.name)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if not is_dir and not stat.S_ISREG(st.st_mode):
+                    continue
+                if owner_uid is not None and st.st_uid != owner_uid:
+                    continue
+                try:
+                    rel.decode("utf-8")
+                except UnicodeDecodeError:
+                    kind = "directory name" if is_dir else "file name"
+                    skip(rel + (b"/" if is_dir else b""), f"{kind} is not valid UTF-8")
+                    continue
+                if is_dir:
+                    if len(stack) + 1 > MAX_OUTPUT_DEPTH:
+                        skip(rel + b"/", f"deeper than {MAX_OUTPUT_DEPTH} directory levels")
+                    else:
+                        subdirs.append(entry.name)
+                    continue
+                if st.st_size > budget or len(found) >= MAX_INPUT_FILES:
+                    truncated = True
+                    continue
+                try:
+                    file_fd = os.open(
+                        entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd
+                    )
+                except OSError:
+                    continue
+                try:
+                    with os.fdopen(file_fd, "rb") as f:
+                        content = f.read(budget + 1)
+                except OSError:
+                    continue
+                if len(content) > budget:
+                    truncated = True
+                    continue
+                budget -= len(content)
+                found[rel.decode("utf-8")] = content
+            subdirs.reverse()
+            stack.append((fd, prefix, subdirs))
+            fd = -1
+            while stack and fd < 0:
+                parent_fd, parent_prefix, todo = stack[-1]
+                if not todo or seen > MAX_OUTPUT_ENTRIES:
+                    os.close(parent_fd)
+                    stack.pop()
+                    continue
+                name = todo.pop()
+                with contextlib.suppress(OSError):
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                    prefix = parent_prefix + os.fsencode(name) + b"/"
+            if fd < 0:
+                break
+    finally:
+        for parent_fd, _, _ in stack:
+            os.close(parent_fd)
+        if fd >= 0:
+            os.close(fd)
+    return OutputFiles(found, truncated, skipped)
 
 
 # --- the executor -----------------------------------------------------------------------------
@@ -543,6 +662,8 @@ class CodeExecutor:
         self._system: list[str] = []
         self._cgroups: CgroupHost | None = None
         self._seccomp: bytes | None = None
+        #: Job dirs are tmpfs mounts (the quota enforced by the kernel), else plain dirs.
+        self._mount_job_dirs = False
 
     # -- lifecycle --
 
@@ -567,9 +688,21 @@ class CodeExecutor:
             sc_detail = f"{len(self._seccomp) // 8} BPF instructions"
         except SeccompUnavailable as exc:
             self._seccomp, sc_detail = None, str(exc)
+        work_problem: str | None = None
+        disk: tuple[bool, str] = (False, "no usable work dir")
+        try:
+            root = Path(self.settings.work_dir) if self.settings.work_dir else default_work_root()
+            self._work_root = ensure_work_root(root)
+            # Logs and goes on past whatever a crashed server's job left: never stops the start.
+            for stale in sweep_stale_job_dirs(self._work_root):
+                log.info("removed stale work dir %s", stale)
+            disk = mount_check(self._work_root)
+        except (OSError, WorkDirError) as exc:
+            work_problem = f"work dir unusable: {exc}"
+        self._mount_job_dirs = disk[0]
         self._probe = probe_host(
             self.settings, cgroups=(self._cgroups is not None, cg_detail),
-            seccomp=(self._seccomp is not None, sc_detail),
+            seccomp=(self._seccomp is not None, sc_detail), disk=disk,
         )  # fmt: skip
         for line in self._probe:
             (log.info if line.ok else log.warning)("%s", line.render())
@@ -588,13 +721,7 @@ class CodeExecutor:
             self._run_as = resolve_run_as(self.settings.sandbox_user)
         except LookupError as exc:
             problem = problem or str(exc)
-        try:
-            root = Path(self.settings.work_dir) if self.settings.work_dir else default_work_root()
-            self._work_root = ensure_work_root(root)
-            for stale in sweep_stale_job_dirs(self._work_root):
-                log.info("removed stale work dir %s", stale)
-        except (OSError, WorkDirError) as exc:
-            problem = problem or f"work dir unusable: {exc}"
+        problem = problem or work_problem
         # Even unsafe mode never runs a job as root.
         can_drop = self._run_as is not None or os.geteuid() != 0
         if problem and self.settings.unsafe_no_sandbox and self._work_root is not None and can_drop:
@@ -644,6 +771,8 @@ class CodeExecutor:
                 "run_as": self._run_as.name if self._run_as else None,
                 "cgroups": self._cgroups is not None,
                 "seccomp": self._seccomp is not None and self._bwrap is not None,
+                # tmpfs: the kernel holds each job to its disk_mb; walk: measured every 0.5 s.
+                "disk_quota": "tmpfs" if self._mount_job_dirs else "walk",
                 "probe": [line.to_dict() for line in self._probe],
             },
         }
@@ -664,22 +793,31 @@ class CodeExecutor:
             )
         limits = validate_limits(data.get("limits"), self._limits)
         files = validate_files(data.get("files"), self.settings.max_body_bytes)
-        job_dir = new_job_dir(self._work_root, ctx.job_id, self._run_as)
+        job = new_job_dir(
+            self._work_root, ctx.job_id, self._run_as, limits.disk_mb << 20, self._mount_job_dirs
+        )
+        job_dir, gauge = job.path, DiskGauge(job)
         started = time.monotonic()
         compile_output: str | None = None
-        removing: asyncio.Future[tuple[dict[str, bytes], bool]] | None = None
+        removing: asyncio.Future[tuple[OutputFiles, str | None]] | None = None
         try:
-            write_job_file(job_dir, language.filename, data["code"], self._run_as)
-            write_input_files(job_dir, files, self._run_as)
-            outputs = job_dir / OUTPUTS_DIR
-            if not outputs.exists():
-                write_input_files(job_dir, {f"{OUTPUTS_DIR}/.keep": b""}, self._run_as)
-                os.unlink(outputs / ".keep")
+            try:
+                write_job_file(job_dir, language.filename, data["code"], self._run_as)
+                write_input_files(job_dir, files, self._run_as)
+                outputs = job_dir / OUTPUTS_DIR
+                if not outputs.exists():
+                    write_input_files(job_dir, {f"{OUTPUTS_DIR}/.keep": b""}, self._run_as)
+                    os.unlink(outputs / ".keep")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                message = f"the program and its input files do not fit in {limits.disk_mb} MB"
+                return Outcome(None, JobError(ErrorType.DISK_LIMIT, message))
             if language.compiled:
                 compile_timeout = min(COMPILE_TIMEOUT_S, ctx.timeout)
                 build, build_stats = await self._run_step(
                     data, language.compile_argv(interp.path), b"", job_dir, compile_timeout,
-                    COMPILE_LIMITS, ctx, stream=False,
+                    COMPILE_LIMITS, ctx, gauge, stream=False,
                 )  # fmt: skip
                 compile_output = (build.stdout + build.stderr)[: COMPILE_LIMITS.max_output_bytes]
                 failed = compile_failure(build, build_stats, compile_timeout)
@@ -694,22 +832,25 @@ class CodeExecutor:
             command = language.argv(interp.path, data.get("args", []), interp.runtime)
             stdin = str(data.get("stdin", "")).encode("utf-8", errors="replace")
             run, stats = await self._run_step(
-                data, command, stdin, job_dir, timeout, limits, ctx, stream=True
+                data, command, stdin, job_dir, timeout, limits, ctx, gauge, stream=True
             )
             owner_uid = self._run_as.uid if self._run_as else None
             removing = asyncio.ensure_future(
-                asyncio.to_thread(_collect_and_remove, job_dir, outputs, owner_uid)
+                asyncio.to_thread(_collect_and_remove, job, gauge, outputs, owner_uid)
             )
-            out_files, truncated = await asyncio.shield(removing)
+            out, disk_full = await asyncio.shield(removing)
         except CgroupError as exc:
             return Outcome(None, JobError(ErrorType.INTERNAL, str(exc)))
         finally:
             if removing is None:
-                await asyncio.to_thread(remove_job_dir, job_dir)
+                await asyncio.to_thread(remove_job_dir, job)
             elif not removing.done():  # cancelled while the thread works: let it finish
                 with contextlib.suppress(Exception):
                     await removing
-        extra = Collected(stats, encode_files(out_files), truncated, limits, compile_output)
+        extra = Collected(
+            stats, encode_files(out.files), out.truncated, limits, compile_output,
+            files_skipped=out.skipped, disk_full=disk_full,
+        )  # fmt: skip
         return decide_outcome(run, language.name, ctx.timeout, extra)
 
     async def _run_step(
@@ -721,6 +862,7 @@ class CodeExecutor:
         timeout: float,
         limits: JobLimits,
         ctx: ExecutionContext,
+        gauge: DiskGauge,
         *,
         stream: bool,
     ) -> tuple[RunResult, CgroupStats | None]:
@@ -741,7 +883,6 @@ class CodeExecutor:
                     await asyncio.to_thread(_kill_and_remove, await creating)
                 raise
         try:
-            request = self._build_request(data, command, stdin, job_dir, timeout, limits, cgroup)
 
             def on_progress(update: ProgressUpdate) -> None:
                 ctx.report_progress(update.percent, update.message)
@@ -749,10 +890,19 @@ class CodeExecutor:
             def no_output(stream: str, text: str) -> None:
                 pass
 
-            run = await run_program(
-                request, ctx.cancel_requested, ctx.emit_output if stream else no_output,
-                on_progress,
-            )  # fmt: skip
+            for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+                request = self._build_request(
+                    data, command, stdin, job_dir, timeout, limits, cgroup, gauge
+                )
+                output = _LaunchOutput(ctx.emit_output if stream else no_output)
+                run = await run_program(request, ctx.cancel_requested, output, on_progress)
+                raced = run.sandbox_failed and lost_mount_race(run.stderr)
+                if attempt == LAUNCH_ATTEMPTS or not raced:
+                    output.flush()
+                    break
+                log.info(
+                    "job %s: sandbox set-up raced a job dir's removal; launching again", ctx.job_id
+                )
             stats = None
             if cgroup is not None:
                 # One trip to a thread: kill what is left, read the figures, remove the cgroup.
@@ -772,6 +922,7 @@ class CodeExecutor:
         timeout: float,
         limits: JobLimits,
         cgroup: JobCgroup | None,
+        gauge: DiskGauge,
     ) -> RunRequest:
         pipe = open_pipe()
         status = open_pipe() if self._bwrap else None
@@ -817,7 +968,7 @@ class CodeExecutor:
                 inherit_fds=(seccomp_fd,) if seccomp_fd is not None else (),
                 attach=cgroup.attach if cgroup else None,
                 kill_rest=cgroup.kill if cgroup else None,
-                watch=_cpu_watch(cgroup, limits.cpu_seconds(timeout)) if cgroup else None,
+                watch=_watch(cgroup, limits.cpu_seconds(timeout), gauge),
             )
         except BaseException:
             for fd in (*pipe, *(status or ()), *((seccomp_fd,) if seccomp_fd is not None else ())):
@@ -825,14 +976,47 @@ class CodeExecutor:
             raise
 
 
-def _cpu_watch(cgroup: JobCgroup, cpu_seconds: int) -> Callable[[], str | None]:
-    """The run's periodic check: total CPU of the whole job (all processes) over its limit."""
+def _watch(
+    cgroup: JobCgroup | None, cpu_seconds: int, gauge: DiskGauge
+) -> Callable[[], str | None]:
+    """The run's periodic check: total CPU of the whole job (all processes) over its limit,
+    then its work dir at its disk quota."""
 
     def check() -> str | None:
-        used = cgroup.cpu_time_ms()
-        return "cpu_limit" if used is not None and used >= cpu_seconds * 1000 else None
+        if cgroup is not None:
+            used = cgroup.cpu_time_ms()
+            if used is not None and used >= cpu_seconds * 1000:
+                return "cpu_limit"
+        return gauge.check()
 
     return check
+
+
+class _LaunchOutput:
+    """An output sink that holds back stderr while it may still be bwrap's own start-up error
+    (launched again, it must not reach the job's live output); anything else passes."""
+
+    def __init__(self, sink: Callable[[str, str], None]) -> None:
+        self._sink = sink
+        self._held: list[str] | None = []
+
+    def __call__(self, stream: str, text: str) -> None:
+        if self._held is not None:
+            if stream == "stderr":
+                self._held.append(text)
+                held = "".join(self._held)
+                if held.startswith(BWRAP_ERROR_PREFIX) or BWRAP_ERROR_PREFIX.startswith(held):
+                    return
+            self.flush()
+            if stream == "stderr":
+                return
+        self._sink(stream, text)
+
+    def flush(self) -> None:
+        """Pass on what was held; from now on nothing is held."""
+        held, self._held = self._held, None
+        if held:
+            self._sink("stderr", "".join(held))
 
 
 def _kill_and_remove(cgroup: JobCgroup) -> None:
@@ -851,10 +1035,11 @@ def _kill_measure_remove(cgroup: JobCgroup) -> CgroupStats:
 
 
 def _collect_and_remove(
-    job_dir: Path, outputs: Path, owner_uid: int | None
-) -> tuple[dict[str, bytes], bool]:
-    """The files the program left in ``outputs``; then the job dir is removed."""
+    job: JobDir, gauge: DiskGauge, outputs: Path, owner_uid: int | None
+) -> tuple[OutputFiles, str | None]:
+    """Whether the job dir ended over its quota, and the files the program left in
+    ``outputs``; then the job dir is removed."""
     try:
-        return collect_output_files(outputs, owner_uid)
+        return collect_output_files(outputs, owner_uid), gauge.final()
     finally:
-        remove_job_dir(job_dir)
+        remove_job_dir(job)

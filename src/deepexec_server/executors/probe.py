@@ -25,6 +25,7 @@ from .sandbox import (
     resolve_run_as,
     system_mounts,
 )
+from .workdirs import lost_mount_race
 
 #: Mechanism names, in the order the lines are produced.
 BUBBLEWRAP = "bubblewrap"
@@ -33,6 +34,7 @@ NAMESPACES = "namespaces"
 RLIMITS = "rlimits"
 CGROUPS = "cgroups"
 SECCOMP = "seccomp"
+DISK_QUOTA = "disk_quota"
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -163,18 +165,21 @@ def _probe_namespaces(bwrap: str | None, run_as: RunAs | None, usable: bool) -> 
     if bwrap is None or not usable:
         return ProbeLine(NAMESPACES, False, "not tested (no bwrap or no sandbox user)")
     hint = "enable user namespaces, or start with --unsafe-no-sandbox"
-    status_r, status_w = open_pipe()
-    try:
-        proc = _run(namespace_test_argv(bwrap, status_w), run_as, (status_w,))
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return _refused(NAMESPACES, f"bwrap could not run: {exc}", hint)
-    finally:
-        os.close(status_w)
-        init_pid = parse_child_pid(read_available(status_r))
-        os.close(status_r)
-        if init_pid is not None:
-            # Only reapable when the caller made this process a subreaper.
-            reap_sandbox_init_blocking(init_pid, within=0.2)
+    for _ in range(3):  # again if it raced another job dir's removal (lost_mount_race)
+        status_r, status_w = open_pipe()
+        try:
+            proc = _run(namespace_test_argv(bwrap, status_w), run_as, (status_w,))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return _refused(NAMESPACES, f"bwrap could not run: {exc}", hint)
+        finally:
+            os.close(status_w)
+            init_pid = parse_child_pid(read_available(status_r))
+            os.close(status_r)
+            if init_pid is not None:
+                # Only reapable when the caller made this process a subreaper.
+                reap_sandbox_init_blocking(init_pid, within=0.2)
+        if proc.returncode == 0 or not lost_mount_race(proc.stderr):
+            break
     if proc.returncode != 0:
         reason = (proc.stderr.strip() or f"exit status {proc.returncode}").splitlines()[0]
         return _refused(NAMESPACES, reason, hint)
@@ -250,13 +255,40 @@ def _probe_seccomp(result: tuple[bool, str] | None) -> ProbeLine:
     )
 
 
+def _probe_disk(settings: Settings, result: tuple[bool, str] | None) -> ProbeLine:
+    if result is None:
+        from .workdirs import WorkDirError, default_work_root, ensure_work_root, mount_check
+
+        root = Path(settings.work_dir) if settings.work_dir else default_work_root()
+        try:
+            result = mount_check(ensure_work_root(root))
+        except (OSError, WorkDirError) as exc:
+            result = (False, f"work dir {root} unusable ({exc})")
+    ok, detail = result
+    if ok:
+        return ProbeLine(
+            DISK_QUOTA,
+            True,
+            f"{detail}: a job's files past its disk_mb fail with ENOSPC and end it disk_limit",
+        )
+    return ProbeLine(
+        DISK_QUOTA,
+        False,
+        f"cannot mount a tmpfs per job dir: {detail}: falls back to measuring each job dir "
+        "every 0.5 s and killing the job over its disk_mb (a burst between two checks can "
+        "exceed it; RLIMIT_FSIZE still caps each file)",
+    )
+
+
 def probe_host(
     settings: Settings,
     cgroups: tuple[bool, str] | None = None,
     seccomp: tuple[bool, str] | None = None,
+    disk: tuple[bool, str] | None = None,
 ) -> list[ProbeLine]:
     """Probe each sandbox mechanism (spawns bwrap once; blocking). ``cgroups``/``seccomp``:
-    (usable, detail) when the caller already set them up; probed here otherwise."""
+    (usable, detail) when the caller already set them up; probed here otherwise. ``disk``:
+    whether job dirs get a tmpfs (``workdirs.mount_check``)."""
     bwrap = find_bwrap()
     identity, run_as, usable = _probe_identity(settings)
     return [
@@ -266,6 +298,7 @@ def probe_host(
         _probe_rlimits(),
         _probe_cgroups(cgroups),
         _probe_seccomp(seccomp),
+        _probe_disk(settings, disk),
     ]
 
 

@@ -51,9 +51,7 @@ import math
 import os
 import pwd
 import secrets
-import shutil
 import signal
-import stat
 import sys
 import threading
 import time
@@ -371,92 +369,6 @@ def is_bwrap_failure(returncode: int, stderr: bytes) -> bool:
     if returncode == 112 and stderr.startswith(b"deepexec-launch: "):
         return True
     return returncode == 1 and stderr.startswith(b"bwrap: ")
-
-
-# --- work dirs --------------------------------------------------------------------------------
-
-
-class WorkDirError(RuntimeError):
-    """The work root is unusable (a symlink, someone else's, writable by others)."""
-
-
-def default_work_root(server_uid: int | None = None) -> Path:
-    """Outside root's home (0700, the sandbox uid could not traverse it): /var/tmp."""
-    uid = os.geteuid() if server_uid is None else server_uid
-    # Checked by ensure_work_root (owner, no symlink), so a squatter is refused, not used.
-    return Path(f"/var/tmp/deepexec-work-{uid}")  # noqa: S108
-
-
-def ensure_work_root(path: Path) -> Path:
-    """Create ``path`` 0711 owned by this process, or check an existing one is safe to use.
-
-    0711: the sandbox uid may traverse into its own job dir but not list the others.
-    """
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o711, parents=False)
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise WorkDirError(f"work root {path} is not a plain directory")
-    if st.st_uid != os.geteuid():
-        raise WorkDirError(f"work root {path} is owned by uid {st.st_uid}, not by this server")
-    if st.st_mode & 0o022:
-        raise WorkDirError(f"work root {path} is writable by group or others")
-    if stat.S_IMODE(st.st_mode) != 0o711:
-        os.chmod(path, 0o711)  # noqa: S103 - traversable, not listable: see docstring
-    return path
-
-
-def new_job_dir(root: Path, job_id: str, owner: RunAs | None) -> Path:
-    """A fresh 0700 dir for one job, owned by the sandbox uid. Its name starts with this
-    server's pid so a startup sweep can tell the leftovers of dead servers."""
-    safe = "".join(c for c in job_id if c.isalnum() or c in "-_")[:64] or "job"
-    path = root / f"{os.getpid()}-{safe}-{secrets.token_hex(4)}"
-    path.mkdir(mode=0o700)
-    if owner is not None:
-        os.chown(path, owner.uid, owner.gid)
-    return path
-
-
-def write_job_file(job_dir: Path, name: str, content: str, owner: RunAs | None) -> Path:
-    """Write the program's source into its (still empty, not yet shared) job dir."""
-    path = job_dir / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(content)
-    if owner is not None:
-        os.chown(path, owner.uid, owner.gid)
-    return path
-
-
-def remove_job_dir(path: Path) -> None:
-    """Remove a job dir. rmtree does not follow symlinks the program may have planted."""
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_stale_job_dirs(root: Path) -> list[Path]:
-    """Remove job dirs whose server process is gone (left behind by a crash); return them."""
-    removed: list[Path] = []
-    try:
-        entries = list(root.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        pid_text = entry.name.split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
-            continue
-        remove_job_dir(entry)
-        removed.append(entry)
-    return removed
 
 
 # --- output capture ---------------------------------------------------------------------------
