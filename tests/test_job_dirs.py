@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 
 from deepexec_sdk import DeepExecClient
-from deepexec_server.executors.code import _LaunchOutput, collect_output_files
+from deepexec_server.executors.code import collect_output_files
 from deepexec_server.executors.probe import _probe_disk
 from deepexec_server.executors.workdirs import (
     DiskGauge,
     JobDir,
     ensure_work_root,
-    lost_mount_race,
     mounts_under,
     remove_tree,
     sweep_stale_job_dirs,
@@ -149,39 +148,6 @@ def test_probe_says_what_it_falls_back_to_without_mounts() -> None:
     assert not line.ok and line.fatal is None
     assert line.render().startswith("MISSING disk_quota: cannot mount a tmpfs per job dir")
     assert "falls back to measuring each job dir" in line.render()
-
-
-def test_a_launch_that_raced_another_job_dirs_removal_is_recognised() -> None:
-    raced = (
-        "bwrap: Can't bind mount /oldroot/ on /newroot/: Unable to apply mount flags: remount "
-        '"/newroot/var/tmp/deepexec-work-0/22014-job_d67ee57d-e49775d4": No such file or '
-        "directory\n"
-    )
-    assert lost_mount_race(raced)
-    assert not lost_mount_race("bwrap: Creating new namespace failed: Operation not permitted")
-    assert not lost_mount_race("print: Unable to apply mount flags: No such file or directory")
-
-
-def test_launch_output_holds_back_only_what_may_be_bwraps_own_error() -> None:
-    got: list[tuple[str, str]] = []
-    held = _LaunchOutput(lambda stream, text: got.append((stream, text)))
-    held("stderr", "bwr")
-    held("stderr", "ap: Can't bind mount")
-    assert got == []  # may be a launch to discard
-    held.flush()
-    assert got == [("stderr", "bwrap: Can't bind mount")]
-    got.clear()
-    program = _LaunchOutput(lambda stream, text: got.append((stream, text)))
-    program("stdout", "hello\n")
-    program("stderr", "bwrap: printed by the program, once it runs\n")
-    assert got == [
-        ("stdout", "hello\n"),
-        ("stderr", "bwrap: printed by the program, once it runs\n"),
-    ]
-    got.clear()
-    traceback = _LaunchOutput(lambda stream, text: got.append((stream, text)))
-    traceback("stderr", "Traceback (most recent call last):\n")
-    assert got == [("stderr", "Traceback (most recent call last):\n")]
 
 
 # --- the real server --------------------------------------------------------------------------

@@ -37,13 +37,13 @@ from deepexec_server.executors.sandbox import (
     masked_dirs,
     parse_child_pid,
     sandbox_env,
+    system_mounts,
 )
 from deepexec_server.executors.workdirs import (
     WorkDirError,
     ensure_work_root,
     new_job_dir,
     sweep_stale_job_dirs,
-    system_mounts,
 )
 from deepexec_server.settings import Settings
 

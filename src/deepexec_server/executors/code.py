@@ -68,6 +68,7 @@ from .sandbox import (
     resolve_run_as,
     run_program,
     sandbox_env,
+    system_mounts,
 )
 from .seccomp_filter import SeccompUnavailable, compile_filter, filter_pipe
 from .workdirs import (
@@ -76,12 +77,10 @@ from .workdirs import (
     WorkDirError,
     default_work_root,
     ensure_work_root,
-    lost_mount_race,
     mount_check,
     new_job_dir,
     remove_job_dir,
     sweep_stale_job_dirs,
-    system_mounts,
     write_job_file,
 )
 
@@ -111,10 +110,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: The compile step of compiled languages: its own wall clock and limits (javac's JVM needs
 #: room; gcc's cc1 forks as and ld).
 COMPILE_TIMEOUT_S = 60.0
-#: How many times a run is launched when bwrap loses a race with another job dir's removal
-#: (``workdirs.lost_mount_race``).
-LAUNCH_ATTEMPTS = 3
-BWRAP_ERROR_PREFIX = "bwrap: "
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -890,19 +885,11 @@ class CodeExecutor:
             def no_output(stream: str, text: str) -> None:
                 pass
 
-            for attempt in range(1, LAUNCH_ATTEMPTS + 1):
-                request = self._build_request(
-                    data, command, stdin, job_dir, timeout, limits, cgroup, gauge
-                )
-                output = _LaunchOutput(ctx.emit_output if stream else no_output)
-                run = await run_program(request, ctx.cancel_requested, output, on_progress)
-                raced = run.sandbox_failed and lost_mount_race(run.stderr)
-                if attempt == LAUNCH_ATTEMPTS or not raced:
-                    output.flush()
-                    break
-                log.info(
-                    "job %s: sandbox set-up raced a job dir's removal; launching again", ctx.job_id
-                )
+            request = self._build_request(
+                data, command, stdin, job_dir, timeout, limits, cgroup, gauge
+            )
+            sink = ctx.emit_output if stream else no_output
+            run = await run_program(request, ctx.cancel_requested, sink, on_progress)
             stats = None
             if cgroup is not None:
                 # One trip to a thread: kill what is left, read the figures, remove the cgroup.
@@ -990,33 +977,6 @@ def _watch(
         return gauge.check()
 
     return check
-
-
-class _LaunchOutput:
-    """An output sink that holds back stderr while it may still be bwrap's own start-up error
-    (launched again, it must not reach the job's live output); anything else passes."""
-
-    def __init__(self, sink: Callable[[str, str], None]) -> None:
-        self._sink = sink
-        self._held: list[str] | None = []
-
-    def __call__(self, stream: str, text: str) -> None:
-        if self._held is not None:
-            if stream == "stderr":
-                self._held.append(text)
-                held = "".join(self._held)
-                if held.startswith(BWRAP_ERROR_PREFIX) or BWRAP_ERROR_PREFIX.startswith(held):
-                    return
-            self.flush()
-            if stream == "stderr":
-                return
-        self._sink(stream, text)
-
-    def flush(self) -> None:
-        """Pass on what was held; from now on nothing is held."""
-        held, self._held = self._held, None
-        if held:
-            self._sink("stderr", "".join(held))
 
 
 def _kill_and_remove(cgroup: JobCgroup) -> None:

@@ -25,7 +25,6 @@ from .sandbox import (
     resolve_run_as,
     system_mounts,
 )
-from .workdirs import lost_mount_race
 
 #: Mechanism names, in the order the lines are produced.
 BUBBLEWRAP = "bubblewrap"
@@ -165,21 +164,18 @@ def _probe_namespaces(bwrap: str | None, run_as: RunAs | None, usable: bool) -> 
     if bwrap is None or not usable:
         return ProbeLine(NAMESPACES, False, "not tested (no bwrap or no sandbox user)")
     hint = "enable user namespaces, or start with --unsafe-no-sandbox"
-    for _ in range(3):  # again if it raced another job dir's removal (lost_mount_race)
-        status_r, status_w = open_pipe()
-        try:
-            proc = _run(namespace_test_argv(bwrap, status_w), run_as, (status_w,))
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return _refused(NAMESPACES, f"bwrap could not run: {exc}", hint)
-        finally:
-            os.close(status_w)
-            init_pid = parse_child_pid(read_available(status_r))
-            os.close(status_r)
-            if init_pid is not None:
-                # Only reapable when the caller made this process a subreaper.
-                reap_sandbox_init_blocking(init_pid, within=0.2)
-        if proc.returncode == 0 or not lost_mount_race(proc.stderr):
-            break
+    status_r, status_w = open_pipe()
+    try:
+        proc = _run(namespace_test_argv(bwrap, status_w), run_as, (status_w,))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return _refused(NAMESPACES, f"bwrap could not run: {exc}", hint)
+    finally:
+        os.close(status_w)
+        init_pid = parse_child_pid(read_available(status_r))
+        os.close(status_r)
+        if init_pid is not None:
+            # Only reapable when the caller made this process a subreaper.
+            reap_sandbox_init_blocking(init_pid, within=0.2)
     if proc.returncode != 0:
         reason = (proc.stderr.strip() or f"exit status {proc.returncode}").splitlines()[0]
         return _refused(NAMESPACES, reason, hint)

@@ -280,21 +280,6 @@ def sweep_stale_job_dirs(root: Path) -> list[Path]:
     return removed
 
 
-def lost_mount_race(stderr: str) -> bool:
-    """Did bwrap fail to start because another job's dir was removed while it set up?
-
-    bwrap's ``--ro-bind / /`` copies every mount, other jobs' tmpfs included, then remounts
-    each read-only by its path; a job dir removed in between (its ``rmdir`` detaches the
-    copies in every mount namespace) makes that remount fail with ENOENT before the program
-    ran. Launching again is safe, and the race is rare (seen about once in 50 launches with
-    50 jobs ending around them)."""
-    return (
-        stderr.startswith("bwrap: ")
-        and "Unable to apply mount flags" in stderr
-        and "No such file or directory" in stderr
-    )
-
-
 # --- iterative walks --------------------------------------------------------------------------
 
 
