@@ -20,9 +20,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from deepexec_sdk.types import IDEMPOTENCY_HEADER, JobSubmitRequest
+from deepexec_sdk.types import IDEMPOTENCY_HEADER, JobSubmitRequest, MCPJobStatusResponse
 
 from ..errors import BadRequest, ServiceError, UnsupportedMediaType
 from ..views import job_status, job_summary
@@ -40,6 +40,10 @@ _WAIT = re.compile(rb"wait=([0-9]{1,9}(?:\.[0-9]{0,9})?)")
 _AUTHORIZATION = b"authorization"
 _CONTENT_TYPE = b"content-type"
 _IDEMPOTENCY_KEY = IDEMPOTENCY_HEADER.lower().encode()
+
+#: Serialises straight to bytes: a status can carry megabytes of output, and
+#: ``model_dump_json().encode()`` would hold them twice more.
+_STATUS_JSON = TypeAdapter(MCPJobStatusResponse)
 
 #: Bytes of terminal statuses kept, and the largest one worth keeping.
 CACHE_BYTES = 16 * 1024 * 1024
@@ -94,7 +98,7 @@ async def status_body(svc: Services, tenant_id: str, job_id: str, wait: float) -
         return cached
     if wait > 0:
         job = await svc.engine.wait(tenant_id, job_id, min(wait, svc.settings.max_wait_seconds))
-        body, terminal = job_status(job).model_dump_json().encode(), job.is_terminal
+        body, terminal = _STATUS_JSON.dump_json(job_status(job)), job.is_terminal
     else:
         body, terminal = await svc.engine.status_json(tenant_id, job_id)
     if terminal:

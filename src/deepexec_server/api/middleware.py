@@ -35,10 +35,16 @@ def error_body(status_type: str, message: str, request_id: str, details: Any = N
     ).encode()
 
 
+#: Bodies above this are sent in pieces of this size (see ``send_json``).
+SEND_CHUNK_BYTES = 256 * 1024
+
+
 async def send_json(
     send: Send, status: int, body: bytes, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> None:
-    """Answer with ``body``, JSON, in one start and one body message."""
+    """Answer with ``body``, JSON. A large body (a job with megabytes of output) goes out in
+    pieces, each sent once the client has taken the previous ones: handed over whole, the
+    transport would copy all that the socket did not take at once into its own buffer."""
     await send(
         {
             "type": "http.response.start",
@@ -50,7 +56,14 @@ async def send_json(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    if len(body) <= SEND_CHUNK_BYTES:
+        await send({"type": "http.response.body", "body": body})
+        return
+    view = memoryview(body)
+    for start in range(0, len(body), SEND_CHUNK_BYTES):
+        piece = bytes(view[start : start + SEND_CHUNK_BYTES])
+        more = start + SEND_CHUNK_BYTES < len(body)
+        await send({"type": "http.response.body", "body": piece, "more_body": more})
 
 
 def scope_request_id(scope: Scope) -> str:
