@@ -39,11 +39,7 @@ def test_listing_jobs_with_large_outputs_stays_small_and_bounds_server_memory(
     own_server: ServerProcess,
 ) -> None:
     jobs, out_bytes = 6, 4 * MIB
-    code = (
-        "import sys\n"
-        f"sys.stdout.write('o' * {out_bytes})\n"
-        f"sys.stderr.write('e' * {out_bytes})\n"
-    )
+    code = f"import sys\nsys.stdout.write('o' * {out_bytes})\nsys.stderr.write('e' * {out_bytes})\n"
     tag = f"big-{uuid.uuid4().hex[:8]}"
     with DeepExecClient(base_url=own_server.base_url, api_key=own_server.api_key) as client:
         ids = [

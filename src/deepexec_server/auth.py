@@ -62,8 +62,15 @@ class Authenticator:
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
     async def tenant_for(self, authorization: str | None) -> str:
+        """The tenant of the request's key; raises ``Unauthorized``."""
+        tenant_id, _ = await self.identify(authorization)
+        return tenant_id
+
+    async def identify(self, authorization: str | None) -> tuple[str, str]:
+        """``(tenant_id, key_id)`` of the request's key (``("local", "local")`` with
+        authentication off); raises ``Unauthorized``."""
         if not self.enabled:
-            return LOCAL_TENANT
+            return LOCAL_TENANT, LOCAL_TENANT
         secret = parse_bearer(authorization)
         if secret is None:
             raise Unauthorized(
@@ -84,7 +91,7 @@ class Authenticator:
             self._cache[digest] = (now, key)
         if key is None or not key.active or not hmac.compare_digest(key.key_hash, digest):
             raise Unauthorized("the API key is unknown or revoked", type="invalid_api_key")
-        return key.tenant_id
+        return key.tenant_id, key.id
 
 
 async def provision_local_key(store: Store, credentials_file: Path, base_url: str) -> str:

@@ -77,6 +77,12 @@ class Settings:
     #: A running job's lease; renewed every third of it. A runner silent this long is dead.
     lease_seconds: float = 15.0
 
+    # --- MCP over HTTP (/mcp) ----------------------------------------------------------------
+    #: Live MCP sessions one API key may hold; opening one more is a 429.
+    mcp_sessions_per_key: int = 64
+    #: An MCP session with no request in flight for this long is closed.
+    mcp_session_idle_seconds: float = 1800.0
+
     # --- sandbox (code_execution) ------------------------------------------------------------
     #: Host directory holding per-job work dirs. Empty: chosen by the sandbox.
     work_dir: str = ""
@@ -186,6 +192,15 @@ class Settings:
             )
         if self.lease_seconds < 1:
             raise SettingsError(f"lease_seconds must be >= 1, got {self.lease_seconds}")
+        if self.mcp_sessions_per_key < 1:
+            raise SettingsError(
+                f"mcp_sessions_per_key must be >= 1, got {self.mcp_sessions_per_key}"
+            )
+        if not 0 < self.mcp_session_idle_seconds < float("inf"):
+            raise SettingsError(
+                "mcp_session_idle_seconds must be a positive number, got "
+                f"{self.mcp_session_idle_seconds}"
+            )
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         for job_type, n in self.concurrency.items():
