@@ -1,5 +1,5 @@
-"""Pure ASGI middleware (no BaseHTTPMiddleware): request ids, the protocol header, and the
-request body cap. Each answers refusals itself with the JSON error envelope."""
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request ids, the protocol header, the API
+key, and the request body cap. Each answers refusals itself with the JSON error envelope."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from deepexec_sdk.types import PROTOCOL_HEADER, PROTOCOL_VERSION, REQUEST_ID_HEADER
+
+from ..errors import ServiceError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,6 +68,16 @@ async def send_json(
         await send({"type": "http.response.body", "body": piece, "more_body": more})
 
 
+#: Where ``ProtocolMiddleware``'s ``authenticate`` leaves the request's tenant.
+TENANT_STATE_KEY = "tenant_id"
+
+
+def scope_tenant(scope: Scope) -> str | None:
+    """The tenant ``ProtocolMiddleware`` authenticated for this request, if it did."""
+    tenant = scope.get("state", {}).get(TENANT_STATE_KEY)
+    return tenant if isinstance(tenant, str) else None
+
+
 def scope_request_id(scope: Scope) -> str:
     """The id ``ProtocolMiddleware`` gave this request ("" outside of it)."""
     return str(scope.get("state", {}).get("request_id", ""))
@@ -79,7 +91,10 @@ class ProtocolMiddleware:
     """Gives every request an id (the client's ``X-Request-Id`` if sane), stamps
     ``X-Request-Id`` and ``DeepExec-Protocol`` on every response, refuses a protocol major
     version the server does not speak, and caps request bodies at ``max_body_bytes``.
-    ``on_response(method, status)`` is called as each answer starts (the request counter)."""
+    ``on_response(method, status)`` is called as each answer starts (the request counter).
+    ``authenticate(scope)`` runs before anything reads the body, and may raise a
+    ``ServiceError`` (a missing or unknown key): a client without a key cannot make the server
+    read, or wait for, a body."""
 
     def __init__(
         self,
@@ -87,10 +102,12 @@ class ProtocolMiddleware:
         *,
         max_body_bytes: int,
         on_response: Callable[[str, int], None] | None = None,
+        authenticate: Callable[[Scope], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.on_response = on_response
+        self.authenticate = authenticate
         # Ids are this server's random prefix and a counter: unique, and unlike a fresh random
         # id each, no system call per request. They name requests in logs; they guard nothing.
         self._id_prefix = "req_" + secrets.token_hex(4)
@@ -147,6 +164,13 @@ class ProtocolMiddleware:
                     "body_too_large",
                     f"request body is {int(length)} bytes; the limit is {self.max_body_bytes}",
                 )
+                return
+
+        if self.authenticate is not None:
+            try:
+                await self.authenticate(scope)
+            except ServiceError as exc:
+                await refuse(exc.status_code, exc.type, exc.message, exc.details)
                 return
 
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):

@@ -29,6 +29,7 @@ from ..domain import JobFilter
 from ..errors import Unavailable
 from ..views import job_list_item
 from .fast import check_json_media, status_body, submit_body
+from .middleware import scope_tenant
 from .services import Services
 
 BEARER_SCHEME = {
@@ -72,6 +73,10 @@ async def services(request: Request) -> Services:
 
 
 async def tenant(request: Request) -> str:
+    # Normally authenticated already, before the body was read (``fast.api_authenticator``).
+    known = scope_tenant(request.scope)
+    if known is not None:
+        return known
     svc: Services = request.app.state.services
     return await svc.auth.tenant_for(request.headers.get("authorization"))
 
