@@ -111,6 +111,8 @@ class SessionQuota:
             if s.in_flight == 0 and now - s.last_seen >= self.idle_seconds
         ]:
             del sessions[sid]
+        if not sessions:
+            self._sessions.pop(key_id, None)  # keys without sessions cost nothing
         return sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
