@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -29,8 +30,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        nofile_soft: int | None = None,
+    ) -> None:
+        """``nofile_soft``: start the server with this soft open-file limit (the hard one
+        unchanged), as on hosts whose default soft limit is 1024."""
         self.home = home
+        self.nofile_soft = nofile_soft
         self.args = list(args)
         self.port = free_port()
         self.env = {
@@ -65,6 +75,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._limit_files if self.nofile_soft is not None else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -80,6 +91,11 @@ class ServerProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"deepexec serve not ready after {timeout} s:\n{self.log()}")
+
+    def _limit_files(self) -> None:
+        assert self.nofile_soft is not None
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile_soft, hard))
 
     def log(self) -> str:
         try:

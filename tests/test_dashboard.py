@@ -114,8 +114,9 @@ def test_the_cancel_button_stops_a_running_job_and_its_processes(
     code = (
         "import subprocess, time\n"
         f"subprocess.Popen(['sleep', '{marker}'])\n"
-        "print('started', flush=True)\n"
-        "time.sleep(60)\n"
+        "for _ in range(120):\n"
+        "    print('started', flush=True)\n"
+        "    time.sleep(0.5)\n"
     )
     job = client.submit_mcp_job(name="ui-cancel", job_type="code_execution", data={"code": code})
     page.goto(f"{server.base_url}/ui/jobs/{job.job_id}")

@@ -9,6 +9,7 @@ module and dropped afterwards. If it is unreachable its cases fail, unless
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import os
@@ -29,7 +30,15 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from deepexec_sdk.types import JobStatus, MCPJobStatusResponse
-from deepexec_server.domain import ApiKey, InvalidTransition, Job, JobError, JobFilter, NewJob
+from deepexec_server.domain import (
+    ApiKey,
+    InvalidTransition,
+    Job,
+    JobError,
+    JobFilter,
+    JobSummary,
+    NewJob,
+)
 from deepexec_server.store import Store, open_store
 from deepexec_server.store._codec import (
     decode_cursor,
@@ -431,10 +440,11 @@ async def test_cursor_pages_return_every_job_once_even_with_equal_timestamps(
 ) -> None:
     made = [(await store.create_job(new(f"same {i}"), at(10)))[0] for i in range(7)]
     made += [(await store.create_job(new(f"t{i}"), at(i)))[0] for i in (5, 20, 15)]
-    expected = sorted(made, key=lambda j: (j.created_at, j.id), reverse=True)
+    ordered = sorted(made, key=lambda j: (j.created_at, j.id), reverse=True)
+    expected = [JobSummary.of(j) for j in ordered]
     assert await store.list_jobs("tenant-a", JobFilter(), 100) == expected
 
-    pages: list[list[Job]] = []
+    pages: list[list[JobSummary]] = []
     after: tuple[datetime, str] | None = None
     while True:
         page = await store.list_jobs("tenant-a", JobFilter(), 3, after)
@@ -447,6 +457,15 @@ async def test_cursor_pages_return_every_job_once_even_with_equal_timestamps(
     assert [j for p in pages for j in p] == expected
 
 
+async def test_a_cursor_at_either_end_of_time_lists_all_or_nothing(store: Store) -> None:
+    job, _ = await store.create_job(new("only"), at(0))
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert await store.list_jobs("tenant-a", JobFilter(), 10, (first, "job_a")) == []
+    listed = await store.list_jobs("tenant-a", JobFilter(), 10, (last, "job_a"))
+    assert listed == [JobSummary.of(job)]
+
+
 def test_cursor_round_trips_and_garbage_is_an_invalid_cursor() -> None:
     when = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-3)))
     cursor = encode_cursor(when, "job_abc")
@@ -454,7 +473,24 @@ def test_cursor_round_trips_and_garbage_is_an_invalid_cursor() -> None:
     back = decode_cursor(cursor)
     assert back == (when, "job_abc") and back[0].utcoffset() == timedelta(0)
     naive = "WyIyMDI2LTAxLTAyVDAzOjA0OjA1IiwiaiJd"  # ["2026-01-02T03:04:05","j"]
+    crafted = [
+        ["0001-01-01T00:00:00+01:00", "job_a"],  # before year 1 once in UTC
+        ["9999-12-31T23:59:59-01:00", "job_a"],  # after year 9999 once in UTC
+        {"2026-01-02T03:04:05+00:00": 1, "job_a": 2},  # an object, not a pair
+        ["2026-01-02T03:04:05+00:00", "job_a", "x"],
+        ["2026-01-02T03:04:05+00:00", "job\u0000a"],  # NUL: PostgreSQL refuses it
+        ["2026-01-02T03:04:05+00:00", "\ud800"],  # a lone surrogate
+        ["2026-01-02T03:04:05+00:00", "j" * 65],
+        [[[[[]]]]],
+        7,
+    ]
+    encoded = [
+        base64.urlsafe_b64encode(json.dumps(c).encode()).decode().rstrip("=") for c in crafted
+    ]
     for garbage in ["", "!!!", "not a cursor", "e30", "WyJ4IiwgMV0", naive, cursor[:-3], "ü"]:
+        with pytest.raises(ValueError, match=r"^invalid cursor$"):
+            decode_cursor(garbage)
+    for garbage in encoded:
         with pytest.raises(ValueError, match=r"^invalid cursor$"):
             decode_cursor(garbage)
 
@@ -528,7 +564,11 @@ async def test_renew_leases_extends_only_own_running_jobs_and_reports_cancels(
     canceled = await store.renew_leases("A", [a1.id, a2.id, b1.id, waiting.id, "job_x"], at(90))
     assert canceled == {a2.id}
     assert await store.renew_leases("A", [], at(95)) == set()
-    after = {j.id: j for j in await store.list_jobs("tenant-a", JobFilter(), 10)}
+    after: dict[str, Job] = {}
+    for j in (a1, a2, b1, waiting):
+        now = await store.get_job(j.id)
+        assert now is not None
+        after[j.id] = now
     assert after[a1.id].lease_expires_at == at(90)
     assert after[a2.id].lease_expires_at == at(90)
     assert after[b1.id].lease_expires_at == b1.lease_expires_at == at(30)

@@ -42,6 +42,7 @@ from .types import (
     MCPJobListResponse,
     MCPJobResponse,
     MCPJobStatusResponse,
+    MCPJobSummary,
     ModelInfo,
     ModelListResponse,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "MCPJobNotFoundError",
     "MCPJobResponse",
     "MCPJobStatusResponse",
+    "MCPJobSummary",
     "MCPProtocolError",
     "MCPRateLimitError",
     "MCPServerError",

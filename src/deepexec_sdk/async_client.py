@@ -128,7 +128,8 @@ class DeepExecAsyncClient(_BaseClient):
         limit: int = 50,
         cursor: str | None = None,
     ) -> MCPJobListResponse:
-        """A page of jobs, newest first, filtered by status, tags (all must match) and name."""
+        """A page of jobs, newest first, filtered by status, tags (all must match) and name.
+        Each is a ``MCPJobSummary``, without its result: ``get_mcp_job_status`` returns it."""
         return await self._call(self._list_call(status, tags, name, limit, cursor))
 
     async def stream_mcp_job_events(self, job_id: str) -> AsyncIterator[MCPJobEvent]:

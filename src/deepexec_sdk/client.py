@@ -123,7 +123,8 @@ class DeepExecClient(_BaseClient):
         limit: int = 50,
         cursor: str | None = None,
     ) -> MCPJobListResponse:
-        """A page of jobs, newest first, filtered by status, tags (all must match) and name."""
+        """A page of jobs, newest first, filtered by status, tags (all must match) and name.
+        Each is a ``MCPJobSummary``, without its result: ``get_mcp_job_status`` returns it."""
         return self._call(self._list_call(status, tags, name, limit, cursor))
 
     def stream_mcp_job_events(self, job_id: str) -> Iterator[MCPJobEvent]:

@@ -75,8 +75,12 @@ class MCPJobResponse(_Response):
     created_at: datetime
 
 
-class MCPJobStatusResponse(_Response):
-    """A job's full current state, as ``get_mcp_job_status`` returns it."""
+class MCPJobSummary(_Response):
+    """A job as ``list_mcp_jobs`` shows it: its state, without its result.
+
+    Results can be large (a code job keeps up to 16 MiB of each output stream), so a page of
+    jobs leaves them out; ``get_mcp_job_status(job_id)`` returns the job with its result.
+    """
 
     job_id: str
     name: str
@@ -84,7 +88,6 @@ class MCPJobStatusResponse(_Response):
     status: JobStatus
     progress: int | None = None
     progress_message: str | None = None
-    result: dict[str, Any] | None = None
     error: JobError | None = None
     tags: list[str] = Field(default_factory=list)
     priority: int = 0
@@ -101,6 +104,12 @@ class MCPJobStatusResponse(_Response):
         return self.status.is_terminal
 
 
+class MCPJobStatusResponse(MCPJobSummary):
+    """A job's full current state, result included, as ``get_mcp_job_status`` returns it."""
+
+    result: dict[str, Any] | None = None
+
+
 class MCPCancelJobResponse(_Response):
     """What ``cancel_mcp_job`` returns. ``status`` is ``CANCELED`` unless the job was already
     running and had not stopped when the server answered (then ``RUNNING``; it will end soon)."""
@@ -111,9 +120,10 @@ class MCPCancelJobResponse(_Response):
 
 
 class MCPJobListResponse(_Response):
-    """A page of jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    """A page of jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
+    The jobs are summaries, without their results: ``get_mcp_job_status`` gives one in full."""
 
-    jobs: list[MCPJobStatusResponse]
+    jobs: list[MCPJobSummary]
     next_cursor: str | None = None
 
 

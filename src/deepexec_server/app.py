@@ -18,7 +18,7 @@ from deepexec_sdk import __version__
 
 from . import ui
 from .api.errors import install_error_handlers
-from .api.fast import HotRoutes
+from .api.fast import HotRoutes, api_authenticator
 from .api.middleware import ProtocolMiddleware
 from .api.routes import declare_bearer_auth, health, router
 from .api.services import Services
@@ -147,5 +147,8 @@ def create_app(
     # 5), and every response, a 500 included, gets the request id and protocol headers.
     outer: ASGIApp = HotRoutes(app, services=services)
     return ProtocolMiddleware(
-        outer, max_body_bytes=settings.max_body_bytes, on_response=metrics.http_requests
+        outer,
+        max_body_bytes=settings.max_body_bytes,
+        on_response=metrics.http_requests,
+        authenticate=api_authenticator(services),
     )

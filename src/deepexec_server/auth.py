@@ -62,8 +62,15 @@ class Authenticator:
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
     async def tenant_for(self, authorization: str | None) -> str:
+        """The tenant of the request's key; raises ``Unauthorized``."""
+        tenant_id, _ = await self.identify(authorization)
+        return tenant_id
+
+    async def identify(self, authorization: str | None) -> tuple[str, str]:
+        """``(tenant_id, key_id)`` of the request's key (``("local", "local")`` with
+        authentication off); raises ``Unauthorized``."""
         if not self.enabled:
-            return LOCAL_TENANT
+            return LOCAL_TENANT, LOCAL_TENANT
         secret = parse_bearer(authorization)
         if secret is None:
             raise Unauthorized(
@@ -72,14 +79,19 @@ class Authenticator:
                 "`deepexec keys create` makes more",
                 type="authentication_required",
             )
-        tenant = await self.tenant_for_digest(hash_key(secret))
-        if tenant is None:
+        key = await self.key_for_digest(hash_key(secret))
+        if key is None:
             raise Unauthorized("the API key is unknown or revoked", type="invalid_api_key")
-        return tenant
+        return key.tenant_id, key.id
 
     async def tenant_for_digest(self, digest: str) -> str | None:
         """The tenant of the active key whose SHA-256 is ``digest`` (the dashboard's session
         holds that, not the key), or None."""
+        key = await self.key_for_digest(digest)
+        return key.tenant_id if key is not None else None
+
+    async def key_for_digest(self, digest: str) -> ApiKey | None:
+        """The active key whose SHA-256 is ``digest``, or None."""
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
@@ -91,7 +103,7 @@ class Authenticator:
             self._cache[digest] = (now, key)
         if key is None or not key.active or not hmac.compare_digest(key.key_hash, digest):
             return None
-        return key.tenant_id
+        return key
 
 
 async def provision_local_key(store: Store, credentials_file: Path, base_url: str) -> str:

@@ -68,11 +68,14 @@ def _concurrency_arg(raw: str | None) -> dict[str, int] | None:
 
 
 def _configure_logging(level: str) -> None:
+    from .api.connections import AcceptErrorFilter
+
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("asyncio").addFilter(AcceptErrorFilter())
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -96,6 +99,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .api.connections import connection_cap, limited_protocol, raise_file_limit
     from .app import create_app
 
     _configure_logging(args.log_level)
@@ -109,14 +113,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "postgresql://... and start `deepexec worker` processes on it"
         )
     app = create_app(settings, provision_credentials=True, run_jobs=not args.no_runners)
+    file_limit = raise_file_limit()
+    max_connections = connection_cap(settings.max_connections, file_limit)
+    if max_connections < settings.max_connections:
+        logging.getLogger("deepexec_server").warning(
+            "serving at most %d connections (max_connections is %d, the open-file limit %d)",
+            max_connections,
+            settings.max_connections,
+            file_limit,
+        )
     # The stdlib loop, not uvloop: the sandbox drops privileges with subprocess' user=/group=,
     # which uvloop's subprocess support does not implement.
     config = uvicorn.Config(
         app,
+        http=limited_protocol(
+            header_timeout=settings.header_timeout_seconds,
+            body_timeout=settings.body_timeout_seconds,
+            max_connections=max_connections,
+        ),
         log_level=args.log_level.lower(),
         access_log=False,
         lifespan="on",
         loop="asyncio",
+        timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

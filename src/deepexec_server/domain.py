@@ -151,6 +151,36 @@ class Job:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as a list shows it: its state, without its input data and its result (both can
+    be megabytes; a list of them exhausted the server's memory). ``Store.list_jobs`` does
+    not even read those columns."""
+
+    id: str
+    tenant_id: str
+    name: str
+    job_type: str
+    timeout: int
+    priority: int
+    tags: tuple[str, ...]
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: int | None = None
+    progress_message: str | None = None
+    error: JobError | None = None
+    cancel_requested_at: datetime | None = None
+    cancel_reason: str | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> JobSummary:
+        """The summary of a whole job."""
+        return cls(**{f.name: getattr(job, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class JobFilter:
     """What ``list_jobs`` selects, always within one tenant."""
 

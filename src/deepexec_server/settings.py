@@ -78,6 +78,24 @@ class Settings:
     #: A running job's lease; renewed every third of it. A runner silent this long is dead.
     lease_seconds: float = 15.0
 
+    # --- connections (see api/connections.py) -------------------------------------------------
+    #: A request's head must arrive within this many seconds of the connection or of its
+    #: first byte; else 408 and the connection is closed.
+    header_timeout_seconds: float = 10.0
+    #: A request's body must arrive within this many seconds of its head; else closed.
+    body_timeout_seconds: float = 60.0
+    #: An idle connection between requests is closed after this many seconds.
+    keep_alive_seconds: int = 5
+    #: Open client connections at most; one more is answered 503 with Retry-After. Lowered at
+    #: start to fit below the open-file limit (raised to its hard limit first).
+    max_connections: int = 4096
+
+    # --- MCP over HTTP (/mcp) ----------------------------------------------------------------
+    #: Live MCP sessions one API key may hold; opening one more is a 429.
+    mcp_sessions_per_key: int = 64
+    #: An MCP session with no request in flight for this long is closed.
+    mcp_session_idle_seconds: float = 1800.0
+
     # --- sandbox (code_execution) ------------------------------------------------------------
     #: Host directory holding per-job work dirs. Empty: chosen by the sandbox.
     work_dir: str = ""
@@ -204,6 +222,23 @@ class Settings:
             )
         if self.lease_seconds < 1:
             raise SettingsError(f"lease_seconds must be >= 1, got {self.lease_seconds}")
+        for name in ("header_timeout_seconds", "body_timeout_seconds"):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):
+                raise SettingsError(f"{name} must be a positive number of seconds, got {value}")
+        if self.keep_alive_seconds < 1:
+            raise SettingsError(f"keep_alive_seconds must be >= 1, got {self.keep_alive_seconds}")
+        if self.max_connections < 1:
+            raise SettingsError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.mcp_sessions_per_key < 1:
+            raise SettingsError(
+                f"mcp_sessions_per_key must be >= 1, got {self.mcp_sessions_per_key}"
+            )
+        if not 0 < self.mcp_session_idle_seconds < float("inf"):
+            raise SettingsError(
+                "mcp_session_idle_seconds must be a positive number, got "
+                f"{self.mcp_session_idle_seconds}"
+            )
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         for job_type, n in self.concurrency.items():

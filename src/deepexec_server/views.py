@@ -9,9 +9,10 @@ from deepexec_sdk.types import (
     JobStatus,
     MCPJobResponse,
     MCPJobStatusResponse,
+    MCPJobSummary,
 )
 
-from .domain import Job
+from .domain import Job, JobSummary
 
 
 def job_status(job: Job) -> MCPJobStatusResponse:
@@ -24,6 +25,29 @@ def job_status(job: Job) -> MCPJobStatusResponse:
         progress=100 if job.status == JobStatus.COMPLETED else job.progress,
         progress_message=job.progress_message,
         result=job.result,
+        error=WireJobError(type=job.error.type, message=job.error.message) if job.error else None,
+        tags=list(job.tags),
+        priority=job.priority,
+        timeout=job.timeout,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        cancel_requested_at=job.cancel_requested_at,
+        cancel_reason=job.cancel_reason,
+    )
+
+
+def job_list_item(job: JobSummary) -> MCPJobSummary:
+    """A job as a list shows it: ``job_status`` without the result (the store did not read
+    it). A COMPLETED job reports progress 100, as there."""
+    return MCPJobSummary(
+        job_id=job.id,
+        name=job.name,
+        job_type=job.job_type,
+        status=job.status,
+        progress=100 if job.status == JobStatus.COMPLETED else job.progress,
+        progress_message=job.progress_message,
         error=WireJobError(type=job.error.type, message=job.error.message) if job.error else None,
         tags=list(job.tags),
         priority=job.priority,

@@ -17,17 +17,27 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from deepexec_sdk.types import IDEMPOTENCY_HEADER, JobSubmitRequest
+from deepexec_sdk.types import IDEMPOTENCY_HEADER, JobSubmitRequest, MCPJobStatusResponse
 
 from ..errors import BadRequest, ServiceError, UnsupportedMediaType
 from ..views import job_status, job_summary
 from .errors import internal_error, validation_details, validation_failure
-from .middleware import ASGIApp, Receive, Scope, Send, error_body, scope_request_id, send_json
+from .middleware import (
+    TENANT_STATE_KEY,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    scope_request_id,
+    scope_tenant,
+    send_json,
+)
 
 if TYPE_CHECKING:
     from .services import Services
@@ -40,6 +50,10 @@ _WAIT = re.compile(rb"wait=([0-9]{1,9}(?:\.[0-9]{0,9})?)")
 _AUTHORIZATION = b"authorization"
 _CONTENT_TYPE = b"content-type"
 _IDEMPOTENCY_KEY = IDEMPOTENCY_HEADER.lower().encode()
+
+#: Serialises straight to bytes: a status can carry megabytes of output, and
+#: ``model_dump_json().encode()`` would hold them twice more.
+_STATUS_JSON = TypeAdapter(MCPJobStatusResponse)
 
 #: Bytes of terminal statuses kept, and the largest one worth keeping.
 CACHE_BYTES = 16 * 1024 * 1024
@@ -94,7 +108,7 @@ async def status_body(svc: Services, tenant_id: str, job_id: str, wait: float) -
         return cached
     if wait > 0:
         job = await svc.engine.wait(tenant_id, job_id, min(wait, svc.settings.max_wait_seconds))
-        body, terminal = job_status(job).model_dump_json().encode(), job.is_terminal
+        body, terminal = _STATUS_JSON.dump_json(job_status(job)), job.is_terminal
     else:
         body, terminal = await svc.engine.status_json(tenant_id, job_id)
     if terminal:
@@ -194,13 +208,13 @@ class HotRoutes:
 
     async def _status(self, scope: Scope, job_id: str, wait: float) -> tuple[int, bytes]:
         svc = self.services
-        tenant_id = await svc.auth.tenant_for(_header(scope, _AUTHORIZATION))
+        tenant_id = scope_tenant(scope) or await svc.auth.tenant_for(_header(scope, _AUTHORIZATION))
         return 200, await status_body(svc, tenant_id, job_id, wait)
 
     async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, bytes] | None:
         svc = self.services
         check_json_media(_header(scope, _CONTENT_TYPE))
-        tenant_id = await svc.auth.tenant_for(_header(scope, _AUTHORIZATION))
+        tenant_id = scope_tenant(scope) or await svc.auth.tenant_for(_header(scope, _AUTHORIZATION))
         body = await _read_body(receive)
         if body is None:
             return None
@@ -221,6 +235,20 @@ class HotRoutes:
         if answer is None:  # the client left
             return
         await send_json(send, *answer)
+
+
+def api_authenticator(services: Services) -> Callable[[Scope], Awaitable[None]]:
+    """``ProtocolMiddleware``'s ``authenticate`` for the REST API: every ``/v1`` request must
+    carry a valid key, checked from its headers alone (FastAPI would read and parse a body
+    before solving the route's key dependency)."""
+
+    async def authenticate(scope: Scope) -> None:
+        path: str = scope["path"]
+        if path.startswith("/v1/") or path == "/v1":
+            tenant = await services.auth.tenant_for(_header(scope, _AUTHORIZATION))
+            scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant
+
+    return authenticate
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

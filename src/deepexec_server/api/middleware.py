@@ -1,5 +1,5 @@
-"""Pure ASGI middleware (no BaseHTTPMiddleware): request ids, the protocol header, and the
-request body cap. Each answers refusals itself with the JSON error envelope."""
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request ids, the protocol header, the API
+key, and the request body cap. Each answers refusals itself with the JSON error envelope."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from deepexec_sdk.types import PROTOCOL_HEADER, PROTOCOL_VERSION, REQUEST_ID_HEADER
+
+from ..errors import ServiceError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,10 +37,16 @@ def error_body(status_type: str, message: str, request_id: str, details: Any = N
     ).encode()
 
 
+#: Bodies above this are sent in pieces of this size (see ``send_json``).
+SEND_CHUNK_BYTES = 256 * 1024
+
+
 async def send_json(
     send: Send, status: int, body: bytes, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> None:
-    """Answer with ``body``, JSON, in one start and one body message."""
+    """Answer with ``body``, JSON. A large body (a job with megabytes of output) goes out in
+    pieces, each sent once the client has taken the previous ones: handed over whole, the
+    transport would copy all that the socket did not take at once into its own buffer."""
     await send(
         {
             "type": "http.response.start",
@@ -50,7 +58,24 @@ async def send_json(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    if len(body) <= SEND_CHUNK_BYTES:
+        await send({"type": "http.response.body", "body": body})
+        return
+    view = memoryview(body)
+    for start in range(0, len(body), SEND_CHUNK_BYTES):
+        piece = bytes(view[start : start + SEND_CHUNK_BYTES])
+        more = start + SEND_CHUNK_BYTES < len(body)
+        await send({"type": "http.response.body", "body": piece, "more_body": more})
+
+
+#: Where ``ProtocolMiddleware``'s ``authenticate`` leaves the request's tenant.
+TENANT_STATE_KEY = "tenant_id"
+
+
+def scope_tenant(scope: Scope) -> str | None:
+    """The tenant ``ProtocolMiddleware`` authenticated for this request, if it did."""
+    tenant = scope.get("state", {}).get(TENANT_STATE_KEY)
+    return tenant if isinstance(tenant, str) else None
 
 
 def scope_request_id(scope: Scope) -> str:
@@ -66,7 +91,10 @@ class ProtocolMiddleware:
     """Gives every request an id (the client's ``X-Request-Id`` if sane), stamps
     ``X-Request-Id`` and ``DeepExec-Protocol`` on every response, refuses a protocol major
     version the server does not speak, and caps request bodies at ``max_body_bytes``.
-    ``on_response(method, status)`` is called as each answer starts (the request counter)."""
+    ``on_response(method, status)`` is called as each answer starts (the request counter).
+    ``authenticate(scope)`` runs before anything reads the body, and may raise a
+    ``ServiceError`` (a missing or unknown key): a client without a key cannot make the server
+    read, or wait for, a body."""
 
     def __init__(
         self,
@@ -74,10 +102,12 @@ class ProtocolMiddleware:
         *,
         max_body_bytes: int,
         on_response: Callable[[str, int], None] | None = None,
+        authenticate: Callable[[Scope], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.on_response = on_response
+        self.authenticate = authenticate
         # Ids are this server's random prefix and a counter: unique, and unlike a fresh random
         # id each, no system call per request. They name requests in logs; they guard nothing.
         self._id_prefix = "req_" + secrets.token_hex(4)
@@ -134,6 +164,13 @@ class ProtocolMiddleware:
                     "body_too_large",
                     f"request body is {int(length)} bytes; the limit is {self.max_body_bytes}",
                 )
+                return
+
+        if self.authenticate is not None:
+            try:
+                await self.authenticate(scope)
+            except ServiceError as exc:
+                await refuse(exc.status_code, exc.type, exc.message, exc.details)
                 return
 
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):

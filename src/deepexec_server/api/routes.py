@@ -27,8 +27,9 @@ from deepexec_sdk.types import (
 
 from ..domain import JobFilter
 from ..errors import Unavailable
-from ..views import job_status
+from ..views import job_list_item
 from .fast import check_json_media, status_body, submit_body
+from .middleware import scope_tenant
 from .services import Services
 
 BEARER_SCHEME = {
@@ -72,6 +73,10 @@ async def services(request: Request) -> Services:
 
 
 async def tenant(request: Request) -> str:
+    # Normally authenticated already, before the body was read (``fast.api_authenticator``).
+    known = scope_tenant(request.scope)
+    if known is not None:
+        return known
     svc: Services = request.app.state.services
     return await svc.auth.tenant_for(request.headers.get("authorization"))
 
@@ -153,10 +158,11 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> MCPJobListResponse:
-    """This API key's jobs, newest first, filtered by status, tags (all must match), name."""
+    """This API key's jobs, newest first, filtered by status, tags (all must match), name.
+    Each is a summary without its result: `GET /v1/jobs/{job_id}` returns that."""
     flt = JobFilter(status=status, tags=tuple(tag or ()), name=name)
     jobs, next_cursor = await svc.engine.list_jobs(tenant_id, flt, limit, cursor)
-    return MCPJobListResponse(jobs=[job_status(j) for j in jobs], next_cursor=next_cursor)
+    return MCPJobListResponse(jobs=[job_list_item(j) for j in jobs], next_cursor=next_cursor)
 
 
 def _sse(event: MCPJobEvent) -> bytes:

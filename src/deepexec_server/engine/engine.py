@@ -28,6 +28,7 @@ from ..domain import (
     Job,
     JobError,
     JobFilter,
+    JobSummary,
     NewJob,
     find_nul,
     utcnow,
@@ -356,7 +357,7 @@ class Engine:
 
     async def list_jobs(
         self, tenant_id: str, flt: JobFilter, limit: int, cursor: str | None
-    ) -> tuple[list[Job], str | None]:
+    ) -> tuple[list[JobSummary], str | None]:
         after = None
         if cursor:
             try:

@@ -25,7 +25,7 @@ from ..errors import (
     Unauthorized,
     Unprocessable,
 )
-from ..views import job_status, job_summary
+from ..views import job_list_item, job_status, job_summary
 from .jobs import ErrorKind, HostOffer, JobOpsError
 
 
@@ -91,7 +91,7 @@ class EngineJobOps:
             jobs, next_cursor = await self._engine.list_jobs(self.tenant_id, flt, limit, cursor)
         except ServiceError as exc:
             raise JobOpsError(error_kind(exc), exc.message) from exc
-        return MCPJobListResponse(jobs=[job_status(j) for j in jobs], next_cursor=next_cursor)
+        return MCPJobListResponse(jobs=[job_list_item(j) for j in jobs], next_cursor=next_cursor)
 
     async def events(self, job_id: str) -> AsyncIterator[MCPJobEvent]:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from deepexec_sdk.types import JobStatus, MCPJobEvent, MCPJobStatusResponse
+from deepexec_sdk.types import JobStatus, MCPJobEvent, MCPJobSummary
 
 TOTAL = 100.0
 
@@ -22,7 +22,7 @@ class ProgressUpdate:
     message: str | None
 
 
-def status_message(status: MCPJobStatusResponse) -> str:
+def status_message(status: MCPJobSummary) -> str:
     """A one-line description of where a job is, e.g. ``running: 40% step 2/5``."""
     if status.status == JobStatus.PENDING:
         return "queued"

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import mcp_types as types
 
-from deepexec_sdk.types import JobStatus, MCPJobStatusResponse
+from deepexec_sdk.types import JobStatus, MCPJobStatusResponse, MCPJobSummary
 
 from .progress import status_message
 from .tools import run_result
@@ -52,7 +52,7 @@ def task_status(status: JobStatus, *, legacy: bool) -> TaskStatus:
     return "completed"
 
 
-def _fields(status: MCPJobStatusResponse, *, legacy: bool) -> dict[str, Any]:
+def _fields(status: MCPJobSummary, *, legacy: bool) -> dict[str, Any]:
     # Jobs are kept until an operator deletes them, so retention is unlimited (null).
     return {
         "taskId": status.job_id,
@@ -91,7 +91,7 @@ def legacy_created(status: MCPJobStatusResponse) -> dict[str, Any]:
     return {"task": _fields(status, legacy=True)}
 
 
-def legacy_task(status: MCPJobStatusResponse) -> dict[str, Any]:
+def legacy_task(status: MCPJobSummary) -> dict[str, Any]:
     """2025-11-25: a ``Task`` (the result of ``tasks/get`` and ``tasks/cancel``)."""
     return _fields(status, legacy=True)
 

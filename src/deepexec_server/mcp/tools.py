@@ -108,7 +108,9 @@ class ListJobsArgs(_Args):
     tags: list[str] = Field(default_factory=list, description="Only jobs carrying all these tags.")
     name: str | None = Field(default=None, description="Only jobs with exactly this name.")
     limit: int = Field(default=20, ge=1, le=100, description="Page size (default 20).")
-    cursor: str | None = Field(default=None, description="next_cursor of the previous page.")
+    cursor: str | None = Field(
+        default=None, max_length=500, description="next_cursor of the previous page."
+    )
 
 
 ArgsT = TypeVar("ArgsT", bound=_Args)
@@ -153,7 +155,8 @@ _SPECS: dict[str, tuple[str, str, type[_Args]]] = {
     ),
     LIST_JOBS: (
         "List jobs",
-        "List your jobs, newest first, optionally filtered by status, tags or name.",
+        "List your jobs, newest first, optionally filtered by status, tags or name. Each "
+        "job is a summary without its output: get_job returns one job with its result.",
         ListJobsArgs,
     ),
 }

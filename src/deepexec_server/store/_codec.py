@@ -17,10 +17,12 @@ from typing import Any
 
 from deepexec_sdk.types import JobStatus
 
-from ..domain import ApiKey, Job, JobError, NewJob
+from ..domain import ApiKey, Job, JobError, JobSummary, NewJob
 
 #: Column names of the ``jobs`` table: exactly the fields of ``Job``, in order.
 JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
+#: The columns a list reads: those of ``JobSummary`` (never ``data`` or ``result``).
+JOB_SUMMARY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(JobSummary))
 #: Column names of the ``api_keys`` table: exactly the fields of ``ApiKey``, in order.
 API_KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ApiKey))
 
@@ -40,17 +42,34 @@ def encode_cursor(created_at: datetime, job_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """The ``(created_at, job_id)`` inside a cursor from ``encode_cursor``.
 
-    Raises ``ValueError("invalid cursor")`` for anything else, whatever is wrong with it.
+    Raises ``ValueError("invalid cursor")`` for anything else, whatever is wrong with it: not
+    base64, not JSON, not a ``[timestamp, id]`` pair, a timestamp without a zone or one that
+    leaves the representable range once moved to UTC (``0001-01-01T00:00+01:00``), an id that
+    is not a short printable ASCII string (the databases refuse NUL and lone surrogates).
     """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at_text, job_id = json.loads(raw)
+        decoded = json.loads(raw)
+        if not (isinstance(decoded, list) and len(decoded) == 2):
+            raise ValueError(_INVALID_CURSOR)
+        created_at_text, job_id = decoded
+        if not isinstance(created_at_text, str) or not _valid_cursor_id(job_id):
+            raise ValueError(_INVALID_CURSOR)
         created_at = datetime.fromisoformat(created_at_text)
-    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+        if created_at.utcoffset() is None:
+            raise ValueError(_INVALID_CURSOR)
+        return created_at.astimezone(UTC), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError, RecursionError):
         raise ValueError(_INVALID_CURSOR) from None
-    if not isinstance(job_id, str) or not job_id or created_at.utcoffset() is None:
-        raise ValueError(_INVALID_CURSOR)
-    return created_at.astimezone(UTC), job_id
+
+
+def _valid_cursor_id(job_id: object) -> bool:
+    return (
+        isinstance(job_id, str)
+        and 0 < len(job_id) <= 64
+        and job_id.isascii()
+        and job_id.isprintable()
+    )
 
 
 # --- scalars ------------------------------------------------------------------------------------
@@ -144,6 +163,30 @@ def job_from_fields(row: Mapping[str, Any]) -> Job:
         lease_expires_at=_utc_or_none(row["lease_expires_at"]),
         idempotency_key=row["idempotency_key"],
         fingerprint=row["fingerprint"],
+    )
+
+
+def job_summary_from_fields(row: Mapping[str, Any]) -> JobSummary:
+    """A job summary from plain values per column (``JOB_SUMMARY_COLUMNS`` at least)."""
+    error = row["error"]
+    return JobSummary(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        job_type=row["job_type"],
+        timeout=row["timeout"],
+        priority=row["priority"],
+        tags=tuple(row["tags"]),
+        status=JobStatus(row["status"]),
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
+        started_at=_utc_or_none(row["started_at"]),
+        finished_at=_utc_or_none(row["finished_at"]),
+        progress=row["progress"],
+        progress_message=row["progress_message"],
+        error=JobError(type=error["type"], message=error["message"]) if error else None,
+        cancel_requested_at=_utc_or_none(row["cancel_requested_at"]),
+        cancel_reason=row["cancel_reason"],
     )
 
 

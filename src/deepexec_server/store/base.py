@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from deepexec_sdk.types import JobStatus
 
-from ..domain import ApiKey, Job, JobError, JobFilter, NewJob
+from ..domain import ApiKey, Job, JobError, JobFilter, JobSummary, NewJob
 
 
 class Store(Protocol):
@@ -51,10 +51,11 @@ class Store(Protocol):
         flt: JobFilter,
         limit: int,
         after: tuple[datetime, str] | None = None,
-    ) -> list[Job]:
+    ) -> list[JobSummary]:
         """Up to ``limit`` of the tenant's jobs matching ``flt``, newest first (``created_at``
-        DESC, then ``id`` DESC). ``after`` is the ``(created_at, id)`` of the last job of the
-        previous page: only jobs strictly after it in that order are returned."""
+        DESC, then ``id`` DESC), as summaries: ``data`` and ``result`` are not read. ``after``
+        is the ``(created_at, id)`` of the last job of the previous page: only jobs strictly
+        after it in that order are returned."""
 
     async def claim_next(
         self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime

@@ -23,15 +23,26 @@ from psycopg_pool import AsyncConnectionPool
 
 from deepexec_sdk.types import TERMINAL_STATUSES, JobStatus
 
-from ..domain import ApiKey, Job, JobError, JobFilter, NewJob, check_transition, new_job_id
+from ..domain import (
+    ApiKey,
+    Job,
+    JobError,
+    JobFilter,
+    JobSummary,
+    NewJob,
+    check_transition,
+    new_job_id,
+)
 from ._batch import GroupCommit
 from ._codec import (
     API_KEY_COLUMNS,
     JOB_COLUMNS,
+    JOB_SUMMARY_COLUMNS,
     api_key_from_fields,
     as_utc,
     job_from_fields,
     job_from_new,
+    job_summary_from_fields,
     job_to_fields,
     json_text,
     migrations,
@@ -50,6 +61,8 @@ _INSERT_JOB = (
     "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     "RETURNING id"
 )
+#: A list reads the summary columns only: results and input data can be megabytes each.
+_SUMMARY_COLUMNS = ", ".join(JOB_SUMMARY_COLUMNS)
 _INSERT_KEY = (
     f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(API_KEY_COLUMNS))})"
@@ -326,7 +339,7 @@ class PostgresStore:
         flt: JobFilter,
         limit: int,
         after: tuple[datetime, str] | None = None,
-    ) -> list[Job]:
+    ) -> list[JobSummary]:
         """See ``Store.list_jobs``."""
         if limit <= 0:
             return []
@@ -345,11 +358,11 @@ class PostgresStore:
             where.append("(created_at, id) < (%s, %s)")
             params += [as_utc(after[0]), after[1]]
         query = (
-            f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
+            f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, id DESC LIMIT %s"
         )
         params.append(limit)
-        return [job_from_fields(r) for r in await self._all(query, params)]
+        return [job_summary_from_fields(r) for r in await self._all(query, params)]
 
     async def claim_next(
         self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime

@@ -23,14 +23,25 @@ from typing import Any, TypeVar
 
 from deepexec_sdk.types import TERMINAL_STATUSES, JobStatus
 
-from ..domain import ApiKey, Job, JobError, JobFilter, NewJob, check_transition, new_job_id
+from ..domain import (
+    ApiKey,
+    Job,
+    JobError,
+    JobFilter,
+    JobSummary,
+    NewJob,
+    check_transition,
+    new_job_id,
+)
 from ._batch import GroupCommit
 from ._codec import (
     API_KEY_COLUMNS,
     JOB_COLUMNS,
+    JOB_SUMMARY_COLUMNS,
     api_key_from_fields,
     job_from_fields,
     job_from_new,
+    job_summary_from_fields,
     job_to_fields,
     json_text,
     migrations,
@@ -72,6 +83,8 @@ _INSERT_JOB = (
 _STATUS_JSON = (
     status_json_select("json_object", {"json": "json({})"}) + " WHERE id = ? AND tenant_id = ?"
 )
+#: A list reads the summary columns only: results and input data can be megabytes each.
+_SUMMARY_COLUMNS = ", ".join(JOB_SUMMARY_COLUMNS)
 _INSERT_KEY = (
     f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(API_KEY_COLUMNS))})"
@@ -450,7 +463,7 @@ class SQLiteStore:
         flt: JobFilter,
         limit: int,
         after: tuple[datetime, str] | None = None,
-    ) -> list[Job]:
+    ) -> list[JobSummary]:
         """See ``Store.list_jobs``."""
         if limit <= 0:
             return []
@@ -470,12 +483,12 @@ class SQLiteStore:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [at, at, after[1]]
         sql = (
-            f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
+            f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, id DESC LIMIT ?"
         )
         params.append(limit)
         rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
-        return [job_from_fields(from_db(r)) for r in rows]
+        return [job_summary_from_fields(from_db(r)) for r in rows]
 
     async def claim_next(
         self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime

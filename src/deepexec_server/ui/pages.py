@@ -27,13 +27,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
+from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse, MCPJobSummary
 
 from ..api.services import Services
 from ..auth import hash_key
 from ..domain import JobFilter
 from ..errors import ServiceError
-from ..views import job_status
+from ..views import job_list_item, job_status
 from .session import COOKIE, CSRF_FIELD, CSRF_HEADER, MAX_AGE_S, Sessions, same_origin
 
 logger = logging.getLogger("deepexec_server.ui")
@@ -55,7 +55,7 @@ def _age(when: datetime | None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _duration(job: MCPJobStatusResponse) -> str:
+def _duration(job: MCPJobSummary) -> str:
     if job.started_at is None:
         return ""
     end = job.finished_at or datetime.now(UTC)
@@ -183,7 +183,7 @@ class Dashboard:
 
     async def _page(
         self, tenant: str, params: Mapping[str, str]
-    ) -> tuple[list[MCPJobStatusResponse], str | None, dict[str, str]]:
+    ) -> tuple[list[MCPJobSummary], str | None, dict[str, str]]:
         flt, kept = list_query(params)
         wanted_type = params.get("type")
         try:
@@ -192,7 +192,7 @@ class Dashboard:
             )
         except ServiceError:
             jobs, next_cursor = [], None
-        rows = [job_status(j) for j in jobs if not wanted_type or j.job_type == wanted_type]
+        rows = [job_list_item(j) for j in jobs if not wanted_type or j.job_type == wanted_type]
         return rows, next_cursor, kept
 
     async def job(self, request: Request) -> HTMLResponse:
