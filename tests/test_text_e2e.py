@@ -13,6 +13,8 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -152,6 +154,48 @@ def test_cancel_of_a_running_text_job_keeps_the_partial_text(fresh: ServerProces
     assert status.result is not None and status.result["text"]
     assert status.result["finish_reason"] == "cancelled"
     assert 0 < status.result["usage"]["completion_tokens"] < 2000
+
+
+#: About 1,900 tokens once in the chat template (with ``max_tokens`` 64: within the 2,048 context).
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 187
+
+
+def test_cancelled_long_prompts_do_not_delay_another_tenants_job(tmp_path: Path) -> None:
+    """Cancelled jobs stop llama.cpp's reading of their prompts, and hold their runner slot
+    until it has stopped, so a short job of another tenant is neither queued behind them in
+    the engine nor in llama.cpp."""
+    srv = ServerProcess(tmp_path).start()  # its own server: a failure leaves busy llama.cpp
+    try:
+        other_key = srv.new_tenant_key("patient")
+        with connect(srv) as client:
+            warm = client.generate_text_and_wait("Say hi.", max_tokens=4, max_wait_time=60)
+            assert warm.status == JobStatus.COMPLETED, warm.error
+            doomed = [
+                client.submit_mcp_job(
+                    f"long {i}",
+                    "text_generation",
+                    {"prompt": f"Job {i}. {LONG_PROMPT}", "max_tokens": 64},
+                ).job_id
+                for i in range(20)
+            ]
+            for job_id in doomed:
+                client.cancel_mcp_job(job_id)
+            # A running job ends once llama.cpp has dropped its prompt (one batch later).
+            ends = [client.wait_for_mcp_job_completion(j, max_wait_time=10) for j in doomed]
+            cancelled_at = datetime.now(UTC)
+        assert all(s.status == JobStatus.CANCELED for s in ends), [s.status for s in ends]
+        with DeepExecClient(base_url=srv.base_url, api_key=other_key) as other:
+            job = other.submit_mcp_job(
+                "short", "text_generation", {"prompt": "Say hi.", "max_tokens": 4}
+            )
+            status = other.wait_for_mcp_job_completion(job.job_id, max_wait_time=30)
+        assert status.status == JobStatus.COMPLETED, status.error
+        assert status.started_at is not None and status.finished_at is not None
+        assert (status.started_at - cancelled_at).total_seconds() < 1.0
+        # Alone it takes well under a second; behind the cancelled prompts it took 20 s.
+        assert (status.finished_at - cancelled_at).total_seconds() < 5.0
+    finally:
+        srv.stop()
 
 
 def test_list_models_and_languages(fresh: ServerProcess) -> None:

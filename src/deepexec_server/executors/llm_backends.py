@@ -7,11 +7,14 @@ Both speak OpenAI's streaming chat format: the embedded one through ``xllamacpp`
 through ``POST {base_url}/chat/completions`` with ``"stream": true`` (server-sent events). So the
 chunk reading (``read_chunk``) and the accumulation (``StreamAccumulator``) are shared and pure.
 
-Cancellation: ``generate`` returns as soon as ``cancel_event`` is set, with the partial text and
-``finish_reason="cancelled"``. The embedded model then stops at its next token (a few ms); while
-it is still reading a long prompt (prefill, ~300 tokens/s on 2 cores) llama.cpp calls no
-callback, so that slot stays busy until the prompt is read; the job does not wait for it. The
-OpenAI-compatible backend closes the HTTP stream, which ends the generation server-side.
+Cancellation: ``generate`` returns once ``cancel_event`` is set, with the partial text and
+``finish_reason="cancelled"``. The OpenAI-compatible backend closes the HTTP stream, which ends
+the generation server-side. The embedded model stops at its next callback: after the next token
+(a few ms) or, while it is still reading the prompt (prefill, ~200-300 tokens/s on 2 cores), after
+the next batch of ``EMBEDDED_BATCH_TOKENS`` prompt tokens, because every request asks llama.cpp
+for ``return_progress`` chunks. ``generate`` returns only once llama.cpp has been told to drop the
+request (its thread has ended), so a job's runner slot is not freed while llama.cpp still works
+for it: a cancelled 2,000-token prompt costs the next job one batch, not the whole prefill.
 
 Failures carry an ``error_type`` (``LLMErrorType``) that becomes the job's ``error.type``. The
 OpenAI-compatible backend retries transient failures (connection errors, 429, 5xx, timeouts)
@@ -48,6 +51,14 @@ TokenCallback = Callable[[str], None]
 CLOSE_JOIN_SECONDS = 5.0
 #: llama.cpp's prompt cache in RAM per model; its default (8 GiB) is far above what we need.
 EMBEDDED_CACHE_RAM_MIB = 64
+#: Prompt tokens llama.cpp reads per step (its default is 2,048). A request is only told to stop
+#: between two steps, so this bounds how long a cancelled prompt keeps the model busy: 64 tokens
+#: are ~0.3 s on 2 idle cores. Prefill speed measured the same at 64, 128, 256 and 2,048.
+EMBEDDED_BATCH_TOKENS = 64
+#: How long a cancelled embedded generation waits for llama.cpp to let go of the request (one
+#: batch, normally well under a second) before giving up on it; below the engine's grace after a
+#: job's time limit, so a timed-out job still ends with its own outcome.
+EMBEDDED_RELEASE_SECONDS = 3.0
 
 
 #: Attempts of one OpenAI-compatible request (the first and up to three retries).
@@ -458,6 +469,7 @@ class EmbeddedBackend:
         # llama.cpp splits n_ctx evenly between the parallel slots.
         params.n_ctx = self.context_length * self.parallel
         params.n_parallel = self.parallel
+        params.n_batch = EMBEDDED_BATCH_TOKENS
         params.cpuparams.n_threads = self.threads
         params.cpuparams_batch.n_threads = self.threads
         params.n_threads_http = 1
@@ -554,6 +566,8 @@ class EmbeddedBackend:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         done.set_running_or_notify_cancel()
         payload = chat_payload(request, self.spec)
+        # A chunk after each batch of prompt tokens: the callback's chance to stop a prefill.
+        payload["return_progress"] = True
 
         def deliver(chunk: Any) -> None:
             loop.call_soon_threadsafe(acc.feed, chunk)
@@ -575,7 +589,10 @@ class EmbeddedBackend:
         work = asyncio.wrap_future(done)
         try:
             if await _wait_or_cancel(work, cancel_event):
-                return acc.result(cancelled=True)
+                stop.set()
+                result = acc.result(cancelled=True)
+                await self._released(work)
+                return result
             try:
                 work.result()
             except Exception as exc:
@@ -588,6 +605,17 @@ class EmbeddedBackend:
             # running for nobody.
             stop.set()
             acc.closed = True
+
+    async def _released(self, work: asyncio.Future[None]) -> None:
+        """Wait (bounded) for a stopped generation's thread: it ends once llama.cpp has been
+        told to drop the request, at its next batch of prompt tokens or its next token."""
+        finished, _ = await asyncio.wait({work}, timeout=EMBEDDED_RELEASE_SECONDS)
+        if not finished:
+            log.warning(
+                "model %s still busy with a cancelled request after %.0f s",
+                self.spec.name,
+                EMBEDDED_RELEASE_SECONDS,
+            )
 
     async def close(self) -> None:
         """Stop in-flight generations, wait briefly for their threads, drop the model."""
