@@ -305,6 +305,13 @@ def test_upstream_failures_end_jobs_failed_with_distinct_error_types(
         else:
             assert status.status == JobStatus.FAILED, (prompt, status)
             assert status.error is not None and status.error.type == error_type, (prompt, status)
+            assert status.result is not None and status.result["finish_reason"] == "error"
+    overflow = done["context too long"]
+    assert overflow.result is not None and overflow.result["usage"]["prompt_tokens"] == 69000
+    assert overflow.error is not None and overflow.error.message.startswith(
+        "the prompt (69000 tokens) plus max_tokens (256) exceeds the context of model "
+        "'deepseek-v3' (65536 tokens)"
+    )
     # Transient failures were retried, the others were not.
     assert len(upstream.times("flaky but fine")) == 3
     assert len(upstream.times("rate limited")) == 4

@@ -28,6 +28,7 @@ from deepexec_server.executors.llm_backends import (
     BackendError,
     backoff_delay,
     http_error,
+    overflow_numbers,
     parse_retry_after,
     parse_sse_line,
     read_chunk,
@@ -233,6 +234,18 @@ def test_stream_chunks_are_read_from_either_backend() -> None:
     info = read_chunk(final)
     assert (info.prompt_tokens, info.completion_tokens, info.tokens_per_second) == (5, 2, 150.0)
     assert read_chunk({"error": {"message": "too long"}}).error == "too long"
+    overflow = read_chunk({"error": {"message": "m", "n_prompt_tokens": 3031, "n_ctx": 2048}})
+    assert (overflow.error_prompt_tokens, overflow.error_context_length) == (3031, 2048)
+    progress = {"choices": [{"delta": {"content": None}}], "prompt_progress": {"total": 40}}
+    assert read_chunk(progress).texts == () and read_chunk(progress).prompt_tokens == 40
+    assert overflow_numbers(
+        "request (3031 tokens) exceeds the available context size (2048 tokens), try increasing it"
+    ) == (3031, 2048)
+    assert overflow_numbers(
+        "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens "
+        "(8000 in the messages, 1000 in the completion)."
+    ) == (8000, 8192)
+    assert overflow_numbers("context window exceeded") == (None, None)
     assert parse_sse_line('data: {"a": 1}') == {"a": 1}
     assert parse_sse_line("data: [DONE]") == "[DONE]"
     assert parse_sse_line(": ping") is None
@@ -383,11 +396,17 @@ async def test_two_concurrent_jobs_and_cancelling_one_leaves_the_other_intact(
 
 
 @module_loop
-async def test_a_prompt_beyond_the_context_is_context_length_exceeded(ex: TextExecutor) -> None:
+async def test_a_prompt_beyond_the_context_fails_naming_the_limits(ex: TextExecutor) -> None:
     out = await run(ex, {"prompt": "word " * 3000, "max_tokens": 10})
+    assert not out.canceled
     assert out.error is not None and out.error.type == "context_length_exceeded"
-    assert "context" in out.error.message
+    assert out.error.message == (
+        "the prompt (3031 tokens) plus max_tokens (10) exceeds the context of model "
+        f"{EMBEDDED_MODEL!r} (2048 tokens); shorten the prompt or lower max_tokens"
+    )
     assert out.result is not None and out.result["text"] == ""
+    assert out.result["finish_reason"] == "error"
+    assert out.result["usage"] == {"prompt_tokens": 3031, "completion_tokens": 0}
 
 
 async def test_after_start_a_job_never_stalls_the_event_loop() -> None:
@@ -534,7 +553,13 @@ async def test_a_prompt_beyond_the_upstream_context_is_context_length_exceeded(
         data = {"model": "local-llama", "prompt": "word " * 3000, "max_tokens": 5}
         out = await run(executor, data)
         assert out.error is not None and out.error.type == "context_length_exceeded"
-        assert "400" in out.error.message and "context size" in out.error.message
+        assert out.error.message.startswith(
+            "the prompt (3031 tokens) plus max_tokens (5) exceeds the context of model "
+            "'local-llama' (2048 tokens); shorten the prompt or lower max_tokens ("
+        )
+        assert "answered 400" in out.error.message and "context size" in out.error.message
+        assert out.result is not None and out.result["finish_reason"] == "error"
+        assert out.result["usage"]["prompt_tokens"] == 3031
     finally:
         await executor.close()
 
@@ -836,7 +861,13 @@ async def test_a_silent_upstream_near_the_jobs_limit_is_upstream_timeout_not_tim
 async def test_upstream_context_overflow_and_other_refusals(remote: TextExecutor) -> None:
     out = await run_remote(remote, "context overflow")
     assert out.error is not None and out.error.type == "context_length_exceeded"
-    assert "maximum context length" in out.error.message
+    assert out.error.message.startswith(
+        "the prompt (69000 tokens) plus max_tokens (256) exceeds the context of model 'remote' "
+        "(65536 tokens); shorten the prompt or lower max_tokens ("
+    )
+    assert "answered 400" in out.error.message and "maximum context length" in out.error.message
+    assert out.result is not None and out.result["finish_reason"] == "error"
+    assert out.result["usage"] == {"prompt_tokens": 69000, "completion_tokens": 0}
     out = await run_remote(remote, "bad request")
     assert out.error is not None and out.error.type == "model_error"
     assert "Unknown parameter" in out.error.message

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -93,7 +94,8 @@ class BackendError(Exception):
     """The model backend failed (could not load, refused the request, connection lost).
 
     ``error_type`` is an ``LLMErrorType``; ``retryable`` marks a transient failure and
-    ``retry_after`` the seconds the server asked us to wait before trying again.
+    ``retry_after`` the seconds the server asked us to wait before trying again. A context
+    overflow carries the prompt's tokens and the context size when the backend said them.
     """
 
     def __init__(
@@ -103,12 +105,16 @@ class BackendError(Exception):
         *,
         retryable: bool = False,
         retry_after: float | None = None,
+        prompt_tokens: int | None = None,
+        context_length: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.error_type = error_type
         self.retryable = retryable
         self.retry_after = retry_after
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,8 +134,8 @@ class GenerationRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GenerationResult:
-    """What a generation produced. ``prompt_tokens`` is None when the backend never said
-    (a generation cancelled before its end)."""
+    """What a generation produced. ``prompt_tokens`` is None when the backend had not said
+    yet (a generation cancelled early, or a remote one cancelled before its end)."""
 
     text: str
     finish_reason: str
@@ -194,6 +200,9 @@ class ChunkInfo:
     completion_tokens: int | None = None
     tokens_per_second: float | None = None
     error: str | None = None
+    #: llama.cpp's ``n_prompt_tokens`` and ``n_ctx`` of an ``exceed_context_size_error``.
+    error_prompt_tokens: int | None = None
+    error_context_length: int | None = None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -206,8 +215,13 @@ def read_chunk(chunk: Any) -> ChunkInfo:
         return ChunkInfo(error=f"unexpected chunk from the model: {str(chunk)[:200]}")
     error = chunk.get("error")
     if error is not None:
-        message = error.get("message") if isinstance(error, Mapping) else error
-        return ChunkInfo(error=str(message or error))
+        if isinstance(error, Mapping):
+            return ChunkInfo(
+                error=str(error.get("message") or error),
+                error_prompt_tokens=_int_or_none(error.get("n_prompt_tokens")),
+                error_context_length=_int_or_none(error.get("n_ctx")),
+            )
+        return ChunkInfo(error=str(error))
     texts: list[str] = []
     finish: str | None = None
     for choice in chunk.get("choices") or []:
@@ -220,13 +234,19 @@ def read_chunk(chunk: Any) -> ChunkInfo:
         if isinstance(choice.get("finish_reason"), str):
             finish = choice["finish_reason"]
     raw_usage, raw_timings = chunk.get("usage"), chunk.get("timings")
+    raw_progress = chunk.get("prompt_progress")
     usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
     timings: Mapping[str, Any] = raw_timings if isinstance(raw_timings, Mapping) else {}
+    progress: Mapping[str, Any] = raw_progress if isinstance(raw_progress, Mapping) else {}
     tps = timings.get("predicted_per_second")
+    prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
     return ChunkInfo(
         texts=tuple(texts),
         finish_reason=finish,
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+        # llama.cpp's progress chunks say the prompt's size before the first token.
+        prompt_tokens=prompt_tokens
+        if prompt_tokens is not None
+        else _int_or_none(progress.get("total")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
         tokens_per_second=float(tps) if isinstance(tps, int | float) and tps > 0 else None,
     )
@@ -265,6 +285,7 @@ class StreamAccumulator:
         self.completion_tokens: int | None = None
         self.tokens_per_second: float | None = None
         self.error: str | None = None
+        self.error_info = ChunkInfo()
         self.closed = False
 
     def feed(self, chunk: Any) -> None:
@@ -273,7 +294,8 @@ class StreamAccumulator:
             return
         info = read_chunk(chunk)
         if info.error is not None:
-            self.error = self.error or info.error
+            if self.error is None:
+                self.error, self.error_info = info.error, info
             return
         for text in info.texts:
             now = self._clock()
@@ -305,7 +327,7 @@ class StreamAccumulator:
         return GenerationResult(
             text="".join(self.parts),
             finish_reason="cancelled" if cancelled else (self.finish_reason or "stop"),
-            prompt_tokens=None if cancelled else self.prompt_tokens,
+            prompt_tokens=self.prompt_tokens,
             completion_tokens=completion,
             ttft_ms=ttft,
             tokens_per_second=round(tps, 1) if tps is not None else None,
@@ -344,10 +366,43 @@ def is_context_overflow(message: str) -> bool:
     return any(marker in lowered for marker in _CONTEXT_MARKERS)
 
 
-def model_error(message: str) -> BackendError:
+#: llama.cpp: "request (3031 tokens) exceeds the available context size (2048 tokens)".
+_LLAMA_OVERFLOW = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+)")
+#: OpenAI, DeepSeek, vLLM: "maximum context length is 65536 tokens. However, you requested
+#: 70000 tokens (69000 in the messages, 1000 in the completion)".
+_OPENAI_CONTEXT = re.compile(r"maximum context length is (\d+)")
+_OPENAI_PROMPT = re.compile(r"\((\d+) in the messages")
+
+
+def overflow_numbers(message: str) -> tuple[int | None, int | None]:
+    """``(prompt_tokens, context_length)`` as far as a context-overflow message says them."""
+    found = _LLAMA_OVERFLOW.search(message)
+    if found:
+        return int(found[1]), int(found[2])
+    context, prompt = _OPENAI_CONTEXT.search(message), _OPENAI_PROMPT.search(message)
+    return (int(prompt[1]) if prompt else None), (int(context[1]) if context else None)
+
+
+def context_overflow(
+    message: str, prompt_tokens: int | None = None, context_length: int | None = None
+) -> BackendError:
+    """A ``context_length_exceeded`` error, with the numbers the backend gave (as fields, or
+    else in its message)."""
+    said_prompt, said_context = overflow_numbers(message)
+    return BackendError(
+        message,
+        LLMErrorType.CONTEXT_LENGTH_EXCEEDED,
+        prompt_tokens=said_prompt if prompt_tokens is None else prompt_tokens,
+        context_length=said_context if context_length is None else context_length,
+    )
+
+
+def model_error(message: str, info: ChunkInfo | None = None) -> BackendError:
     """The error for a failure the model reported itself (an ``error`` object or chunk)."""
     if is_context_overflow(message):
-        return BackendError(message, LLMErrorType.CONTEXT_LENGTH_EXCEEDED)
+        if info is None:
+            return context_overflow(message)
+        return context_overflow(message, info.error_prompt_tokens, info.error_context_length)
     return BackendError(message, LLMErrorType.MODEL_ERROR)
 
 
@@ -383,7 +438,7 @@ def http_error(
             text, LLMErrorType.UPSTREAM_ERROR, retryable=True, retry_after=retry_after
         )
     if is_context_overflow(message):
-        return BackendError(text, LLMErrorType.CONTEXT_LENGTH_EXCEEDED)
+        return context_overflow(text)
     return BackendError(text, LLMErrorType.MODEL_ERROR)
 
 
@@ -598,7 +653,7 @@ class EmbeddedBackend:
             except Exception as exc:
                 raise BackendError(f"model {self.spec.name!r} failed: {exc}") from exc
             if acc.error is not None:
-                raise model_error(acc.error)
+                raise model_error(acc.error, acc.error_info)
             return acc.result()
         finally:
             # Also reached when this coroutine itself is cancelled: never leave a generation
@@ -740,7 +795,7 @@ class OpenAIBackend:
             if error is None:
                 if acc.error is not None:
                     acc.closed = True
-                    raise model_error(acc.error)
+                    raise model_error(acc.error, acc.error_info)
                 return acc.result()
             if not isinstance(error, BackendError):
                 acc.closed = True

@@ -11,13 +11,14 @@ both. ``model`` is resolved through the catalog (``models``) at submit time, so 
 unconfigured model is a 422 before the job exists. Each generated piece of text is published as
 ``text`` output; progress is completion tokens over ``max_tokens``.
 
-Result: ``text``, ``model``, ``finish_reason`` (``stop``, ``length``, or ``cancelled`` when the
-job was cancelled or timed out before the model finished), ``usage`` (``prompt_tokens``, None
-when the generation was cut short, and ``completion_tokens``), ``time_to_first_token_ms``,
-``tokens_per_second``.
+Result: ``text``, ``model``, ``finish_reason`` (``stop``, ``length``, ``cancelled`` when the
+job was cancelled or timed out before the model finished, ``error`` when the backend failed),
+``usage`` (``prompt_tokens``, None when the backend had not said it yet, and
+``completion_tokens``), ``time_to_first_token_ms``, ``tokens_per_second``.
 
 A FAILED job's ``error.type`` is ``timeout`` (the job's own limit), or one of ``LLMErrorType``:
-``context_length_exceeded``, ``upstream_auth``, ``upstream_rate_limited``, ``upstream_error``,
+``context_length_exceeded`` (the message names the prompt's tokens, ``max_tokens`` and the
+model's context), ``upstream_auth``, ``upstream_rate_limited``, ``upstream_error``,
 ``upstream_timeout``, ``model_error``; the partial text is still in the result.
 """
 
@@ -268,9 +269,41 @@ class _TokenSink:
             self._last_percent, self._last_at = percent, now
             self._ctx.report_progress(percent, f"{n}/{self._max} tokens")
 
-    def partial(self) -> GenerationResult:
+    def failed(self, prompt_tokens: int | None) -> GenerationResult:
         """What was generated before a failure."""
-        return GenerationResult("".join(self.parts), "cancelled", None, len(self.parts), None, None)
+        text = "".join(self.parts)
+        return GenerationResult(text, "error", prompt_tokens, len(self.parts), None, None)
+
+
+def failure_message(exc: BackendError, spec: ModelSpec, max_tokens: int) -> str:
+    """The job's ``error.message`` for a backend failure; a context overflow names the limits
+    (what the backend said, else the catalog's context length)."""
+    if exc.error_type != CONTEXT_LENGTH_EXCEEDED:
+        return exc.message
+    return context_message(
+        exc.prompt_tokens,
+        max_tokens,
+        exc.context_length or spec.context_length,
+        spec.name,
+        exc.message if spec.backend == "openai" else None,
+    )
+
+
+def context_message(
+    prompt_tokens: int | None,
+    max_tokens: int,
+    context_length: int,
+    model: str,
+    upstream: str | None = None,
+) -> str:
+    """``the prompt (2100 tokens) plus max_tokens (256) exceeds the context of model 'x'
+    (2048 tokens)...``."""
+    prompt = "the prompt" if prompt_tokens is None else f"the prompt ({prompt_tokens} tokens)"
+    msg = (
+        f"{prompt} plus max_tokens ({max_tokens}) exceeds the context of model {model!r} "
+        f"({context_length} tokens); shorten the prompt or lower max_tokens"
+    )
+    return f"{msg} ({upstream})" if upstream else msg
 
 
 # --- the executor -----------------------------------------------------------------------------
@@ -368,7 +401,8 @@ class TextExecutor:
             gen = await generation
         except BackendError as exc:
             return Outcome(
-                text_result(spec.name, sink.partial()), JobError(exc.error_type, exc.message)
+                text_result(spec.name, sink.failed(exc.prompt_tokens)),
+                JobError(exc.error_type, failure_message(exc, spec, request.max_tokens)),
             )
         result = text_result(spec.name, gen)
         if gen.finish_reason == "cancelled":
