@@ -396,7 +396,26 @@ async def test_two_concurrent_jobs_and_cancelling_one_leaves_the_other_intact(
 
 
 @module_loop
+async def test_a_prompt_that_cannot_fit_is_refused_at_submit_naming_the_limits(
+    ex: TextExecutor,
+) -> None:
+    with pytest.raises(JobDataError) as info:
+        await ex.admit(ex.validate({"prompt": "word " * 3000, "max_tokens": 10}, 30))
+    assert info.value.message == (
+        "data: the prompt (3031 tokens) plus max_tokens (10) exceeds the context of model "
+        f"{EMBEDDED_MODEL!r} (2048 tokens); shorten the prompt or lower max_tokens"
+    )
+    assert [d["loc"] for d in info.value.details] == [["data", "prompt"], ["data", "max_tokens"]]
+    # The prompt alone fits; with max_tokens it would not.
+    messages = [{"role": "user", "content": "word " * 1900}]
+    with pytest.raises(JobDataError, match=r"the prompt \(1931 tokens\) plus max_tokens \(200\)"):
+        await ex.admit(ex.validate({"messages": messages, "max_tokens": 200}, 30))
+    await ex.admit(ex.validate({"messages": messages, "max_tokens": 100}, 30))
+
+
+@module_loop
 async def test_a_prompt_beyond_the_context_fails_naming_the_limits(ex: TextExecutor) -> None:
+    # A model not loaded at submit (or whose count failed) lets the job find out by running.
     out = await run(ex, {"prompt": "word " * 3000, "max_tokens": 10})
     assert not out.canceled
     assert out.error is not None and out.error.type == "context_length_exceeded"

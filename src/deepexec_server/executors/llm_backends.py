@@ -56,6 +56,8 @@ EMBEDDED_CACHE_RAM_MIB = 64
 #: between two steps, so this bounds how long a cancelled prompt keeps the model busy: 64 tokens
 #: are ~0.3 s on 2 idle cores. Prefill speed measured the same at 64, 128, 256 and 2,048.
 EMBEDDED_BATCH_TOKENS = 64
+#: Seconds to wait for the embedded model's tokenizer (a loopback request, ~10 ms) at submit.
+EMBEDDED_COUNT_TIMEOUT_SECONDS = 2.0
 #: How long a cancelled embedded generation waits for llama.cpp to let go of the request (one
 #: batch, normally well under a second) before giving up on it; below the engine's grace after a
 #: job's time limit, so a timed-out job still ends with its own outcome.
@@ -150,6 +152,10 @@ class Backend(Protocol):
 
     async def start(self) -> None:
         """Get ready (load weights...); returns once ready. Safe to call many times."""
+
+    async def count_prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> int | None:
+        """The prompt's tokens in the model's chat template, when that is cheap to know now;
+        None otherwise (the generation then reports an overflow itself)."""
 
     async def generate(
         self, request: GenerationRequest, on_token: TokenCallback, cancel_event: asyncio.Event
@@ -513,6 +519,8 @@ class EmbeddedBackend:
         self._lock = threading.Lock()
         self._active: set[threading.Event] = set()
         self._threads: set[threading.Thread] = set()
+        self._api_key = secrets.token_urlsafe(32)
+        self._http: httpx.AsyncClient | None = None
 
     # loading
 
@@ -532,7 +540,7 @@ class EmbeddedBackend:
         params.ui = False
         params.endpoint_slots = False
         params.verbosity = 0
-        params.api_keys = [secrets.token_urlsafe(32)]
+        params.api_keys = [self._api_key]
         return params
 
     def _load_blocking(self) -> Any:
@@ -661,6 +669,30 @@ class EmbeddedBackend:
             stop.set()
             acc.closed = True
 
+    async def count_prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> int | None:
+        """Count with llama.cpp's own chat template and tokenizer, through the server's loopback
+        listener (xllamacpp has no in-process call for it); None while the model is not loaded
+        (a submit never waits for a load) or when the count fails."""
+        server = self._server
+        if server is None:
+            return None
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=server.listening_address,
+                headers={"Authorization": f"Bearer {self._api_key}"},
+                timeout=EMBEDDED_COUNT_TIMEOUT_SECONDS,
+            )
+        try:
+            resp = await self._http.post(
+                "/v1/chat/completions/input_tokens", json={"messages": [dict(m) for m in messages]}
+            )
+            resp.raise_for_status()
+            count = resp.json().get("input_tokens")
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.warning("model %s could not count a prompt's tokens: %s", self.spec.name, exc)
+            return None
+        return _int_or_none(count)
+
     async def _released(self, work: asyncio.Future[None]) -> None:
         """Wait (bounded) for a stopped generation's thread: it ends once llama.cpp has been
         told to drop the request, at its next batch of prompt tokens or its next token."""
@@ -688,6 +720,9 @@ class EmbeddedBackend:
         if self._load is not None and not self._load.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.wrap_future(self._load), CLOSE_JOIN_SECONDS)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         # xllamacpp frees the model and stops its listener when the Server is released.
         self._server = None
         self._load = None
@@ -736,6 +771,10 @@ class OpenAIBackend:
 
     async def start(self) -> None:
         """Nothing to prepare: connections open on first use."""
+
+    async def count_prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> int | None:
+        """Unknown before the request: OpenAI-compatible servers have no common way to count."""
+        return None
 
     async def _stream(
         self, payload: dict[str, Any], acc: StreamAccumulator, timeout: httpx.Timeout

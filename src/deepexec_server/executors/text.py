@@ -371,6 +371,24 @@ class TextExecutor:
         """See ``validate_text_data``."""
         return validate_text_data(data, self.catalog)
 
+    async def admit(self, data: Mapping[str, Any]) -> None:
+        """Refuse a prompt that, with ``max_tokens``, cannot fit the model's context, when the
+        model's backend can count it cheaply (the embedded model once loaded). Otherwise the
+        job itself fails with ``context_length_exceeded``."""
+        spec = self.catalog.resolve(data.get("model"))
+        backend = self._backends.get(spec.name)
+        if backend is None:  # never loaded: a submit does not wait for a model to load
+            return
+        prompt_tokens = await backend.count_prompt_tokens(build_messages(data))
+        max_tokens = int(data["max_tokens"])
+        if prompt_tokens is not None and prompt_tokens + max_tokens > spec.context_length:
+            msg = context_message(prompt_tokens, max_tokens, spec.context_length, spec.name)
+            field = "prompt" if "prompt" in data else "messages"
+            raise JobDataError(
+                f"data: {msg}",
+                details=[{"loc": ["data", k], "msg": msg} for k in (field, "max_tokens")],
+            )
+
     def describe(self) -> dict[str, Any]:
         """The models of this server and which of them are usable."""
         return {"default_model": self.catalog.default_model, "models": self.catalog.describe()}
