@@ -336,7 +336,8 @@ async def test_cancel_mid_generation_returns_quickly_with_partial_text(ex: TextE
     ctx.cancel_requested.set()
     cancelled_at = time.monotonic()
     out = await task
-    assert time.monotonic() - cancelled_at < 0.2
+    # The model lets go at its next token: milliseconds, more on busy cores.
+    assert time.monotonic() - cancelled_at < 1.0
     assert out.canceled and out.error is None and out.result is not None
     assert out.result["finish_reason"] == "cancelled"
     assert out.result["text"] and out.result["text"] == ctx.text
@@ -364,7 +365,7 @@ async def test_timeout_fails_the_job_with_the_partial_text(ex: TextExecutor) -> 
     ctx = FakeContext(timeout=1.5)
     started = time.monotonic()
     out = await run(ex, {"prompt": LONG, "max_tokens": 2000}, ctx)
-    assert time.monotonic() - started < 1.5 + 0.2
+    assert time.monotonic() - started < 1.5 + 1.0
     assert not out.canceled
     assert out.error is not None and out.error.type == "timeout"
     assert "1.5 s time limit" in out.error.message
