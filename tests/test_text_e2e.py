@@ -13,6 +13,8 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -154,6 +156,63 @@ def test_cancel_of_a_running_text_job_keeps_the_partial_text(fresh: ServerProces
     assert 0 < status.result["usage"]["completion_tokens"] < 2000
 
 
+#: About 1,900 tokens once in the chat template (with ``max_tokens`` 64: within the 2,048 context).
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 187
+
+
+def test_cancelled_long_prompts_do_not_delay_another_tenants_job(tmp_path: Path) -> None:
+    """Cancelled jobs stop llama.cpp's reading of their prompts, and hold their runner slot
+    until it has stopped, so a short job of another tenant is neither queued behind them in
+    the engine nor in llama.cpp."""
+    srv = ServerProcess(tmp_path).start()  # its own server: a failure leaves busy llama.cpp
+    try:
+        other_key = srv.new_tenant_key("patient")
+        with connect(srv) as client:
+            warm = client.generate_text_and_wait("Say hi.", max_tokens=4, max_wait_time=60)
+            assert warm.status == JobStatus.COMPLETED, warm.error
+            doomed = [
+                client.submit_mcp_job(
+                    f"long {i}",
+                    "text_generation",
+                    {"prompt": f"Job {i}. {LONG_PROMPT}", "max_tokens": 64},
+                ).job_id
+                for i in range(20)
+            ]
+            for job_id in doomed:
+                client.cancel_mcp_job(job_id)
+            # A running job ends once llama.cpp has dropped its prompt (one batch later).
+            ends = [client.wait_for_mcp_job_completion(j, max_wait_time=10) for j in doomed]
+            cancelled_at = datetime.now(UTC)
+        assert all(s.status == JobStatus.CANCELED for s in ends), [s.status for s in ends]
+        with DeepExecClient(base_url=srv.base_url, api_key=other_key) as other:
+            job = other.submit_mcp_job(
+                "short", "text_generation", {"prompt": "Say hi.", "max_tokens": 4}
+            )
+            status = other.wait_for_mcp_job_completion(job.job_id, max_wait_time=30)
+        assert status.status == JobStatus.COMPLETED, status.error
+        assert status.started_at is not None and status.finished_at is not None
+        assert (status.started_at - cancelled_at).total_seconds() < 1.0
+        # Behind the cancelled prompts it took 20 s on idle cores (over 30 s on busy ones);
+        # the bound leaves room for a machine busy enough to slow the job alone.
+        assert warm.started_at is not None and warm.finished_at is not None
+        alone = (warm.finished_at - warm.started_at).total_seconds()
+        assert (status.finished_at - cancelled_at).total_seconds() < 2 * alone + 8.0
+    finally:
+        srv.stop()
+
+
+def test_a_prompt_too_long_for_the_context_is_a_422_naming_the_limits(
+    fresh: ServerProcess,
+) -> None:
+    with connect(fresh) as client, pytest.raises(MCPValidationError) as info:
+        client.submit_mcp_job("too long", "text_generation", {"prompt": "word " * 3000})
+    assert info.value.status_code == 422 and info.value.error_type == "invalid_job_data"
+    assert info.value.message == (
+        "data: the prompt (3031 tokens) plus max_tokens (256) exceeds the context of model "
+        f"'{EMBEDDED}' (2048 tokens); shorten the prompt or lower max_tokens"
+    )
+
+
 def test_list_models_and_languages(fresh: ServerProcess) -> None:
     with connect(fresh) as client:
         models = client.list_models()
@@ -261,6 +320,13 @@ def test_upstream_failures_end_jobs_failed_with_distinct_error_types(
         else:
             assert status.status == JobStatus.FAILED, (prompt, status)
             assert status.error is not None and status.error.type == error_type, (prompt, status)
+            assert status.result is not None and status.result["finish_reason"] == "error"
+    overflow = done["context too long"]
+    assert overflow.result is not None and overflow.result["usage"]["prompt_tokens"] == 69000
+    assert overflow.error is not None and overflow.error.message.startswith(
+        "the prompt (69000 tokens) plus max_tokens (256) exceeds the context of model "
+        "'deepseek-v3' (65536 tokens)"
+    )
     # Transient failures were retried, the others were not.
     assert len(upstream.times("flaky but fine")) == 3
     assert len(upstream.times("rate limited")) == 4

@@ -28,6 +28,7 @@ from deepexec_server.executors.llm_backends import (
     BackendError,
     backoff_delay,
     http_error,
+    overflow_numbers,
     parse_retry_after,
     parse_sse_line,
     read_chunk,
@@ -233,6 +234,18 @@ def test_stream_chunks_are_read_from_either_backend() -> None:
     info = read_chunk(final)
     assert (info.prompt_tokens, info.completion_tokens, info.tokens_per_second) == (5, 2, 150.0)
     assert read_chunk({"error": {"message": "too long"}}).error == "too long"
+    overflow = read_chunk({"error": {"message": "m", "n_prompt_tokens": 3031, "n_ctx": 2048}})
+    assert (overflow.error_prompt_tokens, overflow.error_context_length) == (3031, 2048)
+    progress = {"choices": [{"delta": {"content": None}}], "prompt_progress": {"total": 40}}
+    assert read_chunk(progress).texts == () and read_chunk(progress).prompt_tokens == 40
+    assert overflow_numbers(
+        "request (3031 tokens) exceeds the available context size (2048 tokens), try increasing it"
+    ) == (3031, 2048)
+    assert overflow_numbers(
+        "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens "
+        "(8000 in the messages, 1000 in the completion)."
+    ) == (8000, 8192)
+    assert overflow_numbers("context window exceeded") == (None, None)
     assert parse_sse_line('data: {"a": 1}') == {"a": 1}
     assert parse_sse_line("data: [DONE]") == "[DONE]"
     assert parse_sse_line(": ping") is None
@@ -323,7 +336,8 @@ async def test_cancel_mid_generation_returns_quickly_with_partial_text(ex: TextE
     ctx.cancel_requested.set()
     cancelled_at = time.monotonic()
     out = await task
-    assert time.monotonic() - cancelled_at < 0.2
+    # The model lets go at its next token: milliseconds, more on busy cores.
+    assert time.monotonic() - cancelled_at < 1.0
     assert out.canceled and out.error is None and out.result is not None
     assert out.result["finish_reason"] == "cancelled"
     assert out.result["text"] and out.result["text"] == ctx.text
@@ -351,7 +365,7 @@ async def test_timeout_fails_the_job_with_the_partial_text(ex: TextExecutor) -> 
     ctx = FakeContext(timeout=1.5)
     started = time.monotonic()
     out = await run(ex, {"prompt": LONG, "max_tokens": 2000}, ctx)
-    assert time.monotonic() - started < 1.5 + 0.2
+    assert time.monotonic() - started < 1.5 + 1.0
     assert not out.canceled
     assert out.error is not None and out.error.type == "timeout"
     assert "1.5 s time limit" in out.error.message
@@ -383,11 +397,36 @@ async def test_two_concurrent_jobs_and_cancelling_one_leaves_the_other_intact(
 
 
 @module_loop
-async def test_a_prompt_beyond_the_context_is_context_length_exceeded(ex: TextExecutor) -> None:
+async def test_a_prompt_that_cannot_fit_is_refused_at_submit_naming_the_limits(
+    ex: TextExecutor,
+) -> None:
+    with pytest.raises(JobDataError) as info:
+        await ex.admit(ex.validate({"prompt": "word " * 3000, "max_tokens": 10}, 30))
+    assert info.value.message == (
+        "data: the prompt (3031 tokens) plus max_tokens (10) exceeds the context of model "
+        f"{EMBEDDED_MODEL!r} (2048 tokens); shorten the prompt or lower max_tokens"
+    )
+    assert [d["loc"] for d in info.value.details] == [["data", "prompt"], ["data", "max_tokens"]]
+    # The prompt alone fits; with max_tokens it would not.
+    messages = [{"role": "user", "content": "word " * 1900}]
+    with pytest.raises(JobDataError, match=r"the prompt \(1931 tokens\) plus max_tokens \(200\)"):
+        await ex.admit(ex.validate({"messages": messages, "max_tokens": 200}, 30))
+    await ex.admit(ex.validate({"messages": messages, "max_tokens": 100}, 30))
+
+
+@module_loop
+async def test_a_prompt_beyond_the_context_fails_naming_the_limits(ex: TextExecutor) -> None:
+    # A model not loaded at submit (or whose count failed) lets the job find out by running.
     out = await run(ex, {"prompt": "word " * 3000, "max_tokens": 10})
+    assert not out.canceled
     assert out.error is not None and out.error.type == "context_length_exceeded"
-    assert "context" in out.error.message
+    assert out.error.message == (
+        "the prompt (3031 tokens) plus max_tokens (10) exceeds the context of model "
+        f"{EMBEDDED_MODEL!r} (2048 tokens); shorten the prompt or lower max_tokens"
+    )
     assert out.result is not None and out.result["text"] == ""
+    assert out.result["finish_reason"] == "error"
+    assert out.result["usage"] == {"prompt_tokens": 3031, "completion_tokens": 0}
 
 
 async def test_after_start_a_job_never_stalls_the_event_loop() -> None:
@@ -534,7 +573,13 @@ async def test_a_prompt_beyond_the_upstream_context_is_context_length_exceeded(
         data = {"model": "local-llama", "prompt": "word " * 3000, "max_tokens": 5}
         out = await run(executor, data)
         assert out.error is not None and out.error.type == "context_length_exceeded"
-        assert "400" in out.error.message and "context size" in out.error.message
+        assert out.error.message.startswith(
+            "the prompt (3031 tokens) plus max_tokens (5) exceeds the context of model "
+            "'local-llama' (2048 tokens); shorten the prompt or lower max_tokens ("
+        )
+        assert "answered 400" in out.error.message and "context size" in out.error.message
+        assert out.result is not None and out.result["finish_reason"] == "error"
+        assert out.result["usage"]["prompt_tokens"] == 3031
     finally:
         await executor.close()
 
@@ -836,7 +881,13 @@ async def test_a_silent_upstream_near_the_jobs_limit_is_upstream_timeout_not_tim
 async def test_upstream_context_overflow_and_other_refusals(remote: TextExecutor) -> None:
     out = await run_remote(remote, "context overflow")
     assert out.error is not None and out.error.type == "context_length_exceeded"
-    assert "maximum context length" in out.error.message
+    assert out.error.message.startswith(
+        "the prompt (69000 tokens) plus max_tokens (256) exceeds the context of model 'remote' "
+        "(65536 tokens); shorten the prompt or lower max_tokens ("
+    )
+    assert "answered 400" in out.error.message and "maximum context length" in out.error.message
+    assert out.result is not None and out.result["finish_reason"] == "error"
+    assert out.result["usage"] == {"prompt_tokens": 69000, "completion_tokens": 0}
     out = await run_remote(remote, "bad request")
     assert out.error is not None and out.error.type == "model_error"
     assert "Unknown parameter" in out.error.message

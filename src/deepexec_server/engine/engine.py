@@ -259,6 +259,7 @@ class Engine:
             )
         try:
             data = executor.validate(req.data, req.timeout)
+            await executor.admit(data)
         except JobDataError as exc:
             raise Unprocessable(
                 exc.message,

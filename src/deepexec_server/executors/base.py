@@ -78,6 +78,10 @@ class Executor(Protocol):
         """Check and normalise a submission's ``data``; raise ``JobDataError`` naming the
         problem. The returned dict is what gets stored and later executed."""
 
+    async def admit(self, data: Mapping[str, Any]) -> None:
+        """The submit-time checks of validated ``data`` that need to ask something (a model's
+        tokenizer...); raise ``JobDataError`` naming the problem."""
+
     async def execute(self, data: dict[str, Any], ctx: ExecutionContext) -> Outcome:
         """Run the job to its end, its timeout, or its cancellation."""
 

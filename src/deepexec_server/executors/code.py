@@ -750,6 +750,9 @@ class CodeExecutor:
             max_files_bytes=self.settings.max_body_bytes,
         )
 
+    async def admit(self, data: Mapping[str, Any]) -> None:
+        """Nothing to ask: ``validate`` checks everything."""
+
     def describe(self) -> dict[str, Any]:
         """Languages (name, version, absolute path), the job limits' defaults and maxima, and
         the sandbox probe lines."""

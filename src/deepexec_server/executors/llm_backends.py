@@ -7,11 +7,14 @@ Both speak OpenAI's streaming chat format: the embedded one through ``xllamacpp`
 through ``POST {base_url}/chat/completions`` with ``"stream": true`` (server-sent events). So the
 chunk reading (``read_chunk``) and the accumulation (``StreamAccumulator``) are shared and pure.
 
-Cancellation: ``generate`` returns as soon as ``cancel_event`` is set, with the partial text and
-``finish_reason="cancelled"``. The embedded model then stops at its next token (a few ms); while
-it is still reading a long prompt (prefill, ~300 tokens/s on 2 cores) llama.cpp calls no
-callback, so that slot stays busy until the prompt is read; the job does not wait for it. The
-OpenAI-compatible backend closes the HTTP stream, which ends the generation server-side.
+Cancellation: ``generate`` returns once ``cancel_event`` is set, with the partial text and
+``finish_reason="cancelled"``. The OpenAI-compatible backend closes the HTTP stream, which ends
+the generation server-side. The embedded model stops at its next callback: after the next token
+(a few ms) or, while it is still reading the prompt (prefill, ~200-300 tokens/s on 2 cores), after
+the next batch of ``EMBEDDED_BATCH_TOKENS`` prompt tokens, because every request asks llama.cpp
+for ``return_progress`` chunks. ``generate`` returns only once llama.cpp has been told to drop the
+request (its thread has ended), so a job's runner slot is not freed while llama.cpp still works
+for it: a cancelled 2,000-token prompt costs the next job one batch, not the whole prefill.
 
 Failures carry an ``error_type`` (``LLMErrorType``) that becomes the job's ``error.type``. The
 OpenAI-compatible backend retries transient failures (connection errors, 429, 5xx, timeouts)
@@ -29,6 +32,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -48,6 +52,16 @@ TokenCallback = Callable[[str], None]
 CLOSE_JOIN_SECONDS = 5.0
 #: llama.cpp's prompt cache in RAM per model; its default (8 GiB) is far above what we need.
 EMBEDDED_CACHE_RAM_MIB = 64
+#: Prompt tokens llama.cpp reads per step (its default is 2,048). A request is only told to stop
+#: between two steps, so this bounds how long a cancelled prompt keeps the model busy: 64 tokens
+#: are ~0.3 s on 2 idle cores. Prefill speed measured the same at 64, 128, 256 and 2,048.
+EMBEDDED_BATCH_TOKENS = 64
+#: Seconds to wait for the embedded model's tokenizer (a loopback request, ~10 ms) at submit.
+EMBEDDED_COUNT_TIMEOUT_SECONDS = 2.0
+#: How long a cancelled embedded generation waits for llama.cpp to let go of the request (one
+#: batch, normally well under a second) before giving up on it; below the engine's grace after a
+#: job's time limit, so a timed-out job still ends with its own outcome.
+EMBEDDED_RELEASE_SECONDS = 3.0
 
 
 #: Attempts of one OpenAI-compatible request (the first and up to three retries).
@@ -82,7 +96,8 @@ class BackendError(Exception):
     """The model backend failed (could not load, refused the request, connection lost).
 
     ``error_type`` is an ``LLMErrorType``; ``retryable`` marks a transient failure and
-    ``retry_after`` the seconds the server asked us to wait before trying again.
+    ``retry_after`` the seconds the server asked us to wait before trying again. A context
+    overflow carries the prompt's tokens and the context size when the backend said them.
     """
 
     def __init__(
@@ -92,12 +107,16 @@ class BackendError(Exception):
         *,
         retryable: bool = False,
         retry_after: float | None = None,
+        prompt_tokens: int | None = None,
+        context_length: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.error_type = error_type
         self.retryable = retryable
         self.retry_after = retry_after
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,8 +136,8 @@ class GenerationRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GenerationResult:
-    """What a generation produced. ``prompt_tokens`` is None when the backend never said
-    (a generation cancelled before its end)."""
+    """What a generation produced. ``prompt_tokens`` is None when the backend had not said
+    yet (a generation cancelled early, or a remote one cancelled before its end)."""
 
     text: str
     finish_reason: str
@@ -133,6 +152,10 @@ class Backend(Protocol):
 
     async def start(self) -> None:
         """Get ready (load weights...); returns once ready. Safe to call many times."""
+
+    async def count_prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> int | None:
+        """The prompt's tokens in the model's chat template, when that is cheap to know now;
+        None otherwise (the generation then reports an overflow itself)."""
 
     async def generate(
         self, request: GenerationRequest, on_token: TokenCallback, cancel_event: asyncio.Event
@@ -183,6 +206,9 @@ class ChunkInfo:
     completion_tokens: int | None = None
     tokens_per_second: float | None = None
     error: str | None = None
+    #: llama.cpp's ``n_prompt_tokens`` and ``n_ctx`` of an ``exceed_context_size_error``.
+    error_prompt_tokens: int | None = None
+    error_context_length: int | None = None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -195,8 +221,13 @@ def read_chunk(chunk: Any) -> ChunkInfo:
         return ChunkInfo(error=f"unexpected chunk from the model: {str(chunk)[:200]}")
     error = chunk.get("error")
     if error is not None:
-        message = error.get("message") if isinstance(error, Mapping) else error
-        return ChunkInfo(error=str(message or error))
+        if isinstance(error, Mapping):
+            return ChunkInfo(
+                error=str(error.get("message") or error),
+                error_prompt_tokens=_int_or_none(error.get("n_prompt_tokens")),
+                error_context_length=_int_or_none(error.get("n_ctx")),
+            )
+        return ChunkInfo(error=str(error))
     texts: list[str] = []
     finish: str | None = None
     for choice in chunk.get("choices") or []:
@@ -209,13 +240,19 @@ def read_chunk(chunk: Any) -> ChunkInfo:
         if isinstance(choice.get("finish_reason"), str):
             finish = choice["finish_reason"]
     raw_usage, raw_timings = chunk.get("usage"), chunk.get("timings")
+    raw_progress = chunk.get("prompt_progress")
     usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
     timings: Mapping[str, Any] = raw_timings if isinstance(raw_timings, Mapping) else {}
+    progress: Mapping[str, Any] = raw_progress if isinstance(raw_progress, Mapping) else {}
     tps = timings.get("predicted_per_second")
+    prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
     return ChunkInfo(
         texts=tuple(texts),
         finish_reason=finish,
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+        # llama.cpp's progress chunks say the prompt's size before the first token.
+        prompt_tokens=prompt_tokens
+        if prompt_tokens is not None
+        else _int_or_none(progress.get("total")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
         tokens_per_second=float(tps) if isinstance(tps, int | float) and tps > 0 else None,
     )
@@ -254,6 +291,7 @@ class StreamAccumulator:
         self.completion_tokens: int | None = None
         self.tokens_per_second: float | None = None
         self.error: str | None = None
+        self.error_info = ChunkInfo()
         self.closed = False
 
     def feed(self, chunk: Any) -> None:
@@ -262,7 +300,8 @@ class StreamAccumulator:
             return
         info = read_chunk(chunk)
         if info.error is not None:
-            self.error = self.error or info.error
+            if self.error is None:
+                self.error, self.error_info = info.error, info
             return
         for text in info.texts:
             now = self._clock()
@@ -294,7 +333,7 @@ class StreamAccumulator:
         return GenerationResult(
             text="".join(self.parts),
             finish_reason="cancelled" if cancelled else (self.finish_reason or "stop"),
-            prompt_tokens=None if cancelled else self.prompt_tokens,
+            prompt_tokens=self.prompt_tokens,
             completion_tokens=completion,
             ttft_ms=ttft,
             tokens_per_second=round(tps, 1) if tps is not None else None,
@@ -333,10 +372,43 @@ def is_context_overflow(message: str) -> bool:
     return any(marker in lowered for marker in _CONTEXT_MARKERS)
 
 
-def model_error(message: str) -> BackendError:
+#: llama.cpp: "request (3031 tokens) exceeds the available context size (2048 tokens)".
+_LLAMA_OVERFLOW = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+)")
+#: OpenAI, DeepSeek, vLLM: "maximum context length is 65536 tokens. However, you requested
+#: 70000 tokens (69000 in the messages, 1000 in the completion)".
+_OPENAI_CONTEXT = re.compile(r"maximum context length is (\d+)")
+_OPENAI_PROMPT = re.compile(r"\((\d+) in the messages")
+
+
+def overflow_numbers(message: str) -> tuple[int | None, int | None]:
+    """``(prompt_tokens, context_length)`` as far as a context-overflow message says them."""
+    found = _LLAMA_OVERFLOW.search(message)
+    if found:
+        return int(found[1]), int(found[2])
+    context, prompt = _OPENAI_CONTEXT.search(message), _OPENAI_PROMPT.search(message)
+    return (int(prompt[1]) if prompt else None), (int(context[1]) if context else None)
+
+
+def context_overflow(
+    message: str, prompt_tokens: int | None = None, context_length: int | None = None
+) -> BackendError:
+    """A ``context_length_exceeded`` error, with the numbers the backend gave (as fields, or
+    else in its message)."""
+    said_prompt, said_context = overflow_numbers(message)
+    return BackendError(
+        message,
+        LLMErrorType.CONTEXT_LENGTH_EXCEEDED,
+        prompt_tokens=said_prompt if prompt_tokens is None else prompt_tokens,
+        context_length=said_context if context_length is None else context_length,
+    )
+
+
+def model_error(message: str, info: ChunkInfo | None = None) -> BackendError:
     """The error for a failure the model reported itself (an ``error`` object or chunk)."""
     if is_context_overflow(message):
-        return BackendError(message, LLMErrorType.CONTEXT_LENGTH_EXCEEDED)
+        if info is None:
+            return context_overflow(message)
+        return context_overflow(message, info.error_prompt_tokens, info.error_context_length)
     return BackendError(message, LLMErrorType.MODEL_ERROR)
 
 
@@ -372,7 +444,7 @@ def http_error(
             text, LLMErrorType.UPSTREAM_ERROR, retryable=True, retry_after=retry_after
         )
     if is_context_overflow(message):
-        return BackendError(text, LLMErrorType.CONTEXT_LENGTH_EXCEEDED)
+        return context_overflow(text)
     return BackendError(text, LLMErrorType.MODEL_ERROR)
 
 
@@ -447,6 +519,8 @@ class EmbeddedBackend:
         self._lock = threading.Lock()
         self._active: set[threading.Event] = set()
         self._threads: set[threading.Thread] = set()
+        self._api_key = secrets.token_urlsafe(32)
+        self._http: httpx.AsyncClient | None = None
 
     # loading
 
@@ -458,6 +532,7 @@ class EmbeddedBackend:
         # llama.cpp splits n_ctx evenly between the parallel slots.
         params.n_ctx = self.context_length * self.parallel
         params.n_parallel = self.parallel
+        params.n_batch = EMBEDDED_BATCH_TOKENS
         params.cpuparams.n_threads = self.threads
         params.cpuparams_batch.n_threads = self.threads
         params.n_threads_http = 1
@@ -465,7 +540,7 @@ class EmbeddedBackend:
         params.ui = False
         params.endpoint_slots = False
         params.verbosity = 0
-        params.api_keys = [secrets.token_urlsafe(32)]
+        params.api_keys = [self._api_key]
         return params
 
     def _load_blocking(self) -> Any:
@@ -554,6 +629,8 @@ class EmbeddedBackend:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         done.set_running_or_notify_cancel()
         payload = chat_payload(request, self.spec)
+        # A chunk after each batch of prompt tokens: the callback's chance to stop a prefill.
+        payload["return_progress"] = True
 
         def deliver(chunk: Any) -> None:
             loop.call_soon_threadsafe(acc.feed, chunk)
@@ -575,19 +652,57 @@ class EmbeddedBackend:
         work = asyncio.wrap_future(done)
         try:
             if await _wait_or_cancel(work, cancel_event):
-                return acc.result(cancelled=True)
+                stop.set()
+                result = acc.result(cancelled=True)
+                await self._released(work)
+                return result
             try:
                 work.result()
             except Exception as exc:
                 raise BackendError(f"model {self.spec.name!r} failed: {exc}") from exc
             if acc.error is not None:
-                raise model_error(acc.error)
+                raise model_error(acc.error, acc.error_info)
             return acc.result()
         finally:
             # Also reached when this coroutine itself is cancelled: never leave a generation
             # running for nobody.
             stop.set()
             acc.closed = True
+
+    async def count_prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> int | None:
+        """Count with llama.cpp's own chat template and tokenizer, through the server's loopback
+        listener (xllamacpp has no in-process call for it); None while the model is not loaded
+        (a submit never waits for a load) or when the count fails."""
+        server = self._server
+        if server is None:
+            return None
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=server.listening_address,
+                headers={"Authorization": f"Bearer {self._api_key}"},
+                timeout=EMBEDDED_COUNT_TIMEOUT_SECONDS,
+            )
+        try:
+            resp = await self._http.post(
+                "/v1/chat/completions/input_tokens", json={"messages": [dict(m) for m in messages]}
+            )
+            resp.raise_for_status()
+            count = resp.json().get("input_tokens")
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.warning("model %s could not count a prompt's tokens: %s", self.spec.name, exc)
+            return None
+        return _int_or_none(count)
+
+    async def _released(self, work: asyncio.Future[None]) -> None:
+        """Wait (bounded) for a stopped generation's thread: it ends once llama.cpp has been
+        told to drop the request, at its next batch of prompt tokens or its next token."""
+        finished, _ = await asyncio.wait({work}, timeout=EMBEDDED_RELEASE_SECONDS)
+        if not finished:
+            log.warning(
+                "model %s still busy with a cancelled request after %.0f s",
+                self.spec.name,
+                EMBEDDED_RELEASE_SECONDS,
+            )
 
     async def close(self) -> None:
         """Stop in-flight generations, wait briefly for their threads, drop the model."""
@@ -605,6 +720,9 @@ class EmbeddedBackend:
         if self._load is not None and not self._load.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.wrap_future(self._load), CLOSE_JOIN_SECONDS)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         # xllamacpp frees the model and stops its listener when the Server is released.
         self._server = None
         self._load = None
@@ -653,6 +771,10 @@ class OpenAIBackend:
 
     async def start(self) -> None:
         """Nothing to prepare: connections open on first use."""
+
+    async def count_prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> int | None:
+        """Unknown before the request: OpenAI-compatible servers have no common way to count."""
+        return None
 
     async def _stream(
         self, payload: dict[str, Any], acc: StreamAccumulator, timeout: httpx.Timeout
@@ -712,7 +834,7 @@ class OpenAIBackend:
             if error is None:
                 if acc.error is not None:
                     acc.closed = True
-                    raise model_error(acc.error)
+                    raise model_error(acc.error, acc.error_info)
                 return acc.result()
             if not isinstance(error, BackendError):
                 acc.closed = True

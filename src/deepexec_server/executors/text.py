@@ -11,13 +11,14 @@ both. ``model`` is resolved through the catalog (``models``) at submit time, so 
 unconfigured model is a 422 before the job exists. Each generated piece of text is published as
 ``text`` output; progress is completion tokens over ``max_tokens``.
 
-Result: ``text``, ``model``, ``finish_reason`` (``stop``, ``length``, or ``cancelled`` when the
-job was cancelled or timed out before the model finished), ``usage`` (``prompt_tokens``, None
-when the generation was cut short, and ``completion_tokens``), ``time_to_first_token_ms``,
-``tokens_per_second``.
+Result: ``text``, ``model``, ``finish_reason`` (``stop``, ``length``, ``cancelled`` when the
+job was cancelled or timed out before the model finished, ``error`` when the backend failed),
+``usage`` (``prompt_tokens``, None when the backend had not said it yet, and
+``completion_tokens``), ``time_to_first_token_ms``, ``tokens_per_second``.
 
 A FAILED job's ``error.type`` is ``timeout`` (the job's own limit), or one of ``LLMErrorType``:
-``context_length_exceeded``, ``upstream_auth``, ``upstream_rate_limited``, ``upstream_error``,
+``context_length_exceeded`` (the message names the prompt's tokens, ``max_tokens`` and the
+model's context), ``upstream_auth``, ``upstream_rate_limited``, ``upstream_error``,
 ``upstream_timeout``, ``model_error``; the partial text is still in the result.
 """
 
@@ -268,9 +269,41 @@ class _TokenSink:
             self._last_percent, self._last_at = percent, now
             self._ctx.report_progress(percent, f"{n}/{self._max} tokens")
 
-    def partial(self) -> GenerationResult:
+    def failed(self, prompt_tokens: int | None) -> GenerationResult:
         """What was generated before a failure."""
-        return GenerationResult("".join(self.parts), "cancelled", None, len(self.parts), None, None)
+        text = "".join(self.parts)
+        return GenerationResult(text, "error", prompt_tokens, len(self.parts), None, None)
+
+
+def failure_message(exc: BackendError, spec: ModelSpec, max_tokens: int) -> str:
+    """The job's ``error.message`` for a backend failure; a context overflow names the limits
+    (what the backend said, else the catalog's context length)."""
+    if exc.error_type != CONTEXT_LENGTH_EXCEEDED:
+        return exc.message
+    return context_message(
+        exc.prompt_tokens,
+        max_tokens,
+        exc.context_length or spec.context_length,
+        spec.name,
+        exc.message if spec.backend == "openai" else None,
+    )
+
+
+def context_message(
+    prompt_tokens: int | None,
+    max_tokens: int,
+    context_length: int,
+    model: str,
+    upstream: str | None = None,
+) -> str:
+    """``the prompt (2100 tokens) plus max_tokens (256) exceeds the context of model 'x'
+    (2048 tokens)...``."""
+    prompt = "the prompt" if prompt_tokens is None else f"the prompt ({prompt_tokens} tokens)"
+    msg = (
+        f"{prompt} plus max_tokens ({max_tokens}) exceeds the context of model {model!r} "
+        f"({context_length} tokens); shorten the prompt or lower max_tokens"
+    )
+    return f"{msg} ({upstream})" if upstream else msg
 
 
 # --- the executor -----------------------------------------------------------------------------
@@ -338,6 +371,24 @@ class TextExecutor:
         """See ``validate_text_data``."""
         return validate_text_data(data, self.catalog)
 
+    async def admit(self, data: Mapping[str, Any]) -> None:
+        """Refuse a prompt that, with ``max_tokens``, cannot fit the model's context, when the
+        model's backend can count it cheaply (the embedded model once loaded). Otherwise the
+        job itself fails with ``context_length_exceeded``."""
+        spec = self.catalog.resolve(data.get("model"))
+        backend = self._backends.get(spec.name)
+        if backend is None:  # never loaded: a submit does not wait for a model to load
+            return
+        prompt_tokens = await backend.count_prompt_tokens(build_messages(data))
+        max_tokens = int(data["max_tokens"])
+        if prompt_tokens is not None and prompt_tokens + max_tokens > spec.context_length:
+            msg = context_message(prompt_tokens, max_tokens, spec.context_length, spec.name)
+            field = "prompt" if "prompt" in data else "messages"
+            raise JobDataError(
+                f"data: {msg}",
+                details=[{"loc": ["data", k], "msg": msg} for k in (field, "max_tokens")],
+            )
+
     def describe(self) -> dict[str, Any]:
         """The models of this server and which of them are usable."""
         return {"default_model": self.catalog.default_model, "models": self.catalog.describe()}
@@ -368,7 +419,8 @@ class TextExecutor:
             gen = await generation
         except BackendError as exc:
             return Outcome(
-                text_result(spec.name, sink.partial()), JobError(exc.error_type, exc.message)
+                text_result(spec.name, sink.failed(exc.prompt_tokens)),
+                JobError(exc.error_type, failure_message(exc, spec, request.max_tokens)),
             )
         result = text_result(spec.name, gen)
         if gen.finish_reason == "cancelled":
