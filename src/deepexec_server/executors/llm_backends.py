@@ -37,9 +37,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
+
+from deepexec_sdk.retry import RetryPolicy, parse_retry_after
+from deepexec_sdk.streaming import SSEDecoder
 
 from ..domain import ErrorType
 from .models import ModelSpec
@@ -64,12 +68,11 @@ EMBEDDED_COUNT_TIMEOUT_SECONDS = 2.0
 EMBEDDED_RELEASE_SECONDS = 3.0
 
 
-#: Attempts of one OpenAI-compatible request (the first and up to three retries).
-MAX_ATTEMPTS = 4
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_CAP_SECONDS = 8.0
-#: A ``Retry-After`` longer than this is taken as "not within this job".
-RETRY_AFTER_CAP_SECONDS = 60.0
+#: Retries of one OpenAI-compatible request (after the first attempt): the SDK's policy. A
+#: wait that the server asks for past the cap, or that would not end within the job's time,
+#: gives up instead.
+RETRY_POLICY = RetryPolicy(max_retries=3, give_up_past_cap=True)
+MAX_ATTEMPTS = RETRY_POLICY.max_retries + 1
 #: Seconds to wait for a TCP connection to an OpenAI-compatible server.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
@@ -258,11 +261,10 @@ def read_chunk(chunk: Any) -> ChunkInfo:
     )
 
 
-def parse_sse_line(line: str) -> Any:
-    """The JSON of an SSE ``data:`` line; None for other lines; ``"[DONE]"`` at the end."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:].strip()
+def parse_sse_data(data: str) -> Any:
+    """The JSON of an SSE event's ``data`` (every ``data:`` line of the event, joined); the
+    string ``"[DONE]"`` at the end of a stream."""
+    data = data.strip()
     if data == "[DONE]":
         return "[DONE]"
     try:
@@ -412,20 +414,6 @@ def model_error(message: str, info: ChunkInfo | None = None) -> BackendError:
     return BackendError(message, LLMErrorType.MODEL_ERROR)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header in delay-seconds form; None otherwise.
-
-    (The HTTP-date form is not worth supporting for waits that must fit inside one job.)
-    """
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds < float("inf") else None
-
-
 def http_error(
     status: int, message: str, where: str, retry_after: float | None = None
 ) -> BackendError:
@@ -462,30 +450,17 @@ def transport_error(exc: httpx.HTTPError, where: str) -> BackendError:
     )
 
 
-def backoff_delay(attempt: int, jitter: float) -> float:
-    """Seconds before retry ``attempt + 1``: capped exponential backoff, half of it random
-    (``jitter`` in [0, 1)) so that jobs that failed together do not retry together."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** min(attempt, 16))
-    return ceiling / 2 + ceiling / 2 * min(max(jitter, 0.0), 1.0)
-
-
 def retry_delay(
     error: BackendError, attempt: int, *, jitter: float, time_left: float | None
 ) -> float | None:
     """Seconds to wait before retrying after ``error`` on attempt ``attempt`` (0 = first), or
     None to give up: not transient, attempts used up, or the wait would not fit the time left.
-    A ``Retry-After`` from the server wins over the backoff."""
-    if not error.retryable or attempt + 1 >= MAX_ATTEMPTS:
+    A ``Retry-After`` from the server wins over the backoff (``RETRY_POLICY``)."""
+    if not error.retryable:
         return None
-    if error.retry_after is not None:
-        if error.retry_after > RETRY_AFTER_CAP_SECONDS:
-            return None
-        delay = error.retry_after
-    else:
-        delay = backoff_delay(attempt, jitter)
-    if time_left is not None and delay >= time_left:
-        return None
-    return delay
+    return RETRY_POLICY.delay(
+        attempt, jitter=jitter, retry_after=error.retry_after, time_left=time_left
+    )
 
 
 def time_left(deadline: float | None, now: float) -> float | None:
@@ -790,13 +765,14 @@ class OpenAIBackend:
                         resp.status_code,
                         _error_message(body),
                         where,
-                        parse_retry_after(resp.headers.get("retry-after")),
+                        parse_retry_after(resp.headers.get("retry-after"), datetime.now(UTC)),
                     )
-                async for line in resp.aiter_lines():
-                    data = parse_sse_line(line)
-                    if data == "[DONE]":
-                        break
-                    if data is not None:
+                decoder = SSEDecoder()
+                async for chunk in resp.aiter_bytes():
+                    for event in decoder.feed(chunk):
+                        data = parse_sse_data(event.data)
+                        if data == "[DONE]":
+                            return
                         acc.feed(data)
         except httpx.HTTPError as exc:
             raise transport_error(exc, where) from exc
