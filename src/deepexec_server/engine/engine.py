@@ -14,10 +14,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -72,6 +73,52 @@ def clamp_progress(value: int | float | None) -> int | None:
     if value is None:
         return None
     return max(0, min(100, int(value)))
+
+
+#: Longest string of a result kept when the result as a whole could not be stored.
+KEPT_TEXT_CHARS = 200
+
+
+def storable_remainder(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What is safe to keep of a result the store refused: its top-level numbers, booleans,
+    nulls and short strings that are valid Unicode (an exit code, timings, flags)."""
+    kept: dict[str, Any] = {}
+    for key, value in (result or {}).items():
+        if not _clean_text(key):
+            continue
+        if _plain(value):
+            kept[key] = value
+    return kept
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= KEPT_TEXT_CHARS and _clean_text(value)
+
+
+def _clean_text(text: str) -> bool:
+    """Text every store can keep: encodable as UTF-8 (no lone surrogate) and without NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def _finish_attempts(outcome: Outcome) -> Iterator[Outcome]:
+    """The outcome, then ever smaller ones the store can keep: a job must end even when its
+    result cannot be stored (text that is not valid Unicode, a value the database refuses)."""
+    yield outcome
+    what = "result" if outcome.error is None else f"result ({outcome.error.type})"
+    error = JobError(
+        ErrorType.INTERNAL,
+        f"the job's {what} could not be stored; only its plain fields are kept",
+    )
+    yield Outcome(storable_remainder(outcome.result), error)
+    yield Outcome(None, JobError(ErrorType.INTERNAL, "the job's result could not be stored"))
 
 
 class _RunContext:
@@ -190,9 +237,11 @@ class Engine:
                 asyncio.create_task(self._schedule_loop(), name="deepexec-scheduler"),
                 asyncio.create_task(self._lease_loop(), name="deepexec-leases"),
             ]
-        if not self.exclusive_store:
-            # Even an API-only server reaps: the runner of a job may have died elsewhere.
-            self._tasks.append(asyncio.create_task(self._reap_loop(), name="deepexec-reaper"))
+        # Every server reaps, an API-only one too (the runner of a job may have died
+        # elsewhere) and the embedded one as well: there a job whose run task ended without
+        # storing its end (the store refused every write) is RUNNING with a lease nobody
+        # renews, and only the reaper ends it.
+        self._tasks.append(asyncio.create_task(self._reap_loop(), name="deepexec-reaper"))
 
     async def stop(self) -> None:
         """Stop claiming, stop every running job, and end them FAILED (``interrupted``)."""
@@ -496,13 +545,31 @@ class Engine:
 
     async def _finish(self, ctx: _RunContext, outcome: Outcome, started: float) -> None:
         job = ctx.job
-        status = decide_status(outcome)
         await ctx.drain_progress()
-        finished = await asyncio.shield(
-            self.store.finish_job(
-                job.id, self.owner, status, outcome.result, outcome.error, utcnow()
-            )
-        )
+        finished: Job | None = None
+        stored = False
+        for attempt in _finish_attempts(outcome):
+            try:
+                finished = await asyncio.shield(
+                    self.store.finish_job(
+                        job.id,
+                        self.owner,
+                        decide_status(attempt),
+                        attempt.result,
+                        attempt.error,
+                        utcnow(),
+                    )
+                )
+            except Exception:
+                logger.exception("could not store the end of job %s", job.id)
+                continue
+            stored = True
+            break
+        if not stored:
+            # Nothing could be written: the lease, no longer renewed once this task ends,
+            # expires and the reaper ends the job FAILED (interrupted).
+            logger.error("job %s stays RUNNING until its lease expires and it is reaped", job.id)
+            return
         if finished is None:
             logger.warning("job %s was reaped before its runner finished; result dropped", job.id)
             return
@@ -517,12 +584,17 @@ class Engine:
         interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            if not self._running:
+            # Only jobs whose run task is alive: a lease renewed for a task that ended would
+            # keep its job RUNNING forever.
+            live = [
+                job_id
+                for job_id, ctx in self._running.items()
+                if ctx.task is None or not ctx.task.done()
+            ]
+            if not live:
                 continue
             try:
-                canceled = await self.store.renew_leases(
-                    self.owner, list(self._running), self._lease_until()
-                )
+                canceled = await self.store.renew_leases(self.owner, live, self._lease_until())
             except Exception:
                 logger.exception("could not renew job leases")
                 continue
