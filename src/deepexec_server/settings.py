@@ -76,6 +76,15 @@ class Settings:
     )
     #: A running job's lease; renewed every third of it. A runner silent this long is dead.
     lease_seconds: float = 15.0
+    #: Most progress events per second a job sends its listeners (and writes to the store);
+    #: what a program reports faster is coalesced, the latest value winning.
+    progress_events_per_second: float = 10.0
+    #: Most output events per second a job sends its listeners; chunks in between are merged.
+    output_events_per_second: float = 20.0
+    #: Most listeners (long-polls and event streams) one job may have at a time; 0: no cap.
+    max_subscribers_per_job: int = 500
+    #: Most listeners one tenant may have open at a time, over all its jobs; 0: no cap.
+    max_subscribers_per_tenant: int = 2000
 
     # --- sandbox (code_execution) ------------------------------------------------------------
     #: Host directory holding per-job work dirs. Empty: chosen by the sandbox.
@@ -186,6 +195,13 @@ class Settings:
             )
         if self.lease_seconds < 1:
             raise SettingsError(f"lease_seconds must be >= 1, got {self.lease_seconds}")
+        for name in ("progress_events_per_second", "output_events_per_second"):
+            rate = getattr(self, name)
+            if not 0.1 <= rate <= 1000:
+                raise SettingsError(f"{name} must be between 0.1 and 1000, got {rate}")
+        for name in ("max_subscribers_per_job", "max_subscribers_per_tenant"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 (0: no cap), got {getattr(self, name)}")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         for job_type, n in self.concurrency.items():

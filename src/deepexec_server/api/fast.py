@@ -15,6 +15,7 @@ plain number in range) is passed on to FastAPI, so its validation errors keep th
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -210,6 +211,7 @@ class HotRoutes:
     @staticmethod
     async def _answer(scope: Scope, send: Send, work: Awaitable[tuple[int, bytes] | None]) -> None:
         """Run ``work`` and send its JSON answer, or the error envelope it raised."""
+        headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
             answer = await work
         except Exception as exc:
@@ -218,9 +220,17 @@ class HotRoutes:
                 logger.exception("request %s failed", rid)
                 exc = internal_error(rid)
             answer = exc.status_code, error_body(exc.type, exc.message, rid, exc.details)
+            headers = retry_after_header(exc)
         if answer is None:  # the client left
             return
-        await send_json(send, *answer)
+        await send_json(send, *answer, headers)
+
+
+def retry_after_header(exc: ServiceError) -> tuple[tuple[bytes, bytes], ...]:
+    """``Retry-After`` (whole seconds, at least 1) when the error asks the client to wait."""
+    if exc.retry_after is None:
+        return ()
+    return ((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()),)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
