@@ -252,3 +252,44 @@ def test_subscribers_are_capped_per_job_and_per_tenant_and_closing_frees_a_place
     hub.subscribe("j3", tenant_id="t1")
     with pytest.raises(TooManyRequests):
         hub.subscribe("j4", tenant_id="t1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("7d", 7 * 86400.0), ("12h", 43200.0), ("30m", 1800.0), ("45s", 45.0), ("90", 90.0),
+     ("0", 0.0), ("never", 0.0), ("1.5h", 5400.0)],
+)  # fmt: skip
+def test_result_retention_reads_durations(raw: str, seconds: float) -> None:
+    env = {"DEEPEXEC_RESULT_RETENTION": raw}
+    assert Settings.from_env(env).result_retention == seconds
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [("4GiB", 4 * 1024**3), ("500MiB", 500 * 1024**2), ("2GB", 2 * 10**9), ("1234", 1234),
+     ("0", 0)],
+)  # fmt: skip
+def test_tenant_result_bytes_reads_sizes(raw: str, size: int) -> None:
+    assert Settings.from_env({"DEEPEXEC_TENANT_RESULT_BYTES": raw}).tenant_result_bytes == size
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("RESULT_RETENTION", "7 days"),
+        ("RESULT_RETENTION", "-1d"),
+        ("TENANT_RESULT_BYTES", "4 parsecs"),
+        ("TENANT_RESULT_BYTES", "-5"),
+        ("MAX_SUBSCRIBERS_PER_JOB", "-1"),
+        ("PROGRESS_EVENTS_PER_SECOND", "0"),
+    ],
+)
+def test_bad_retention_cap_and_event_settings_are_refused_by_name(name: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=name.lower() + "|DEEPEXEC_" + name):
+        Settings.from_env({f"DEEPEXEC_{name}": raw})
+
+
+def test_results_are_kept_seven_days_and_four_gib_per_tenant_by_default() -> None:
+    settings = Settings()
+    assert settings.result_retention == 7 * 86400
+    assert settings.tenant_result_bytes == 4 * 1024**3

@@ -18,7 +18,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,6 +49,8 @@ FAR_FUTURE = datetime(9999, 1, 1, tzinfo=utcnow().tzinfo)
 EXECUTOR_GRACE_SECONDS = 5.0
 #: How often a waiter re-reads the store, in case the change happened in another process.
 STORE_RECHECK_SECONDS = 2.0
+#: Most results purged in one store call (one transaction); more go in further calls.
+PURGE_BATCH = 200
 #: Most output text held for listeners between two deliveries of a job's output.
 OUTPUT_PENDING_MAX_CHARS = 256 * 1024
 
@@ -284,6 +286,8 @@ class Engine:
         #: processes sharing the store submitted). Spares a claim, a write transaction, for a
         #: type with nothing queued whenever another type's submit wakes the scheduler.
         self._claimable: set[str] = set(self.executors)
+        #: Called with the ids of jobs whose results this engine purged (the API's cache).
+        self.result_purge_listeners: list[Callable[[Sequence[str]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._stopping = False
@@ -306,6 +310,7 @@ class Engine:
             self._tasks += [
                 asyncio.create_task(self._schedule_loop(), name="deepexec-scheduler"),
                 asyncio.create_task(self._lease_loop(), name="deepexec-leases"),
+                asyncio.create_task(self._purge_loop(), name="deepexec-purge"),
             ]
         # Every server reaps, an API-only one too (the runner of a job may have died
         # elsewhere) and the embedded one as well: there a job whose run task ended without
@@ -682,6 +687,46 @@ class Engine:
                     self._finished(job)
             except Exception:
                 logger.exception("could not reap expired jobs")
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval_seconds)
+            try:
+                await self.purge_results()
+            except Exception:
+                logger.exception("could not purge old results")
+
+    async def purge_results(self) -> int:
+        """Purge the results past ``result_retention``, then those over each tenant's
+        ``tenant_result_bytes`` (oldest first), in batches; returns how many were purged."""
+        settings = self.settings
+        total = 0
+        if settings.result_retention > 0:
+            cutoff = utcnow() - timedelta(seconds=settings.result_retention)
+            total += await self._purge_batches(
+                lambda: self.store.purge_results_before(cutoff, utcnow(), PURGE_BATCH)
+            )
+        if settings.tenant_result_bytes > 0:
+            total += await self._purge_batches(
+                lambda: self.store.purge_results_over(
+                    settings.tenant_result_bytes, utcnow(), PURGE_BATCH
+                )
+            )
+        if total:
+            logger.info("purged the results of %d finished jobs", total)
+        return total
+
+    async def _purge_batches(self, batch: Callable[[], Awaitable[list[str]]]) -> int:
+        total = 0
+        while True:
+            ids = await batch()
+            if ids:
+                total += len(ids)
+                for listener in self.result_purge_listeners:
+                    listener(ids)
+            if len(ids) < PURGE_BATCH:
+                return total
+            await asyncio.sleep(0)  # let requests in between batches
 
     def describe(self) -> dict[str, Any]:
         return {t: e.describe() for t, e in self.executors.items()}
