@@ -115,10 +115,11 @@ def _finish_attempts(outcome: Outcome) -> Iterator[Outcome]:
     """The outcome, then ever smaller ones the store can keep: a job must end even when its
     result cannot be stored (text that is not valid Unicode, a value the database refuses)."""
     yield outcome
-    what = "result" if outcome.error is None else f"result ({outcome.error.type})"
+    # The first error's type only: its message may hold the very text the store refused.
+    ended = "" if outcome.error is None else f" (it had ended {outcome.error.type})"
     error = JobError(
         ErrorType.INTERNAL,
-        f"the job's {what} could not be stored; only its plain fields are kept",
+        f"the job's result could not be stored{ended}; only its plain fields are kept",
     )
     yield Outcome(storable_remainder(outcome.result), error)
     yield Outcome(None, JobError(ErrorType.INTERNAL, "the job's result could not be stored"))
