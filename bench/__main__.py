@@ -31,6 +31,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         b6_llm,
         b7_ray,
         b8_postgres,
+        b10_noisy_neighbour,
         profile,
     )
 
@@ -44,6 +45,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         7: ("Ray Jobs peer", b7_ray.run),
         8: ("PostgreSQL (1, 2, 5)", b8_postgres.run),
         9: ("profile", profile.run),
+        10: ("another tenant during a progress flood", b10_noisy_neighbour.run),
     }
 
 

@@ -412,7 +412,10 @@ async def test_progress_lines_reach_report_progress(executor: CodeExecutor) -> N
     )
     outcome, ctx = await run(executor, {"code": code})
     assert outcome.error is None
-    assert ctx.progress == [(10, "starting"), (40, "loading"), (100, None)]
+    # Only the latest valid line of what one read brings counts: "40 loading" came in one
+    # write with "150", so it is never reported; "10 starting" is, unless a read took it
+    # together with the rest.
+    assert ctx.progress in ([(10, "starting"), (100, None)], [(100, None)])
 
 
 async def test_progress_from_bash_and_node(executor: CodeExecutor) -> None:

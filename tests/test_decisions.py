@@ -13,6 +13,7 @@ from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
 from deepexec_server.domain import TRANSITIONS, InvalidTransition, JobError, check_transition
 from deepexec_server.engine.engine import clamp_progress, decide_status, request_fingerprint
 from deepexec_server.engine.hub import QUEUE_SIZE, EventHub
+from deepexec_server.errors import TooManyRequests
 from deepexec_server.executors.base import Outcome
 from deepexec_server.settings import Settings, SettingsError
 
@@ -86,8 +87,8 @@ async def test_slow_subscriber_loses_output_but_never_the_final_status() -> None
     hub.publish(MCPJobEvent(type="status", job_id="job_1"))
     hub.publish(MCPJobEvent(type="output", job_id="job_2", stream="stdout", text="other job"))
     events = []
-    while (event := await sub.get(0.01)) is not None:
-        events.append(event)
+    while (shared := await sub.get(0.01)) is not None:
+        events.append(shared.event)
     assert len(events) == QUEUE_SIZE
     assert events[-1].type == "status"
     assert all(e.job_id == "job_1" for e in events)
@@ -201,3 +202,95 @@ async def test_group_commit_batches_what_queues_and_isolates_a_bad_item() -> Non
     assert results[:2] == [110, 120] and results[3] == 140
     assert isinstance(results[2], ValueError) and str(results[2]) == "unlucky"
     assert batches == [[12, 13, 14]]
+
+
+async def test_a_waiter_for_the_end_is_not_woken_by_progress_or_output() -> None:
+    hub = EventHub()
+    waiter = hub.subscribe("job_1", statuses_only=True)
+    listener = hub.subscribe("job_1")
+    for i in range(100):
+        hub.publish(MCPJobEvent(type="progress", job_id="job_1", progress=i))
+        hub.publish(MCPJobEvent(type="output", job_id="job_1", stream="stdout", text="x"))
+    assert waiter.queue.empty()
+    assert listener.queue.qsize() == 200
+    hub.publish(MCPJobEvent(type="status", job_id="job_1"))
+    shared = await waiter.get(0.01)
+    assert shared is not None and shared.event.type == "status"
+    waiter.close()
+    assert hub.has_subscribers("job_1")  # the listener still takes progress
+    listener.close()
+    assert not hub.has_subscribers("job_1")
+
+
+async def test_an_event_is_encoded_once_for_all_its_subscribers() -> None:
+    hub = EventHub()
+    subs = [hub.subscribe("job_1") for _ in range(50)]
+    calls = []
+
+    def encode(event: MCPJobEvent) -> bytes:
+        calls.append(event)
+        return event.type.encode()
+
+    hub.publish(MCPJobEvent(type="progress", job_id="job_1", progress=5))
+    for sub in subs:
+        shared = await sub.get(0.01)
+        assert shared is not None and shared.encoded(encode) == b"progress"
+    assert len(calls) == 1
+
+
+def test_subscribers_are_capped_per_job_and_per_tenant_and_closing_frees_a_place() -> None:
+    hub = EventHub(max_per_job=2, max_per_tenant=3)
+    a = [hub.subscribe("j1", tenant_id="t1") for _ in range(2)]
+    with pytest.raises(TooManyRequests, match="MAX_SUBSCRIBERS_PER_JOB"):
+        hub.subscribe("j1", tenant_id="t1", statuses_only=True)
+    hub.subscribe("j2", tenant_id="t1")
+    with pytest.raises(TooManyRequests, match="MAX_SUBSCRIBERS_PER_TENANT"):
+        hub.subscribe("j3", tenant_id="t1")
+    hub.subscribe("j3", tenant_id="t2")  # another tenant
+    hub.subscribe("j1")  # the engine's own (a cancel) is not counted
+    a[0].close()
+    a[0].close()  # idempotent: frees one place, not two
+    hub.subscribe("j3", tenant_id="t1")
+    with pytest.raises(TooManyRequests):
+        hub.subscribe("j4", tenant_id="t1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("7d", 7 * 86400.0), ("12h", 43200.0), ("30m", 1800.0), ("45s", 45.0), ("90", 90.0),
+     ("0", 0.0), ("never", 0.0), ("1.5h", 5400.0)],
+)  # fmt: skip
+def test_result_retention_reads_durations(raw: str, seconds: float) -> None:
+    env = {"DEEPEXEC_RESULT_RETENTION": raw}
+    assert Settings.from_env(env).result_retention == seconds
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [("4GiB", 4 * 1024**3), ("500MiB", 500 * 1024**2), ("2GB", 2 * 10**9), ("1234", 1234),
+     ("0", 0)],
+)  # fmt: skip
+def test_tenant_result_bytes_reads_sizes(raw: str, size: int) -> None:
+    assert Settings.from_env({"DEEPEXEC_TENANT_RESULT_BYTES": raw}).tenant_result_bytes == size
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("RESULT_RETENTION", "7 days"),
+        ("RESULT_RETENTION", "-1d"),
+        ("TENANT_RESULT_BYTES", "4 parsecs"),
+        ("TENANT_RESULT_BYTES", "-5"),
+        ("MAX_SUBSCRIBERS_PER_JOB", "-1"),
+        ("PROGRESS_EVENTS_PER_SECOND", "0"),
+    ],
+)
+def test_bad_retention_cap_and_event_settings_are_refused_by_name(name: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=name.lower() + "|DEEPEXEC_" + name):
+        Settings.from_env({f"DEEPEXEC_{name}": raw})
+
+
+def test_results_are_kept_seven_days_and_four_gib_per_tenant_by_default() -> None:
+    settings = Settings()
+    assert settings.result_retention == 7 * 86400
+    assert settings.tenant_result_bytes == 4 * 1024**3

@@ -529,3 +529,37 @@ def test_cgroup_probe_says_what_it_falls_back_to_when_unusable(tmp_path: Path) -
     host, detail = CgroupHost.detect(root=tmp_path)  # no controllers mounted there
     assert host is None
     assert "neither cgroup v2" in detail
+
+
+def test_progress_buffer_reports_only_the_latest_valid_line_of_a_chunk() -> None:
+    buf = ProgressLineBuffer()
+    flood = b"".join(b"%d step %d\n" % (i % 100, i) for i in range(1000))
+    assert buf.feed(flood + b"garbage\n" + b"9" * (MAX_LINE_BYTES + 1) + b"\n4") == [
+        ProgressUpdate(99, "step 999")
+    ]
+    assert buf.feed(b"2 done\n") == [ProgressUpdate(42, "done")]
+    assert buf.feed(b"nothing valid\nat all\n") == []
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_progress_buffer_latest_update_matches_a_line_by_line_reading(
+    chunks: list[bytes],
+) -> None:
+    buf = ProgressLineBuffer()
+    stream = b""
+    for chunk in chunks:
+        got = buf.feed(chunk)
+        before = stream
+        stream += chunk
+        if b"\n" not in chunk:
+            assert got == []
+            continue
+        # The lines this chunk completed, as a line-by-line reader would see them.
+        done = stream[: stream.rfind(b"\n")].split(b"\n")
+        prior = before.count(b"\n")
+        valid = [
+            u
+            for line in done[prior:]
+            if len(line) <= MAX_LINE_BYTES and (u := parse_progress_line(line)) is not None
+        ]
+        assert got == valid[-1:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from deepexec_server.api.fast import TerminalCache, _parse_wait
@@ -35,6 +37,22 @@ def test_a_kept_body_is_not_replaced() -> None:
     cache.put("t1", "j1", b"second")
     assert cache.get("t1", "j1") == b"first"
     assert cache.size == len(b"first")
+
+
+def test_a_purged_job_is_forgotten_and_old_entries_are_read_again() -> None:
+    cache = TerminalCache()
+    cache.put("t1", "j1", b"with result")
+    cache.put("t1", "j2", b"other")
+    cache.discard(["j1", "unknown"])
+    assert cache.get("t1", "j1") is None
+    assert cache.get("t1", "j2") == b"other"
+    assert cache.size == len(b"other")
+    # Past max_age an entry is read from the store again (a purge by another process).
+    stale = TerminalCache(max_age=0.0)
+    stale.put("t1", "j1", b"old")
+    time.sleep(0.001)
+    assert stale.get("t1", "j1") is None
+    assert stale.size == 0
 
 
 @pytest.mark.parametrize(

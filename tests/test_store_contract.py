@@ -695,6 +695,73 @@ async def test_progress_is_recorded_only_while_running(store: Store) -> None:
     assert await store.set_progress("job_missing", 1, None, at(6)) is None
 
 
+# --- result retention -------------------------------------------------------------------------
+
+
+async def finished(store: Store, n: str, when: float, result: dict[str, Any], **kw: Any) -> Job:
+    """A job created, claimed and COMPLETED at ``at(when)`` with ``result``."""
+    job = await running(store, n, **kw)
+    done = await store.finish_job(job.id, "runner-1", JobStatus.COMPLETED, result, None, at(when))
+    assert done is not None
+    return done
+
+
+async def test_purge_by_age_drops_old_results_and_large_data_and_keeps_the_job(
+    store: Store,
+) -> None:
+    big_data = {"code": "x" * 100_000}
+    old = await finished(store, "old", 10, {"stdout": "a" * 500, "exit_code": 0}, data=big_data)
+    older = await finished(store, "older", 5, {"stdout": "b"})
+    recent = await finished(store, "recent", 30, {"stdout": "c"})
+    pending, _ = await store.create_job(new("pending"), at(1))
+
+    assert sorted(await store.purge_results_before(at(20), at(100), 100)) == sorted(
+        [old.id, older.id]
+    )
+    purged = await store.get_job(old.id)
+    assert purged is not None
+    assert purged.result is None and purged.result_purged_at == at(100)
+    assert purged.data == {}  # large input data goes with the result
+    assert (purged.status, purged.finished_at, purged.error) == (
+        JobStatus.COMPLETED,
+        old.finished_at,
+        None,
+    )
+    small = await store.get_job(older.id)
+    assert small is not None and small.data == older.data  # small data stays
+    await assert_status_json(store, purged)
+    body = json.loads((await store.get_status_json(old.id, old.tenant_id) or (b"{}", 0))[0])
+    assert body["result"] is None and body["result_purged_at"] is not None
+    # The recent result and the pending job are untouched; a second purge finds nothing.
+    assert await store.get_job(recent.id) == recent
+    assert await store.get_job(pending.id) == pending
+    assert await store.purge_results_before(at(20), at(101), 100) == []
+    # The limit bounds one call; the oldest go first.
+    assert await store.purge_results_before(at(1000), at(102), 1) == [recent.id]
+
+
+async def test_purge_over_the_tenant_cap_drops_that_tenants_oldest_results_first(
+    store: Store,
+) -> None:
+    jobs = [await finished(store, f"a{i}", 10 * i, {"out": "x" * 1000}) for i in range(1, 5)]
+    other = await finished(store, "b", 1, {"out": "y" * 2000}, tenant="tenant-b")
+    # Tenant A keeps 4 results of ~1 KB; a cap of 2,500 bytes keeps its newest two.
+    assert await store.purge_results_over(2_500, at(100), 1) == [jobs[0].id]
+    assert await store.purge_results_over(2_500, at(100), 100) == [jobs[1].id]
+    assert await store.purge_results_over(2_500, at(101), 100) == []
+    for job, kept in zip(jobs, (False, False, True, True), strict=True):
+        stored = await store.get_job(job.id)
+        assert stored is not None and (stored.result is not None) == kept
+        assert (stored.result_purged_at is None) == kept
+    # Tenant B, older but under the cap, kept its result; a cap of 1,500 bytes purges its one
+    # result of 2 KB, and A's older of two, oldest first.
+    b = await store.get_job(other.id)
+    assert b is not None and b.result is not None
+    assert sorted(await store.purge_results_over(1_500, at(102), 100)) == sorted(
+        [other.id, jobs[2].id]
+    )
+
+
 async def test_count_by_status_counts_every_tenant_and_lists_every_status(store: Store) -> None:
     assert await store.count_by_status() == dict.fromkeys(JobStatus, 0)
     for i in range(3):
@@ -902,6 +969,30 @@ async def test_sqlite_wal_stays_bounded_under_large_submits(tmp_path: Path) -> N
     finally:
         await store.close()
     assert wal < 12_000_000, f"WAL {wal} bytes after 60 MB of submits"
+
+
+async def test_sqlite_file_stops_growing_once_results_are_purged(tmp_path: Path) -> None:
+    # The pages a purge frees are reused by the next results: a store that purges as fast as
+    # it stores keeps its size.
+    path = tmp_path / "data" / "x.db"
+
+    async def store_results(rounds: int, purge: bool) -> int:
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            for i in range(rounds):
+                await finished(store, f"j{i}", i, {"stdout": "x" * 1_000_000})
+                if purge:
+                    await store.purge_results_before(at(1_000_000), at(i), 100)
+        finally:
+            await store.close()  # checkpoints the WAL into the file
+        return path.stat().st_size
+
+    first = await store_results(20, purge=False)  # 20 MB of results kept
+    await store_results(1, purge=True)  # ... purged
+    after = await store_results(20, purge=True)
+    assert first > 20_000_000
+    assert after < first * 1.1, f"{first} bytes, then {after} after purging and storing again"
 
 
 def test_sqlite_commits_survive_an_abrupt_process_exit(tmp_path: Path) -> None:

@@ -98,6 +98,10 @@ class MCPJobSummary(_Response):
     updated_at: datetime
     cancel_requested_at: datetime | None = None
     cancel_reason: str | None = None
+    #: Set when the server purged the job's result after its retention period (or to keep
+    #: the tenant under its cap on stored results): ``result`` is then None for good.
+    #: Optional, so servers that predate it still parse.
+    result_purged_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -96,6 +96,8 @@ def create_app(
         auth=Authenticator(the_store, enabled=settings.auth_enabled),
         metrics=metrics,
     )
+    # A purged result must not be served from the cache of ended jobs.
+    engine.result_purge_listeners.append(services.status_cache.discard)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -144,6 +144,9 @@ class Job:
     lease_expires_at: datetime | None = None
     idempotency_key: str | None = None
     fingerprint: str | None = None
+    #: When the result (and the input data, if large) was purged by the retention policy or
+    #: the tenant's cap on stored result bytes; the job itself is kept.
+    result_purged_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -9,6 +9,7 @@ error envelope ``{"error": {type, message, details, request_id}}`` with the clas
     ├── PayloadTooLarge       413  body_too_large
     ├── UnsupportedMediaType  415  unsupported_media_type
     ├── Unprocessable         422  validation_error, unknown_job_type, invalid_job_data, ...
+    ├── TooManyRequests       429  too_many_subscribers
     └── Unavailable           503  not_ready, shutting_down
 """
 
@@ -21,11 +22,20 @@ class ServiceError(Exception):
     status_code: ClassVar[int] = 500
     default_type: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, type: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str | None = None,
+        details: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.type = type or self.default_type
         self.details = details
+        #: Seconds the client should wait before retrying (the ``Retry-After`` header).
+        self.retry_after = retry_after
 
 
 class BadRequest(ServiceError):
@@ -61,6 +71,11 @@ class UnsupportedMediaType(ServiceError):
 class Unprocessable(ServiceError):
     status_code = 422
     default_type = "validation_error"
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
+    default_type = "too_many_requests"
 
 
 class Unavailable(ServiceError):

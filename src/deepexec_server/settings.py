@@ -7,6 +7,7 @@ Nothing here is read at import time.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,59 @@ def _parse_pairs(variable: str, raw: str, allowed: tuple[str, ...] | None = None
     return out
 
 
+DAY = 86400.0
+GIB = 1024**3
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY}
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": GIB,
+    "tib": 1024**4,
+}
+
+
+def parse_duration(variable: str, raw: str) -> float:
+    """Seconds from ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or a plain number of seconds;
+    ``0`` and ``never`` are 0 (no limit)."""
+    text = raw.strip().lower()
+    if text in ("never", "forever"):
+        return 0.0
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else ""
+    try:
+        value = float(text[: len(text) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise SettingsError(
+            f"{variable}: expected a duration such as 7d, 12h, 30m, 45s, or 0 / never "
+            f"(keep forever), got {raw!r}"
+        )
+    return value * _DURATION_UNITS.get(unit, 1.0)
+
+
+def parse_bytes(variable: str, raw: str) -> int:
+    """Bytes from ``1048576``, ``500MiB``, ``4GiB``, ``2GB``...; ``0`` is 0 (no cap)."""
+    text = raw.strip().lower().replace(" ", "")
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :]
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1.0
+    if unit not in _BYTE_UNITS or not (value >= 0 and math.isfinite(value)):
+        raise SettingsError(
+            f"{variable}: expected a size such as 4GiB, 500MiB, 2GB or a number of bytes "
+            f"(0: no cap), got {raw!r}"
+        )
+    return int(value * _BYTE_UNITS[unit])
+
+
 def _parse_concurrency(raw: str) -> dict[str, int]:
     return _parse_pairs("DEEPEXEC_CONCURRENCY", raw)
 
@@ -77,6 +131,24 @@ class Settings:
     )
     #: A running job's lease; renewed every third of it. A runner silent this long is dead.
     lease_seconds: float = 15.0
+    #: Most progress events per second a job sends its listeners (and writes to the store);
+    #: what a program reports faster is coalesced, the latest value winning.
+    progress_events_per_second: float = 10.0
+    #: Most output events per second a job sends its listeners; chunks in between are merged.
+    output_events_per_second: float = 20.0
+    #: Most listeners (long-polls and event streams) one job may have at a time; 0: no cap.
+    max_subscribers_per_job: int = 500
+    #: Most listeners one tenant may have open at a time, over all its jobs; 0: no cap.
+    max_subscribers_per_tenant: int = 2000
+    #: Seconds a finished job keeps its result (and its input data, if large) before it is
+    #: purged; the job itself stays, marked ``result_purged_at``. 0: forever.
+    #: ``DEEPEXEC_RESULT_RETENTION`` takes a duration: ``7d``, ``12h``, ``30m``, ``0``, ``never``.
+    result_retention: float = 7 * DAY
+    #: Most bytes of results one tenant keeps; past it, its oldest results are purged first.
+    #: 0: no cap. ``DEEPEXEC_TENANT_RESULT_BYTES`` takes bytes, or ``4GiB``, ``500MiB``...
+    tenant_result_bytes: int = 4 * GIB
+    #: How often a server that runs jobs purges what is past the retention or the cap.
+    purge_interval_seconds: float = 60.0
 
     # --- connections (see api/connections.py) -------------------------------------------------
     #: A request's head must arrive within this many seconds of the connection or of its
@@ -191,7 +263,11 @@ class Settings:
             raw = get(field.name.upper())
             if raw is None:
                 continue
-            if field.name == "concurrency":
+            if field.name == "result_retention":
+                values[field.name] = parse_duration("DEEPEXEC_RESULT_RETENTION", raw)
+            elif field.name == "tenant_result_bytes":
+                values[field.name] = parse_bytes("DEEPEXEC_TENANT_RESULT_BYTES", raw)
+            elif field.name == "concurrency":
                 values["concurrency"] = {**cls().concurrency, **_parse_concurrency(raw)}
             elif field.name in ("code_limits_default", "code_limits_max"):
                 pairs = _parse_pairs(f"DEEPEXEC_{field.name.upper()}", raw, CODE_LIMIT_NAMES)
@@ -238,6 +314,25 @@ class Settings:
             raise SettingsError(
                 "mcp_session_idle_seconds must be a positive number, got "
                 f"{self.mcp_session_idle_seconds}"
+            )
+        for name in ("progress_events_per_second", "output_events_per_second"):
+            rate = getattr(self, name)
+            if not 0.1 <= rate <= 1000:
+                raise SettingsError(f"{name} must be between 0.1 and 1000, got {rate}")
+        for name in ("max_subscribers_per_job", "max_subscribers_per_tenant"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 (0: no cap), got {getattr(self, name)}")
+        if self.result_retention < 0:
+            raise SettingsError(
+                f"result_retention must be >= 0 (0: forever), got {self.result_retention}"
+            )
+        if self.tenant_result_bytes < 0:
+            raise SettingsError(
+                f"tenant_result_bytes must be >= 0 (0: no cap), got {self.tenant_result_bytes}"
+            )
+        if self.purge_interval_seconds <= 0:
+            raise SettingsError(
+                f"purge_interval_seconds must be > 0, got {self.purge_interval_seconds}"
             )
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")

@@ -35,6 +35,7 @@ def job_status(job: Job) -> MCPJobStatusResponse:
         updated_at=job.updated_at,
         cancel_requested_at=job.cancel_requested_at,
         cancel_reason=job.cancel_reason,
+        result_purged_at=job.result_purged_at,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -86,7 +87,10 @@ def validation_failure(details: list[dict[str, Any]]) -> ServiceError:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return envelope(request, exc.status_code, exc.type, exc.message, exc.details)
+        response = envelope(request, exc.status_code, exc.type, exc.message, exc.details)
+        if exc.retry_after is not None:
+            response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,9 +15,11 @@ plain number in range) is passed on to FastAPI, so its validation errors keep th
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
@@ -58,21 +60,33 @@ _STATUS_JSON = TypeAdapter(MCPJobStatusResponse)
 #: Bytes of terminal statuses kept, and the largest one worth keeping.
 CACHE_BYTES = 16 * 1024 * 1024
 CACHE_ITEM_BYTES = 256 * 1024
+#: Seconds a kept status is served before the store is read again: the bound on how long
+#: a result purged by another process sharing the store may still be served from here.
+CACHE_MAX_AGE_SECONDS = 60.0
 
 
 class TerminalCache:
     """The JSON of terminal jobs by id, least recently used out first, within a byte budget.
 
-    Sound because a terminal job never changes: its status, result and error are written once,
-    by the transition that ended it. Each entry keeps its tenant, so a hit for another tenant
-    is still a miss (and a 404 from the store).
+    Sound because a terminal job changes once at most: its status, result and error are
+    written by the transition that ended it, and later only its result may be purged. A purge
+    by this process's engine drops the job from here (``discard``); one by another process
+    sharing the store is seen once the entry is ``max_age`` seconds old. Each entry keeps its
+    tenant, so a hit for another tenant is still a miss (and a 404 from the store).
     """
 
-    def __init__(self, max_bytes: int = CACHE_BYTES, max_item_bytes: int = CACHE_ITEM_BYTES):
+    def __init__(
+        self,
+        max_bytes: int = CACHE_BYTES,
+        max_item_bytes: int = CACHE_ITEM_BYTES,
+        max_age: float = CACHE_MAX_AGE_SECONDS,
+    ):
         self.max_bytes = max_bytes
         self.max_item_bytes = max_item_bytes
+        self.max_age = max_age
         self.size = 0
-        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        #: Per job id: its tenant, its body, and until when (monotonic) it may be served.
+        self._items: OrderedDict[str, tuple[str, bytes, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -81,18 +95,31 @@ class TerminalCache:
         item = self._items.get(job_id)
         if item is None or item[0] != tenant_id:
             return None
+        if item[2] < time.monotonic():
+            self._drop(job_id)
+            return None
         self._items.move_to_end(job_id)
         return item[1]
+
+    def discard(self, job_ids: Iterable[str]) -> None:
+        """Forget these jobs (their results were purged)."""
+        for job_id in job_ids:
+            self._drop(job_id)
+
+    def _drop(self, job_id: str) -> None:
+        item = self._items.pop(job_id, None)
+        if item is not None:
+            self.size -= len(item[1])
 
     def put(self, tenant_id: str, job_id: str, body: bytes) -> None:
         """Keep ``body`` as the status of ``tenant_id``'s terminal job ``job_id``, unless it
         is too big. Only ever call it for a terminal job."""
         if len(body) > self.max_item_bytes or job_id in self._items:
             return
-        self._items[job_id] = (tenant_id, body)
+        self._items[job_id] = (tenant_id, body, time.monotonic() + self.max_age)
         self.size += len(body)
         while self.size > self.max_bytes:
-            _, (_, old) = self._items.popitem(last=False)
+            _, (_, old, _) = self._items.popitem(last=False)
             self.size -= len(old)
 
 
@@ -224,6 +251,7 @@ class HotRoutes:
     @staticmethod
     async def _answer(scope: Scope, send: Send, work: Awaitable[tuple[int, bytes] | None]) -> None:
         """Run ``work`` and send its JSON answer, or the error envelope it raised."""
+        headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
             answer = await work
         except Exception as exc:
@@ -232,9 +260,17 @@ class HotRoutes:
                 logger.exception("request %s failed", rid)
                 exc = internal_error(rid)
             answer = exc.status_code, error_body(exc.type, exc.message, rid, exc.details)
+            headers = retry_after_header(exc)
         if answer is None:  # the client left
             return
-        await send_json(send, *answer)
+        await send_json(send, *answer, headers)
+
+
+def retry_after_header(exc: ServiceError) -> tuple[tuple[bytes, bytes], ...]:
+    """``Retry-After`` (whole seconds, at least 1) when the error asks the client to wait."""
+    if exc.retry_after is None:
+        return ()
+    return ((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()),)
 
 
 def api_authenticator(services: Services) -> Callable[[Scope], Awaitable[None]]:

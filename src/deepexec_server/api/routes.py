@@ -166,6 +166,8 @@ async def list_jobs(
 
 
 def _sse(event: MCPJobEvent) -> bytes:
+    """One server-sent event. Made once per event for all of a job's streams
+    (``SharedEvent.encoded``)."""
     if event.type == "status":
         payload = event.job.model_dump(mode="json") if event.job else {}
     elif event.type == "progress":
@@ -189,11 +191,20 @@ def _sse(event: MCPJobEvent) -> bytes:
 async def job_events(job_id: str, tenant_id: Tenant, svc: Svc) -> StreamingResponse:
     """Server-sent events: the current status, then progress and output as they happen, and
     a final terminal status, after which the stream closes."""
-    await svc.engine.get(tenant_id, job_id)  # 404 before the stream starts
+    events = svc.engine.events(tenant_id, job_id)
+    # 404 (no such job) or 429 (too many listeners) before the stream starts.
+    first = await anext(events)
 
     async def stream() -> AsyncIterator[bytes]:
-        async for event in svc.engine.events(tenant_id, job_id):
-            yield b": keep-alive\n\n" if event is None else _sse(event)
+        try:
+            event = first
+            while True:
+                yield b": keep-alive\n\n" if event is None else event.encoded(_sse)
+                event = await anext(events)
+        except StopAsyncIteration:
+            return
+        finally:
+            await events.aclose()
 
     return StreamingResponse(
         stream(),

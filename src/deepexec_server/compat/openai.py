@@ -362,10 +362,12 @@ async def _stream(
     finished = False
     try:
         yield writer.opening()
-        async for event in svc.engine.events(tenant_id, job.job_id):
-            if event is None:
+        async for shared in svc.engine.events(tenant_id, job.job_id):
+            if shared is None:
                 yield b": keep-alive\n\n"
-            elif event.type == "output" and event.stream == "text" and event.text:
+                continue
+            event = shared.event
+            if event.type == "output" and event.stream == "text" and event.text:
                 yield writer.text(event.text)
             elif event.type == "status" and event.job is not None and event.job.is_terminal:
                 finished = True

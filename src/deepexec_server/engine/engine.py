@@ -14,10 +14,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,7 +41,7 @@ from ..settings import Settings
 from ..store import Store
 from ..store._codec import decode_cursor, encode_cursor
 from ..views import job_status
-from .hub import EventHub, Subscription
+from .hub import EventHub, SharedEvent, Subscription
 
 logger = logging.getLogger("deepexec_server.engine")
 
@@ -49,7 +50,10 @@ FAR_FUTURE = datetime(9999, 1, 1, tzinfo=utcnow().tzinfo)
 EXECUTOR_GRACE_SECONDS = 5.0
 #: How often a waiter re-reads the store, in case the change happened in another process.
 STORE_RECHECK_SECONDS = 2.0
-PROGRESS_FLUSH_SECONDS = 0.1
+#: Most results purged in one store call (one transaction); more go in further calls.
+PURGE_BATCH = 200
+#: Most output text held for listeners between two deliveries of a job's output.
+OUTPUT_PENDING_MAX_CHARS = 256 * 1024
 
 
 def decide_status(outcome: Outcome) -> JobStatus:
@@ -75,15 +79,79 @@ def clamp_progress(value: int | float | None) -> int | None:
     return max(0, min(100, int(value)))
 
 
+#: Longest string of a result kept when the result as a whole could not be stored.
+KEPT_TEXT_CHARS = 200
+
+
+def storable_remainder(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What is safe to keep of a result the store refused: its top-level numbers, booleans,
+    nulls and short strings that are valid Unicode (an exit code, timings, flags)."""
+    kept: dict[str, Any] = {}
+    for key, value in (result or {}).items():
+        if not _clean_text(key):
+            continue
+        if _plain(value):
+            kept[key] = value
+    return kept
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= KEPT_TEXT_CHARS and _clean_text(value)
+
+
+def _clean_text(text: str) -> bool:
+    """Text every store can keep: encodable as UTF-8 (no lone surrogate) and without NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def _finish_attempts(outcome: Outcome) -> Iterator[Outcome]:
+    """The outcome, then ever smaller ones the store can keep: a job must end even when its
+    result cannot be stored (text that is not valid Unicode, a value the database refuses)."""
+    yield outcome
+    # The first error's type only: its message may hold the very text the store refused.
+    ended = "" if outcome.error is None else f" (it had ended {outcome.error.type})"
+    error = JobError(
+        ErrorType.INTERNAL,
+        f"the job's result could not be stored{ended}; only its plain fields are kept",
+    )
+    yield Outcome(storable_remainder(outcome.result), error)
+    yield Outcome(None, JobError(ErrorType.INTERNAL, "the job's result could not be stored"))
+
+
 class _RunContext:
-    """The ``ExecutionContext`` a running job sees (executors/base.py)."""
+    """The ``ExecutionContext`` a running job sees (executors/base.py).
+
+    A program may report progress or print as fast as it can. What it reports is coalesced
+    per job, the latest value winning: listeners get at most ``progress_events_per_second``
+    progress events (and as many store writes) and ``output_events_per_second`` output events
+    (adjacent chunks merged), and always the last value before the job's end. A report costs
+    the caller a tuple assignment, so a flooding job cannot take the event loop from others.
+    """
 
     def __init__(self, engine: Engine, job: Job) -> None:
         self._engine = engine
         self.job = job
         self._cancel = asyncio.Event()
+        settings = engine.settings
+        self._progress_interval = 1.0 / settings.progress_events_per_second
+        self._output_interval = 1.0 / settings.output_events_per_second
+        #: The latest progress reported and not yet delivered, and the last one delivered.
         self._pending_progress: tuple[int | None, str | None] | None = None
-        self._flush_task: asyncio.Task[None] | None = None
+        self._delivered_progress: tuple[int | None, str | None] | None = None
+        self._stored_progress: tuple[int | None, str | None] | None = None
+        self._progress_task: asyncio.Task[None] | None = None
+        #: Output not yet published, as ``[stream, text]`` runs of one stream each.
+        self._pending_output: list[list[str]] = []
+        self._pending_output_chars = 0
+        self._output_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -98,47 +166,96 @@ class _RunContext:
     def cancel_requested(self) -> asyncio.Event:
         return self._cancel
 
+    # --- progress -------------------------------------------------------------------------------
+
     def report_progress(self, progress: int | None, message: str | None = None) -> None:
-        value = clamp_progress(progress)
         if message is not None:
             message = message[:500]
-        self._engine.hub.publish(
-            MCPJobEvent(type="progress", job_id=self.job.id, progress=value, message=message)
-        )
-        self._pending_progress = (value, message)
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_progress())
-
-    async def _flush_progress(self) -> None:
-        # Coalesce: at most one store write per PROGRESS_FLUSH_SECONDS, always the latest value.
-        while self._pending_progress is not None:
-            await self._write_progress()
-            if self._pending_progress is not None:
-                await asyncio.sleep(PROGRESS_FLUSH_SECONDS)
-
-    async def _write_progress(self) -> None:
-        if self._pending_progress is None:
+        update = (clamp_progress(progress), message)
+        if update == self._delivered_progress and self._pending_progress is None:
             return
-        progress, message = self._pending_progress
-        self._pending_progress = None
+        self._pending_progress = update
+        if self._progress_task is None:
+            self._progress_task = asyncio.get_running_loop().create_task(self._deliver_progress())
+
+    async def _deliver_progress(self) -> None:
+        # The first report goes out at once; then one per interval, the latest value.
         try:
-            await self._engine.store.set_progress(self.job.id, progress, message, utcnow())
+            while self._pending_progress is not None:
+                next_at = time.monotonic() + self._progress_interval
+                await self._deliver_pending_progress()
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        finally:
+            self._progress_task = None
+
+    async def _deliver_pending_progress(self) -> None:
+        update, self._pending_progress = self._pending_progress, None
+        if update is not None and update != self._delivered_progress:
+            self._delivered_progress = update
+            if self._engine.hub.has_subscribers(self.job.id):
+                progress, message = update
+                self._engine.hub.publish(
+                    MCPJobEvent(
+                        type="progress", job_id=self.job.id, progress=progress, message=message
+                    )
+                )
+        await self._store_progress()
+
+    async def _store_progress(self) -> None:
+        update = self._delivered_progress
+        if update is None or update == self._stored_progress:
+            return
+        try:
+            await self._engine.store.set_progress(self.job.id, *update, utcnow())
         except Exception:
             logger.exception("could not record progress of job %s", self.job.id)
+            return
+        self._stored_progress = update
 
-    async def drain_progress(self) -> None:
-        """Stop the flusher and write the last reported progress, before the job ends."""
-        if self._flush_task is not None and not self._flush_task.done():
-            self._flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
-        await self._write_progress()
+    # --- output ---------------------------------------------------------------------------------
 
     def emit_output(self, stream: str, text: str) -> None:
-        if text and self._engine.hub.has_subscribers(self.job.id):
+        if not text or not self._engine.hub.has_subscribers(self.job.id):
+            return
+        room = OUTPUT_PENDING_MAX_CHARS - self._pending_output_chars
+        if room <= 0:
+            return  # listeners lose chunks while the job outruns them; the result has all
+        text = text[:room]
+        self._pending_output_chars += len(text)
+        if self._pending_output and self._pending_output[-1][0] == stream:
+            self._pending_output[-1][1] += text
+        else:
+            self._pending_output.append([stream, text])
+        if self._output_task is None:
+            self._output_task = asyncio.get_running_loop().create_task(self._deliver_output())
+
+    async def _deliver_output(self) -> None:
+        try:
+            while self._pending_output:
+                self._publish_output()
+                await asyncio.sleep(self._output_interval)
+        finally:
+            self._output_task = None
+
+    def _publish_output(self) -> None:
+        runs, self._pending_output = self._pending_output, []
+        self._pending_output_chars = 0
+        for stream, text in runs:
             self._engine.hub.publish(
                 MCPJobEvent(type="output", job_id=self.job.id, stream=stream, text=text)
             )
+
+    async def drain(self) -> None:
+        """Stop the deliveries and hand over what is pending: the last output and progress
+        reach listeners (and the store) before the job's end does."""
+        for task in (self._progress_task, self._output_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._progress_task = self._output_task = None
+        self._publish_output()
+        await self._deliver_pending_progress()
 
 
 class Engine:
@@ -158,7 +275,10 @@ class Engine:
         self.store = store
         self.executors = dict(executors)
         self.metrics = metrics or Metrics()
-        self.hub = EventHub()
+        self.hub = EventHub(
+            max_per_job=settings.max_subscribers_per_job,
+            max_per_tenant=settings.max_subscribers_per_tenant,
+        )
         self.exclusive_store = exclusive_store
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._running: dict[str, _RunContext] = {}
@@ -168,6 +288,8 @@ class Engine:
         #: processes sharing the store submitted). Spares a claim, a write transaction, for a
         #: type with nothing queued whenever another type's submit wakes the scheduler.
         self._claimable: set[str] = set(self.executors)
+        #: Called with the ids of jobs whose results this engine purged (the API's cache).
+        self.result_purge_listeners: list[Callable[[Sequence[str]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._stopping = False
@@ -190,10 +312,13 @@ class Engine:
             self._tasks += [
                 asyncio.create_task(self._schedule_loop(), name="deepexec-scheduler"),
                 asyncio.create_task(self._lease_loop(), name="deepexec-leases"),
+                asyncio.create_task(self._purge_loop(), name="deepexec-purge"),
             ]
-        if not self.exclusive_store:
-            # Even an API-only server reaps: the runner of a job may have died elsewhere.
-            self._tasks.append(asyncio.create_task(self._reap_loop(), name="deepexec-reaper"))
+        # Every server reaps, an API-only one too (the runner of a job may have died
+        # elsewhere) and the embedded one as well: there a job whose run task ended without
+        # storing its end (the store refused every write) is RUNNING with a lease nobody
+        # renews, and only the reaper ends it.
+        self._tasks.append(asyncio.create_task(self._reap_loop(), name="deepexec-reaper"))
 
     async def stop(self) -> None:
         """Stop claiming, stop every running job, and end them FAILED (``interrupted``)."""
@@ -308,8 +433,9 @@ class Engine:
         return found
 
     async def wait(self, tenant_id: str, job_id: str, timeout: float) -> Job:
-        """The job once it is terminal, or as it is after ``timeout`` seconds."""
-        with self.hub.subscribe(job_id) as sub:
+        """The job once it is terminal, or as it is after ``timeout`` seconds. Woken by the
+        job's status changes only, never by its progress or output."""
+        with self.hub.subscribe(job_id, tenant_id=tenant_id, statuses_only=True) as sub:
             job = await self.get(tenant_id, job_id)
             return await self._wait_terminal(job, sub, timeout)
 
@@ -319,9 +445,7 @@ class Engine:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            event = await sub.get(min(remaining, STORE_RECHECK_SECONDS))
-            if event is not None and event.type != "status":
-                continue
+            await sub.get(min(remaining, STORE_RECHECK_SECONDS))
             refreshed = await self.store.get_job(job.id, job.tenant_id)
             if refreshed is None:  # deleted under us; report what we had
                 break
@@ -337,7 +461,8 @@ class Engine:
                 details=[{"loc": ["body", "reason"], "msg": "contains U+0000"}],
             )
         now = utcnow()
-        with self.hub.subscribe(job_id) as sub:
+        # Not counted against the tenant's listeners: a cancel must always get through.
+        with self.hub.subscribe(job_id, statuses_only=True) as sub:
             job = await self.store.request_cancel(job_id, tenant_id, reason, now)
             if job is None:
                 raise job_not_found(job_id)
@@ -377,31 +502,31 @@ class Engine:
 
     async def events(
         self, tenant_id: str, job_id: str, idle: float = 15.0
-    ) -> AsyncIterator[MCPJobEvent | None]:
+    ) -> AsyncGenerator[SharedEvent | None, None]:
         """The job's events: its current status first, then live events, ending with a
-        terminal status. Yields None after ``idle`` seconds of silence (for keep-alives)."""
-        with self.hub.subscribe(job_id) as sub:
+        terminal status. Yields None after ``idle`` seconds of silence (for keep-alives).
+        The first step subscribes and reads the job: ``NotFound`` or ``TooManyRequests``
+        come from it, before anything is yielded."""
+        with self.hub.subscribe(job_id, tenant_id=tenant_id) as sub:
             job = await self.get(tenant_id, job_id)
-            yield MCPJobEvent(type="status", job_id=job.id, job=job_status(job))
+            yield SharedEvent(MCPJobEvent(type="status", job_id=job.id, job=job_status(job)))
             last_seen = time.monotonic()
             while not job.is_terminal:
-                event = await sub.get(min(idle, STORE_RECHECK_SECONDS))
-                if event is not None:
+                shared = await sub.get(min(idle, STORE_RECHECK_SECONDS))
+                if shared is not None:
                     last_seen = time.monotonic()
-                    if event.type == "status" and event.job is not None:
-                        job_terminal = event.job.status.is_terminal
-                        yield event
-                        if job_terminal:
-                            return
-                        continue
-                    yield event
+                    yield shared
+                    ended = shared.event.job
+                    if shared.event.type == "status" and ended is not None and ended.is_terminal:
+                        return
                     continue
                 refreshed = await self.store.get_job(job.id, tenant_id)
                 if refreshed is None:
                     return
                 if refreshed.is_terminal or refreshed.status != job.status:
                     job = refreshed
-                    yield MCPJobEvent(type="status", job_id=job.id, job=job_status(job))
+                    status = MCPJobEvent(type="status", job_id=job.id, job=job_status(job))
+                    yield SharedEvent(status)
                     continue
                 if time.monotonic() - last_seen >= idle:
                     last_seen = time.monotonic()
@@ -498,13 +623,31 @@ class Engine:
 
     async def _finish(self, ctx: _RunContext, outcome: Outcome, started: float) -> None:
         job = ctx.job
-        status = decide_status(outcome)
-        await ctx.drain_progress()
-        finished = await asyncio.shield(
-            self.store.finish_job(
-                job.id, self.owner, status, outcome.result, outcome.error, utcnow()
-            )
-        )
+        await ctx.drain()
+        finished: Job | None = None
+        stored = False
+        for attempt in _finish_attempts(outcome):
+            try:
+                finished = await asyncio.shield(
+                    self.store.finish_job(
+                        job.id,
+                        self.owner,
+                        decide_status(attempt),
+                        attempt.result,
+                        attempt.error,
+                        utcnow(),
+                    )
+                )
+            except Exception:
+                logger.exception("could not store the end of job %s", job.id)
+                continue
+            stored = True
+            break
+        if not stored:
+            # Nothing could be written: the lease, no longer renewed once this task ends,
+            # expires and the reaper ends the job FAILED (interrupted).
+            logger.error("job %s stays RUNNING until its lease expires and it is reaped", job.id)
+            return
         if finished is None:
             logger.warning("job %s was reaped before its runner finished; result dropped", job.id)
             return
@@ -519,12 +662,17 @@ class Engine:
         interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            if not self._running:
+            # Only jobs whose run task is alive: a lease renewed for a task that ended would
+            # keep its job RUNNING forever.
+            live = [
+                job_id
+                for job_id, ctx in self._running.items()
+                if ctx.task is None or not ctx.task.done()
+            ]
+            if not live:
                 continue
             try:
-                canceled = await self.store.renew_leases(
-                    self.owner, list(self._running), self._lease_until()
-                )
+                canceled = await self.store.renew_leases(self.owner, live, self._lease_until())
             except Exception:
                 logger.exception("could not renew job leases")
                 continue
@@ -542,6 +690,46 @@ class Engine:
                     self._finished(job)
             except Exception:
                 logger.exception("could not reap expired jobs")
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval_seconds)
+            try:
+                await self.purge_results()
+            except Exception:
+                logger.exception("could not purge old results")
+
+    async def purge_results(self) -> int:
+        """Purge the results past ``result_retention``, then those over each tenant's
+        ``tenant_result_bytes`` (oldest first), in batches; returns how many were purged."""
+        settings = self.settings
+        total = 0
+        if settings.result_retention > 0:
+            cutoff = utcnow() - timedelta(seconds=settings.result_retention)
+            total += await self._purge_batches(
+                lambda: self.store.purge_results_before(cutoff, utcnow(), PURGE_BATCH)
+            )
+        if settings.tenant_result_bytes > 0:
+            total += await self._purge_batches(
+                lambda: self.store.purge_results_over(
+                    settings.tenant_result_bytes, utcnow(), PURGE_BATCH
+                )
+            )
+        if total:
+            logger.info("purged the results of %d finished jobs", total)
+        return total
+
+    async def _purge_batches(self, batch: Callable[[], Awaitable[list[str]]]) -> int:
+        total = 0
+        while True:
+            ids = await batch()
+            if ids:
+                total += len(ids)
+                for listener in self.result_purge_listeners:
+                    listener(ids)
+            if len(ids) < PURGE_BATCH:
+                return total
+            await asyncio.sleep(0)  # let requests in between batches
 
     def describe(self) -> dict[str, Any]:
         return {t: e.describe() for t, e in self.executors.items()}

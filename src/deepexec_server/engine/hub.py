@@ -2,41 +2,74 @@
 
 Each subscriber has a bounded queue. A slow subscriber loses output chunks, never a status
 event: when its queue is full, the oldest event is dropped to make room for a status.
+
+A subscriber that only waits for the job to end (a long-poll, a cancel) asks for status events
+alone: progress and output never wake it. Every event is published once, as one
+``SharedEvent`` that all subscribers receive, so its wire encoding is made once whatever the
+number of listeners. Subscribers are capped per job and per tenant (``TooManyRequests``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 from deepexec_sdk.types import MCPJobEvent
 
+from ..errors import TooManyRequests
+
 QUEUE_SIZE = 1024
+#: Seconds a client refused for a subscriber cap is asked to wait (``Retry-After``).
+SUBSCRIBER_RETRY_AFTER = 1.0
+
+
+class SharedEvent:
+    """One published event, the same object for every subscriber."""
+
+    __slots__ = ("_encoded", "event")
+
+    def __init__(self, event: MCPJobEvent) -> None:
+        self.event = event
+        self._encoded: dict[Callable[[MCPJobEvent], bytes], bytes] = {}
+
+    def encoded(self, encode: Callable[[MCPJobEvent], bytes]) -> bytes:
+        """``encode(event)``, computed by the first subscriber that asks and kept for the
+        others (a status event carries the whole result: 500 listeners, one encoding)."""
+        found = self._encoded.get(encode)
+        if found is None:
+            found = self._encoded[encode] = encode(self.event)
+        return found
 
 
 class Subscription:
-    def __init__(self, hub: EventHub, job_id: str) -> None:
+    def __init__(
+        self, hub: EventHub, job_id: str, tenant_id: str | None, statuses_only: bool
+    ) -> None:
         self._hub = hub
         self.job_id = job_id
-        self.queue: asyncio.Queue[MCPJobEvent] = asyncio.Queue(QUEUE_SIZE)
+        self.tenant_id = tenant_id
+        self.statuses_only = statuses_only
+        self.queue: asyncio.Queue[SharedEvent] = asyncio.Queue(QUEUE_SIZE)
         self.dropped = 0
+        self._closed = False
 
-    def offer(self, event: MCPJobEvent) -> None:
+    def offer(self, shared: SharedEvent) -> None:
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(shared)
         except asyncio.QueueFull:
             self.dropped += 1
-            if event.type != "status":
+            if shared.event.type != "status":
                 return
             self.queue.get_nowait()
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(shared)
 
-    async def get(self, timeout: float | None) -> MCPJobEvent | None:
+    async def get(self, timeout: float | None) -> SharedEvent | None:
         """The next event, or None after ``timeout`` seconds without one."""
         if not self.queue.empty():
             return self.queue.get_nowait()
         # A timeout scope, not ``wait_for``: no task per call (this runs once per streamed
-        # token); ``asyncio.timeout`` cancels only this wait.
+        # event); ``asyncio.timeout`` cancels only this wait.
         try:
             async with asyncio.timeout(timeout):
                 return await self.queue.get()
@@ -44,7 +77,10 @@ class Subscription:
             return None
 
     def close(self) -> None:
-        self._hub._unsubscribe(self)
+        """Unsubscribe. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._hub._unsubscribe(self)
 
     def __enter__(self) -> Subscription:
         return self
@@ -54,24 +90,86 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self) -> None:
-        self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
+    """Subscriptions per job. ``max_per_job`` and ``max_per_tenant`` bound the subscriptions
+    made on behalf of a tenant (those given a ``tenant_id``); 0 means no bound."""
 
-    def subscribe(self, job_id: str) -> Subscription:
-        sub = Subscription(self, job_id)
+    def __init__(self, *, max_per_job: int = 0, max_per_tenant: int = 0) -> None:
+        self.max_per_job = max_per_job
+        self.max_per_tenant = max_per_tenant
+        #: Every subscription per job, and those that also take progress and output.
+        self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._full: defaultdict[str, set[Subscription]] = defaultdict(set)
+        #: Subscriptions made on behalf of tenants, per job and per tenant (the capped ones).
+        self._per_job: defaultdict[str, int] = defaultdict(int)
+        self._per_tenant: defaultdict[str, int] = defaultdict(int)
+
+    def subscribe(
+        self, job_id: str, *, tenant_id: str | None = None, statuses_only: bool = False
+    ) -> Subscription:
+        """Subscribe to a job's events (its status changes alone if ``statuses_only``).
+        Raises ``TooManyRequests`` naming the cap when ``tenant_id`` is given and the job or
+        the tenant has as many subscribers as allowed."""
+        if tenant_id is not None:
+            self._check_caps(job_id, tenant_id)
+        sub = Subscription(self, job_id, tenant_id, statuses_only)
         self._subs[job_id].add(sub)
+        if not statuses_only:
+            self._full[job_id].add(sub)
+        if tenant_id is not None:
+            self._per_job[job_id] += 1
+            self._per_tenant[tenant_id] += 1
         return sub
 
+    def _check_caps(self, job_id: str, tenant_id: str) -> None:
+        if self.max_per_job and self._per_job.get(job_id, 0) >= self.max_per_job:
+            raise TooManyRequests(
+                f"job {job_id} already has {self.max_per_job} listeners (waits and event "
+                "streams), the most this server allows per job "
+                "(DEEPEXEC_MAX_SUBSCRIBERS_PER_JOB); retry when one has ended",
+                type="too_many_subscribers",
+                details={"cap": "max_subscribers_per_job", "limit": self.max_per_job},
+                retry_after=SUBSCRIBER_RETRY_AFTER,
+            )
+        if self.max_per_tenant and self._per_tenant.get(tenant_id, 0) >= self.max_per_tenant:
+            raise TooManyRequests(
+                f"this API key's tenant already has {self.max_per_tenant} listeners (waits "
+                "and event streams) open, the most this server allows per tenant "
+                "(DEEPEXEC_MAX_SUBSCRIBERS_PER_TENANT); retry when one has ended",
+                type="too_many_subscribers",
+                details={"cap": "max_subscribers_per_tenant", "limit": self.max_per_tenant},
+                retry_after=SUBSCRIBER_RETRY_AFTER,
+            )
+
     def _unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.job_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.job_id]
+        for table in (self._subs, self._full):
+            subs = table.get(sub.job_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del table[sub.job_id]
+        if sub.tenant_id is not None:
+            _decrement(self._per_job, sub.job_id)
+            _decrement(self._per_tenant, sub.tenant_id)
 
     def publish(self, event: MCPJobEvent) -> None:
-        for sub in tuple(self._subs.get(event.job_id, ())):
-            sub.offer(event)
+        """Offer ``event`` to the job's subscribers: a status to all of them, progress and
+        output only to those that asked for every event."""
+        table = self._subs if event.type == "status" else self._full
+        subs = table.get(event.job_id)
+        if not subs:
+            return
+        shared = SharedEvent(event)
+        for sub in tuple(subs):
+            sub.offer(shared)
 
     def has_subscribers(self, job_id: str) -> bool:
-        return job_id in self._subs
+        """Whether anyone listens to the job's progress and output."""
+        return job_id in self._full
+
+
+def _decrement(counts: defaultdict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        del counts[key]

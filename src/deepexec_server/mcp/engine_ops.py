@@ -95,9 +95,9 @@ class EngineJobOps:
 
     async def events(self, job_id: str) -> AsyncIterator[MCPJobEvent]:
         try:
-            async for event in self._engine.events(self.tenant_id, job_id):
-                if event is not None:  # None is the engine's keep-alive tick
-                    yield event
+            async for shared in self._engine.events(self.tenant_id, job_id):
+                if shared is not None:  # None is the engine's keep-alive tick
+                    yield shared.event
         except ServiceError as exc:
             raise JobOpsError(error_kind(exc), exc.message) from exc
 

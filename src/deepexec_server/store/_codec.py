@@ -163,6 +163,7 @@ def job_from_fields(row: Mapping[str, Any]) -> Job:
         lease_expires_at=_utc_or_none(row["lease_expires_at"]),
         idempotency_key=row["idempotency_key"],
         fingerprint=row["fingerprint"],
+        result_purged_at=_utc_or_none(row["result_purged_at"]),
     )
 
 
@@ -236,6 +237,7 @@ STATUS_JSON_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("updated_at", "updated_at", "time"),
     ("cancel_requested_at", "cancel_requested_at", "time"),
     ("cancel_reason", "cancel_reason", "value"),
+    ("result_purged_at", "result_purged_at", "time"),
 )
 
 

@@ -99,6 +99,22 @@ class Store(Protocol):
         belongs to it (a reaped job is never overwritten by a runner that came back). Returns
         the updated job, or None if nothing was updated."""
 
+    async def purge_results_before(
+        self, finished_before: datetime, now: datetime, limit: int
+    ) -> list[str]:
+        """Purge the results of up to ``limit`` jobs that finished before ``finished_before``,
+        oldest first: ``result`` becomes None, ``result_purged_at = now`` (and ``updated_at``),
+        and input data over ``PURGED_DATA_KEPT_BYTES`` becomes ``{}``. The rest of the job
+        stays. Returns the ids purged; a job whose result is already purged (or that has
+        none) is left alone."""
+
+    async def purge_results_over(
+        self, tenant_max_bytes: int, now: datetime, limit: int
+    ) -> list[str]:
+        """Purge, as ``purge_results_before`` does, up to ``limit`` results of tenants that
+        keep more than ``tenant_max_bytes`` bytes of results: for each, its oldest results
+        (by ``finished_at``) until its newest ones fit under the cap. Returns the ids."""
+
     async def reap_running(self, lease_expired_before: datetime, now: datetime) -> list[Job]:
         """End every RUNNING job whose lease expires before ``lease_expired_before`` as FAILED
         with ``error.type = "interrupted"`` (their runner died). Pass a far-future cutoff to
@@ -120,6 +136,10 @@ class Store(Protocol):
 
     async def revoke_api_key(self, key_id: str, now: datetime) -> ApiKey | None:
         """Mark a key revoked; None if no such key. Revoking twice keeps the first time."""
+
+
+#: Input data larger than this (bytes of JSON) is purged with the result; smaller is kept.
+PURGED_DATA_KEPT_BYTES = 64 * 1024
 
 
 def interrupted_error() -> JobError:

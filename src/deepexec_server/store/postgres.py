@@ -49,7 +49,7 @@ from ._codec import (
     pending,
     status_json_select,
 )
-from .base import interrupted_error
+from .base import PURGED_DATA_KEPT_BYTES, interrupted_error
 
 Conn = AsyncConnection[DictRow]
 
@@ -105,8 +105,8 @@ WHERE id = %(id)s AND tenant_id = %(tenant)s AND status IN ('PENDING', 'RUNNING'
 RETURNING *
 """
 _FINISH = """
-UPDATE jobs SET status = %s, result = %s, error = %s, finished_at = %s, updated_at = %s,
-    lease_owner = NULL, lease_expires_at = NULL
+UPDATE jobs SET status = %s, result = %s::jsonb, result_bytes = %s, error = %s,
+    finished_at = %s, updated_at = %s, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %s AND status = 'RUNNING'
 """
 _REAP = """
@@ -115,6 +115,26 @@ UPDATE jobs SET status = 'FAILED', error = %s, finished_at = %s, updated_at = %s
 WHERE status = 'RUNNING' AND (lease_expires_at IS NULL OR lease_expires_at < %s)
 RETURNING *
 """
+# Large input data goes too; a small one stays, for a reader's reference. ``result_bytes > 0``
+# again outside the subquery: a concurrent purge of the same rows leaves them alone.
+_PURGE = f"""
+UPDATE jobs SET result = NULL, result_bytes = 0, result_purged_at = %s, updated_at = %s,
+    data = CASE WHEN octet_length(data::text) > {PURGED_DATA_KEPT_BYTES:d} THEN '{{{{}}}}'::jsonb
+                ELSE data END
+WHERE result_bytes > 0 AND id IN ({{inner}})
+RETURNING id
+"""
+_PURGE_BEFORE = _PURGE.format(
+    inner="SELECT id FROM jobs WHERE result_bytes > 0 AND finished_at < %s "
+    "ORDER BY finished_at, id LIMIT %s"
+)
+# Per tenant, newest first, the bytes of its results up to each job: the jobs at which that
+# running total passes the cap, and all older ones, are purged.
+_PURGE_OVER = _PURGE.format(
+    inner="SELECT id FROM (SELECT id, finished_at, SUM(result_bytes) OVER ("
+    "PARTITION BY tenant_id ORDER BY finished_at DESC, id DESC) AS newer "
+    "FROM jobs WHERE result_bytes > 0) AS t WHERE newer > %s ORDER BY finished_at, id LIMIT %s"
+)
 _SCHEMA_VERSION = """
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer PRIMARY KEY,
@@ -428,9 +448,11 @@ class PostgresStore:
         """See ``Store.finish_job``. Raises ``InvalidTransition`` for a non-terminal status."""
         check_transition(JobStatus.RUNNING, status)
         at = as_utc(now)
+        text = None if result is None else json_text(result)
         params: list[Any] = [
             str(status),
-            _jsonb(result),
+            text,
+            0 if text is None else len(text.encode("utf-8")),
             _jsonb(None if error is None else error.to_dict()),
             at,
             at,
@@ -442,6 +464,22 @@ class PostgresStore:
             params.append(owner)
         row = await self._one(query + " RETURNING *", params)
         return None if row is None else job_from_fields(row)
+
+    async def purge_results_before(
+        self, finished_before: datetime, now: datetime, limit: int
+    ) -> list[str]:
+        """See ``Store.purge_results_before``."""
+        at = as_utc(now)
+        rows = await self._all(_PURGE_BEFORE, [at, at, as_utc(finished_before), limit])
+        return [r["id"] for r in rows]
+
+    async def purge_results_over(
+        self, tenant_max_bytes: int, now: datetime, limit: int
+    ) -> list[str]:
+        """See ``Store.purge_results_over``."""
+        at = as_utc(now)
+        rows = await self._all(_PURGE_OVER, [at, at, tenant_max_bytes, limit])
+        return [r["id"] for r in rows]
 
     async def reap_running(self, lease_expired_before: datetime, now: datetime) -> list[Job]:
         """See ``Store.reap_running``. A RUNNING job with no lease at all is reaped too."""

@@ -50,7 +50,7 @@ from ._codec import (
     ts_from_text,
     ts_to_text,
 )
-from .base import interrupted_error
+from .base import PURGED_DATA_KEPT_BYTES, interrupted_error
 
 logger = logging.getLogger("deepexec_server.store.sqlite")
 
@@ -70,6 +70,7 @@ _TIMESTAMPS = frozenset(
         "cancel_requested_at",
         "lease_expires_at",
         "revoked_at",
+        "result_purged_at",
     }
 )
 _JSON = frozenset({"data", "result", "error", "tags"})
@@ -590,12 +591,14 @@ class SQLiteStore:
         check_transition(JobStatus.RUNNING, status)
         at = ts_to_text(now)
         set_sql = (
-            "status = ?, result = ?, error = ?, finished_at = ?, updated_at = ?, "
-            "lease_owner = NULL, lease_expires_at = NULL"
+            "status = ?, result = ?, result_bytes = ?, error = ?, finished_at = ?, "
+            "updated_at = ?, lease_owner = NULL, lease_expires_at = NULL"
         )
+        text = None if result is None else json_text(result)
         set_params = [
             str(status),
-            None if result is None else json_text(result),
+            text,
+            0 if text is None else len(text.encode("utf-8")),
             None if error is None else json_text(error.to_dict()),
             at,
             at,
@@ -608,6 +611,44 @@ class SQLiteStore:
             _size(set_params),
         )
         return job_from_fields(from_db(rows[0])) if rows else None
+
+    async def purge_results_before(
+        self, finished_before: datetime, now: datetime, limit: int
+    ) -> list[str]:
+        """See ``Store.purge_results_before``."""
+        inner = (
+            "SELECT id FROM jobs WHERE result_bytes > 0 AND finished_at < ? "
+            "ORDER BY finished_at, id LIMIT ?"
+        )
+        return await self._purge(inner, [ts_to_text(finished_before), limit], now)
+
+    async def purge_results_over(
+        self, tenant_max_bytes: int, now: datetime, limit: int
+    ) -> list[str]:
+        """See ``Store.purge_results_over``."""
+        # Per tenant, newest first, the bytes of its results up to each job: the jobs at
+        # which that running total passes the cap, and all older ones, are purged.
+        inner = (
+            "SELECT id FROM (SELECT id, finished_at, SUM(result_bytes) OVER ("
+            "PARTITION BY tenant_id ORDER BY finished_at DESC, id DESC) AS newer "
+            "FROM jobs WHERE result_bytes > 0) WHERE newer > ? ORDER BY finished_at, id LIMIT ?"
+        )
+        return await self._purge(inner, [tenant_max_bytes, limit], now)
+
+    async def _purge(self, inner: str, params: list[Any], now: datetime) -> list[str]:
+        at = ts_to_text(now)
+        # Large input data goes too; a small one stays, for a reader's reference.
+        set_sql = (
+            "result = NULL, result_bytes = 0, result_purged_at = ?, updated_at = ?, "
+            f"data = CASE WHEN length(CAST(data AS BLOB)) > {PURGED_DATA_KEPT_BYTES:d} "
+            "THEN '{}' ELSE data END"
+        )
+        where_sql = f"result_bytes > 0 AND id IN ({inner})"
+        # On the writer thread: a purge frees megabytes of pages, too long for the loop.
+        rows = await self._run(
+            lambda conn: self._update(conn, "jobs", set_sql, [at, at], where_sql, params)
+        )
+        return [r["id"] for r in rows]
 
     async def reap_running(self, lease_expired_before: datetime, now: datetime) -> list[Job]:
         """See ``Store.reap_running``. A RUNNING job with no lease at all is reaped too."""

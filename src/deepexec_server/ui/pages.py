@@ -228,10 +228,12 @@ class Dashboard:
         final = self.templates.get_template("_final.html")
         csrf = self.sessions.csrf_token(request.cookies.get(COOKIE, ""))
         current: MCPJobStatusResponse | None = None
-        async for event in self.svc.engine.events(tenant, job_id):
-            if event is None:
+        async for shared in self.svc.engine.events(tenant, job_id):
+            if shared is None:
                 yield b": keep-alive\n\n"
-            elif event.type == "output" and event.text:
+                continue
+            event = shared.event
+            if event.type == "output" and event.text:
                 yield sse_event("output", output_span(event.stream or "stdout", event.text))
             elif event.type == "progress" and current is not None:
                 current = current.model_copy(
