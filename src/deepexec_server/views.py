@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from deepexec_sdk.types import (
     JobError as WireJobError,
 )
@@ -15,51 +17,42 @@ from deepexec_sdk.types import (
 from .domain import Job, JobSummary
 
 
+def _state(job: Job | JobSummary) -> dict[str, Any]:
+    """The fields a job's status and its list item share. A COMPLETED job reports progress
+    100 whatever its program last said."""
+    return {
+        "job_id": job.id,
+        "name": job.name,
+        "job_type": job.job_type,
+        "status": job.status,
+        "progress": 100 if job.status == JobStatus.COMPLETED else job.progress,
+        "progress_message": job.progress_message,
+        "error": WireJobError(type=job.error.type, message=job.error.message)
+        if job.error
+        else None,
+        "tags": list(job.tags),
+        "priority": job.priority,
+        "timeout": job.timeout,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "updated_at": job.updated_at,
+        "cancel_requested_at": job.cancel_requested_at,
+        "cancel_reason": job.cancel_reason,
+    }
+
+
 def job_status(job: Job) -> MCPJobStatusResponse:
-    """A COMPLETED job reports progress 100 whatever its program last said."""
+    """A job with its result, as its own URL shows it."""
     return MCPJobStatusResponse(
-        job_id=job.id,
-        name=job.name,
-        job_type=job.job_type,
-        status=job.status,
-        progress=100 if job.status == JobStatus.COMPLETED else job.progress,
-        progress_message=job.progress_message,
-        result=job.result,
-        error=WireJobError(type=job.error.type, message=job.error.message) if job.error else None,
-        tags=list(job.tags),
-        priority=job.priority,
-        timeout=job.timeout,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        updated_at=job.updated_at,
-        cancel_requested_at=job.cancel_requested_at,
-        cancel_reason=job.cancel_reason,
-        result_purged_at=job.result_purged_at,
+        **_state(job), result=job.result, result_purged_at=job.result_purged_at
     )
 
 
 def job_list_item(job: JobSummary) -> MCPJobSummary:
     """A job as a list shows it: ``job_status`` without the result (the store did not read
-    it). A COMPLETED job reports progress 100, as there."""
-    return MCPJobSummary(
-        job_id=job.id,
-        name=job.name,
-        job_type=job.job_type,
-        status=job.status,
-        progress=100 if job.status == JobStatus.COMPLETED else job.progress,
-        progress_message=job.progress_message,
-        error=WireJobError(type=job.error.type, message=job.error.message) if job.error else None,
-        tags=list(job.tags),
-        priority=job.priority,
-        timeout=job.timeout,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        updated_at=job.updated_at,
-        cancel_requested_at=job.cancel_requested_at,
-        cancel_reason=job.cancel_reason,
-    )
+    it)."""
+    return MCPJobSummary(**_state(job))
 
 
 def job_summary(job: Job) -> MCPJobResponse:

@@ -49,6 +49,10 @@ class SignInRequired(Exception):
     """No valid session: pages redirect to the sign-in form, fragments answer 401."""
 
 
+class CrossSiteRequest(Exception):
+    """A state-changing request from another origin or without the session's token: 403."""
+
+
 def _age(when: datetime | None) -> str:
     if when is None:
         return ""
@@ -105,6 +109,14 @@ class Dashboard:
         if tenant is None:
             raise SignInRequired
         return tenant
+
+    async def action(self, request: Request) -> tuple[str, dict[str, str]]:
+        """The tenant and form of a state-changing request that passed ``check_post``."""
+        tenant = await self.tenant(request)
+        form = await _form(request)
+        if not self.check_post(request, form):
+            raise CrossSiteRequest
+        return tenant, form
 
     def check_post(self, request: Request, form: Mapping[str, str]) -> bool:
         """A state-changing request: same origin and the session's token."""
@@ -249,10 +261,7 @@ class Dashboard:
                     return
 
     async def cancel(self, request: Request) -> Response:
-        tenant = await self.tenant(request)
-        form = await _form(request)
-        if not self.check_post(request, form):
-            return HTMLResponse("cross-site request refused", status_code=403)
+        tenant, _ = await self.action(request)
         job_id = request.path_params["job_id"]
         try:
             await self.svc.engine.cancel(tenant, job_id, "cancelled from the dashboard")
@@ -263,10 +272,7 @@ class Dashboard:
 
     async def rerun(self, request: Request) -> Response:
         """Submit the same request again; land on the new job."""
-        tenant = await self.tenant(request)
-        form = await _form(request)
-        if not self.check_post(request, form):
-            return HTMLResponse("cross-site request refused", status_code=403)
+        tenant, _ = await self.action(request)
         job_id = request.path_params["job_id"]
         try:
             old = await self.svc.engine.get(tenant, job_id)
@@ -334,10 +340,7 @@ class Dashboard:
         return [lang["name"] for lang in described.get("languages") or ()]
 
     async def submit(self, request: Request) -> Response:
-        tenant = await self.tenant(request)
-        form = await _form(request)
-        if not self.check_post(request, form):
-            return HTMLResponse("cross-site request refused", status_code=403)
+        tenant, form = await self.action(request)
         try:
             job, _ = await self.svc.engine.submit(tenant, submit_request(form))
         except (ServiceError, ValueError) as exc:
@@ -440,4 +443,8 @@ def install(app: Any, services: Services, sessions: Sessions) -> None:
             return Response(status_code=401)
         return RedirectResponse("/ui/login", status_code=303)
 
+    async def refuse(request: Request, exc: Exception) -> Response:
+        return HTMLResponse("cross-site request refused", status_code=403)
+
     app.add_exception_handler(SignInRequired, sign_in_first)
+    app.add_exception_handler(CrossSiteRequest, refuse)
