@@ -283,7 +283,7 @@ class CgroupHost:
                 continue
             for child in children:
                 pid = owner_pid(child.name)
-                if pid is None or pid == os.getpid() or _pid_alive(pid):
+                if pid is None or pid == os.getpid() or pid_alive(pid):
                     continue
                 _kill_procs(child)
                 if not try_rmdir(child):
@@ -292,7 +292,8 @@ class CgroupHost:
         return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (the owner of a job cgroup or work dir, by name)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

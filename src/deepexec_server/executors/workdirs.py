@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .cgroups import pid_alive
 from .sandbox import RunAs
 
 log = logging.getLogger("deepexec_server.sandbox")
@@ -232,19 +233,9 @@ def remove_job_dir(job: JobDir | Path) -> None:
         log.exception("could not remove the work dir %s", path)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_stale(name: str) -> bool:
     pid_text = name.split("-", 1)[0]
-    return pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+    return pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text))
 
 
 def sweep_stale_job_dirs(root: Path) -> list[Path]:
