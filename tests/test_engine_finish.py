@@ -47,6 +47,9 @@ class UnstorableResultExecutor:
     def validate(self, data: Mapping[str, Any], timeout: int) -> dict[str, Any]:
         return dict(data)
 
+    async def admit(self, data: Mapping[str, Any]) -> None:
+        pass
+
     async def execute(self, data: Mapping[str, Any], ctx: ExecutionContext) -> Outcome:
         return Outcome({"exit_code": 0, "stdout": "done\n", "files": {"bad-\udcff.txt": "x"}}, None)
 
