@@ -396,9 +396,26 @@ def test_cancel_a_finished_job_is_a_clear_conflict(client: DeepExecClient) -> No
     assert "COMPLETED" in str(info.value)
 
 
+def test_a_late_watcher_first_gets_what_was_printed_before_it_came(
+    client: DeepExecClient,
+) -> None:
+    code = "import time\nprint('early', flush=True)\ntime.sleep(2.5)\nprint('late', flush=True)\n"
+    job = client.submit_mcp_job(name="late-watcher", job_type="code_execution", data={"code": code})
+    deadline = time.monotonic() + 20
+    while client.get_mcp_job_status(job.job_id).status != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # 'early' is printed and published; nobody is watching yet
+    events = list(client.stream_mcp_job_events(job.job_id))
+    assert events[-1].job is not None and events[-1].job.status == "COMPLETED"
+    output = [e for e in events if e.type == "output"]
+    # Everything once, in order: the replay of what came before, then the live output.
+    assert "".join(e.text or "" for e in output) == "early\nlate\n"
+    assert output[0].text.startswith("early") and events.index(output[0]) == 1
+
+
 def test_events_stream_shows_output_before_the_end(client: DeepExecClient) -> None:
-    # the program waits before printing: output written before a client subscribes is not
-    # replayed (the final status still carries all of it)
+    # the program waits before printing, so that its output comes live, not from the replay
     code = (
         "import time\ntime.sleep(1)\n"
         "for i in range(3):\n    print(f'line {i}', flush=True)\n    time.sleep(0.3)\n"

@@ -10,6 +10,7 @@ expired lease means the runner died (the job ends FAILED, ``interrupted``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -54,6 +55,9 @@ STORE_RECHECK_SECONDS = 2.0
 PURGE_BATCH = 200
 #: Most output text held for listeners between two deliveries of a job's output.
 OUTPUT_PENDING_MAX_CHARS = 256 * 1024
+#: The latest output of a running job kept for watchers who arrive later (a dashboard page
+#: opened while the job runs): they get it first, then the live output.
+OUTPUT_REPLAY_MAX_CHARS = 64 * 1024
 
 
 def decide_status(outcome: Outcome) -> JobStatus:
@@ -134,6 +138,7 @@ class _RunContext:
     progress events (and as many store writes) and ``output_events_per_second`` output events
     (adjacent chunks merged), and always the last value before the job's end. A report costs
     the caller a tuple assignment, so a flooding job cannot take the event loop from others.
+    The last ``OUTPUT_REPLAY_MAX_CHARS`` of what was published are kept for late watchers.
     """
 
     def __init__(self, engine: Engine, job: Job) -> None:
@@ -152,6 +157,9 @@ class _RunContext:
         self._pending_output: list[list[str]] = []
         self._pending_output_chars = 0
         self._output_task: asyncio.Task[None] | None = None
+        #: The latest published output, as ``(stream, text)`` runs.
+        self._replay: collections.deque[tuple[str, str]] = collections.deque()
+        self._replay_chars = 0
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -215,7 +223,7 @@ class _RunContext:
     # --- output ---------------------------------------------------------------------------------
 
     def emit_output(self, stream: str, text: str) -> None:
-        if not text or not self._engine.hub.has_subscribers(self.job.id):
+        if not text:
             return
         room = OUTPUT_PENDING_MAX_CHARS - self._pending_output_chars
         if room <= 0:
@@ -244,6 +252,29 @@ class _RunContext:
             self._engine.hub.publish(
                 MCPJobEvent(type="output", job_id=self.job.id, stream=stream, text=text)
             )
+            self._keep_for_replay(stream, text)
+
+    def _keep_for_replay(self, stream: str, text: str) -> None:
+        text = text[-OUTPUT_REPLAY_MAX_CHARS:]
+        self._replay_chars += len(text)
+        if self._replay and self._replay[-1][0] == stream:
+            text = self._replay.pop()[1] + text  # one run per stream change
+        self._replay.append((stream, text))
+        while self._replay_chars > OUTPUT_REPLAY_MAX_CHARS:
+            old_stream, old_text = self._replay.popleft()
+            excess = self._replay_chars - OUTPUT_REPLAY_MAX_CHARS
+            if excess < len(old_text):
+                self._replay.appendleft((old_stream, old_text[excess:]))
+                self._replay_chars -= excess
+            else:
+                self._replay_chars -= len(old_text)
+
+    def replay(self) -> list[MCPJobEvent]:
+        """The output published so far (its latest part), as output events."""
+        return [
+            MCPJobEvent(type="output", job_id=self.job.id, stream=stream, text=text)
+            for stream, text in self._replay
+        ]
 
     async def drain(self) -> None:
         """Stop the deliveries and hand over what is pending: the last output and progress
@@ -508,8 +539,15 @@ class Engine:
         The first step subscribes and reads the job: ``NotFound`` or ``TooManyRequests``
         come from it, before anything is yielded."""
         with self.hub.subscribe(job_id, tenant_id=tenant_id) as sub:
+            # Taken with the subscription, before any await: what was published before it is
+            # in the replay, what comes after reaches the subscription; nothing twice.
+            running = self._running.get(job_id)
+            replay = running.replay() if running is not None else []
             job = await self.get(tenant_id, job_id)
             yield SharedEvent(MCPJobEvent(type="status", job_id=job.id, job=job_status(job)))
+            if not job.is_terminal:
+                for event in replay:
+                    yield SharedEvent(event)
             last_seen = time.monotonic()
             while not job.is_terminal:
                 shared = await sub.get(min(idle, STORE_RECHECK_SECONDS))
