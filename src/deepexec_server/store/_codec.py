@@ -135,30 +135,37 @@ def job_to_fields(job: Job) -> dict[str, Any]:
     return fields
 
 
+def _summary_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of a ``JobSummary``'s fields, which a ``Job`` has too, from ``row``."""
+    error = row["error"]
+    return {
+        "id": row["id"],
+        "tenant_id": row["tenant_id"],
+        "name": row["name"],
+        "job_type": row["job_type"],
+        "timeout": row["timeout"],
+        "priority": row["priority"],
+        "tags": tuple(row["tags"]),
+        "status": JobStatus(row["status"]),
+        "created_at": _utc(row["created_at"]),
+        "updated_at": _utc(row["updated_at"]),
+        "started_at": _utc_or_none(row["started_at"]),
+        "finished_at": _utc_or_none(row["finished_at"]),
+        "progress": row["progress"],
+        "progress_message": row["progress_message"],
+        "error": JobError(type=error["type"], message=error["message"]) if error else None,
+        "cancel_requested_at": _utc_or_none(row["cancel_requested_at"]),
+        "cancel_reason": row["cancel_reason"],
+    }
+
+
 def job_from_fields(row: Mapping[str, Any]) -> Job:
     """A job from plain values per column (the shape ``job_to_fields`` makes). Datetimes come
     back in UTC whatever zone the driver used."""
-    error = row["error"]
     return Job(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        job_type=row["job_type"],
+        **_summary_fields(row),
         data=row["data"],
-        timeout=row["timeout"],
-        priority=row["priority"],
-        tags=tuple(row["tags"]),
-        status=JobStatus(row["status"]),
-        created_at=_utc(row["created_at"]),
-        updated_at=_utc(row["updated_at"]),
-        started_at=_utc_or_none(row["started_at"]),
-        finished_at=_utc_or_none(row["finished_at"]),
-        progress=row["progress"],
-        progress_message=row["progress_message"],
         result=row["result"],
-        error=JobError(type=error["type"], message=error["message"]) if error else None,
-        cancel_requested_at=_utc_or_none(row["cancel_requested_at"]),
-        cancel_reason=row["cancel_reason"],
         lease_owner=row["lease_owner"],
         lease_expires_at=_utc_or_none(row["lease_expires_at"]),
         idempotency_key=row["idempotency_key"],
@@ -169,26 +176,7 @@ def job_from_fields(row: Mapping[str, Any]) -> Job:
 
 def job_summary_from_fields(row: Mapping[str, Any]) -> JobSummary:
     """A job summary from plain values per column (``JOB_SUMMARY_COLUMNS`` at least)."""
-    error = row["error"]
-    return JobSummary(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        job_type=row["job_type"],
-        timeout=row["timeout"],
-        priority=row["priority"],
-        tags=tuple(row["tags"]),
-        status=JobStatus(row["status"]),
-        created_at=_utc(row["created_at"]),
-        updated_at=_utc(row["updated_at"]),
-        started_at=_utc_or_none(row["started_at"]),
-        finished_at=_utc_or_none(row["finished_at"]),
-        progress=row["progress"],
-        progress_message=row["progress_message"],
-        error=JobError(type=error["type"], message=error["message"]) if error else None,
-        cancel_requested_at=_utc_or_none(row["cancel_requested_at"]),
-        cancel_reason=row["cancel_reason"],
-    )
+    return JobSummary(**_summary_fields(row))
 
 
 def api_key_from_fields(row: Mapping[str, Any]) -> ApiKey:
