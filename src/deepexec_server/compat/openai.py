@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -333,7 +334,8 @@ async def _answer(request: Request, chat: bool) -> JSONResponse | StreamingRespo
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        final = job_status(await _wait(svc, tenant_id, job.job_id))
+        # No bound of its own: the job's timeout ends it, as it ends a /v1 waiter's wait.
+        final = job_status(await svc.engine.wait(tenant_id, job.job_id, math.inf))
     except asyncio.CancelledError:
         await asyncio.shield(_cancel_quietly(svc, tenant_id, job.job_id))
         raise
@@ -341,13 +343,6 @@ async def _answer(request: Request, chat: bool) -> JSONResponse | StreamingRespo
     if err is not None:
         return err.response()
     return JSONResponse(completion_body(final, chat))
-
-
-async def _wait(svc: Services, tenant_id: str, job_id: str) -> Any:
-    while True:
-        job = await svc.engine.wait(tenant_id, job_id, 60.0)
-        if job.is_terminal:
-            return job
 
 
 async def _stream(
