@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -224,18 +224,22 @@ class Dashboard:
 
     async def job_stream(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        job_id = request.path_params["job_id"]
+        events = self._stream(request, tenant, request.path_params["job_id"])
         try:
-            await self.svc.engine.get(tenant, job_id)
-        except ServiceError:
-            return Response(status_code=404)
+            # The first step subscribes and reads the job: an unknown job (404) or too many
+            # listeners (429) is answered as such, before the stream starts.
+            first = await anext(events)
+        except ServiceError as exc:
+            return Response(status_code=exc.status_code)
         return StreamingResponse(
-            self._stream(request, tenant, job_id),
+            _chain(first, events),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _stream(self, request: Request, tenant: str, job_id: str) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, request: Request, tenant: str, job_id: str
+    ) -> AsyncGenerator[bytes, None]:
         state = self.templates.get_template("_state.html")
         final = self.templates.get_template("_final.html")
         csrf = self.sessions.csrf_token(request.cookies.get(COOKIE, ""))
@@ -385,6 +389,16 @@ def submit_request(form: Mapping[str, str]) -> JobSubmitRequest:
     if form.get("stdin"):
         data["stdin"] = form["stdin"]
     return JobSubmitRequest(job_type="code_execution", data=data, **common)
+
+
+async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """``first``, then ``rest``; closing this closes ``rest`` (and its subscription) too."""
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 async def _form(request: Request) -> dict[str, str]:
