@@ -488,7 +488,8 @@ def test_bwrap_argv_passes_the_seccomp_fd_before_the_command() -> None:
 
 def test_decide_outcome_with_cgroup_stats_and_limits() -> None:
     from deepexec_server.executors.cgroups import CgroupStats
-    from deepexec_server.executors.code import Collected, JobLimits
+    from deepexec_server.executors.code import Collected
+    from deepexec_server.executors.limits import JobLimits
 
     limits = JobLimits(
         cpu_time_s=1, memory_mb=256, max_processes=128, max_output_bytes=10, max_file_size_mb=64,

@@ -49,7 +49,7 @@ DEFAULT_RUN_TIMEOUT_MS = 3_000
 #: queue behind others); past it the job is cancelled and the answer is a 503.
 QUEUE_WAIT_S = 300.0
 #: The compile step's own limits in the code executor (``code.COMPILE_TIMEOUT_S`` and
-#: ``code.COMPILE_LIMITS``): the most a request may ask for, in Piston's units.
+#: ``limits.COMPILE_LIMITS``): the most a request may ask for, in Piston's units.
 COMPILE_TIMEOUT_MAX_MS = 60_000
 COMPILE_CPU_MAX_MS = 60_000
 COMPILE_MEMORY_MAX_BYTES = 1024 * 2**20
