@@ -32,6 +32,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         b7_ray,
         b8_postgres,
         b10_noisy_neighbour,
+        b11_processes,
         profile,
     )
 
@@ -46,6 +47,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         8: ("PostgreSQL (1, 2, 5)", b8_postgres.run),
         9: ("profile", profile.run),
         10: ("another tenant during a progress flood", b10_noisy_neighbour.run),
+        11: ("several processes on PostgreSQL", b11_processes.run),
     }
 
 

@@ -1,0 +1,227 @@
+"""11. Several processes on one PostgreSQL store against one process on SQLite.
+
+Our path: an API process (``deepexec serve --no-runners``) and ``deepexec worker`` processes on
+a fresh PostgreSQL schema. Baseline, in the same run: one ``deepexec serve`` on SQLite. Four
+figures, each measured on both (alternating rounds):
+
+- a trivial job end to end: submit → ``wait_for_mcp_job_completion`` returns;
+- a cancel of a running job: ``cancel_mcp_job`` sent → a waiter that was already waiting in the
+  API process returns ``CANCELED``;
+- the first line of a running job's output: printed by the program (it prints its clock) →
+  read from the API process's SSE stream;
+- trivial jobs/s with two worker processes of one slot each against one worker process of two
+  slots (the cost of spreading the work; this machine has 2 cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+from deepexec_sdk import DeepExecAsyncClient
+
+from .common import PG_URL, RunConfig, pg_schema
+from .harness import DEEPEXEC, Server, running_server
+from .stats import SUMMARY_COLUMNS, Outcome, Summary, Table, Verdict, fmt, ratio, summary_row
+
+TRIVIAL = "print(1)"
+#: Prints its clock at once, then stays running until cancelled.
+PRINTS_THEN_WAITS = "import time; print(time.time(), flush=True); time.sleep(120)"
+#: How long the client waits for that line over SSE before calling it not seen.
+LINE_WAIT_S = 10.0
+
+
+@contextlib.contextmanager
+def workers(server: Server, database_url: str, slots: list[int]) -> Iterator[None]:
+    """``deepexec worker`` processes (one per entry of ``slots``, with that many code slots)
+    beside ``server``, on its database; stopped on exit."""
+    procs = []
+    try:
+        for n in slots:
+            log = open(server.home / f"worker-{len(procs)}.log", "ab")  # noqa: SIM115
+            procs.append(
+                subprocess.Popen(
+                    [
+                        DEEPEXEC, "worker", "--database-url", database_url,
+                        "--concurrency", f"code_execution={n}", "--log-level", "warning",
+                    ],
+                    env=server.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )  # fmt: skip
+            log.close()
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def deployment(kind: str, worker_slots: list[int]) -> AsyncIterator[DeepExecAsyncClient]:
+    """A client of ``kind``: ``sqlite`` (one process) or ``postgres`` (API + workers)."""
+    if kind == "sqlite":
+        with running_server() as server:
+            async with server.client() as client:
+                await warm(client)
+                yield client
+        return
+    with (
+        pg_schema(PG_URL) as url,
+        running_server("--no-runners", database_url=url) as server,
+        workers(server, url, worker_slots),
+    ):
+        async with server.client() as client:
+            await warm(client)
+            yield client
+
+
+async def warm(client: DeepExecAsyncClient) -> None:
+    """Run jobs until one completes (the workers may still be starting)."""
+    for _ in range(3):
+        job = await client.submit_mcp_job("warm", "code_execution", {"code": TRIVIAL})
+        await client.wait_for_mcp_job_completion(job.job_id, max_wait_time=60)
+
+
+async def end_to_end_ms(client: DeepExecAsyncClient) -> float:
+    t0 = time.perf_counter()
+    job = await client.submit_mcp_job("b11", "code_execution", {"code": TRIVIAL})
+    final = await client.wait_for_mcp_job_completion(job.job_id, max_wait_time=60)
+    if final.status != "COMPLETED":
+        raise RuntimeError(f"trivial job ended {final.status}: {final.error}")
+    return (time.perf_counter() - t0) * 1000
+
+
+async def first_line_and_cancel_ms(
+    client: DeepExecAsyncClient,
+) -> tuple[float | None, float]:
+    """Milliseconds from the program's print to the SSE stream's line (None: not seen within
+    ``LINE_WAIT_S``); then from the cancel to a waiter's return."""
+    job = await client.submit_mcp_job("b11", "code_execution", {"code": PRINTS_THEN_WAITS})
+    line_ms = None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINE_WAIT_S):
+            async for event in client.stream_mcp_job_events(job.job_id):
+                if event.type == "output" and event.text and event.text.strip():
+                    line_ms = (time.time() - float(event.text.split()[0])) * 1000
+                    break
+    waiter = asyncio.create_task(client.wait_for_mcp_job_completion(job.job_id, 60))
+    await asyncio.sleep(0.2)  # the waiter is waiting in the API process
+    t0 = time.perf_counter()
+    await client.cancel_mcp_job(job.job_id, "bench")
+    final = await waiter
+    cancel_ms = (time.perf_counter() - t0) * 1000
+    if final.status != "CANCELED":
+        raise RuntimeError(f"cancelled job ended {final.status}")
+    return line_ms, cancel_ms
+
+
+async def jobs_per_s(client: DeepExecAsyncClient, n: int, concurrency: int = 8) -> float:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            await end_to_end_ms(client)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+async def run(cfg: RunConfig) -> Outcome:
+    out = Outcome(11, "Several processes on PostgreSQL against one on SQLite", cfg.command(11))
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except Exception as exc:  # no server to measure against
+        out.verdicts.append(Verdict("processes on PostgreSQL", None, "-", str(exc)))
+        return out
+    reps, rounds = cfg.n(30, 3), cfg.n(2, 1)
+    e2e: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+    line: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+    unseen: dict[str, int] = {"sqlite": 0, "postgres": 0}
+    cancel: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+    for r in range(rounds):
+        for kind in ("sqlite", "postgres") if r % 2 == 0 else ("postgres", "sqlite"):
+            async with deployment(kind, [2]) as client:
+                for _ in range(reps // rounds):
+                    e2e[kind].append(await end_to_end_ms(client))
+                for _ in range(max(1, reps // (3 * rounds))):
+                    ms_line, ms_cancel = await first_line_and_cancel_ms(client)
+                    if ms_line is None:
+                        unseen[kind] += 1
+                    else:
+                        line[kind].append(ms_line)
+                    cancel[kind].append(ms_cancel)
+    n_jobs = cfg.n(200, 10)
+    rates: dict[str, list[float]] = {"1x2": [], "2x1": []}
+    for r in range(rounds):
+        for shape in ("1x2", "2x1") if r % 2 == 0 else ("2x1", "1x2"):
+            slots = [2] if shape == "1x2" else [1, 1]
+            async with deployment("postgres", slots) as client:
+                rates[shape].append(await jobs_per_s(client, n_jobs))
+
+    s = {k: Summary.of(v) for k, v in e2e.items()}
+    t = Table("Trivial job, submit → wait returns (ms)", SUMMARY_COLUMNS)
+    t.add(*summary_row("API process + 1 worker process, PostgreSQL", s["postgres"]))
+    t.add(*summary_row("one deepexec serve, SQLite", s["sqlite"]))
+    out.tables.append(t)
+    c = {k: Summary.of(v) for k, v in cancel.items()}
+    t = Table("Cancel of a running job → a waiting waiter returns CANCELED (ms)", SUMMARY_COLUMNS)
+    t.add(*summary_row("PostgreSQL, job on the worker process", c["postgres"]))
+    t.add(*summary_row("SQLite, one process", c["sqlite"]))
+    out.tables.append(t)
+    ln = {k: Summary.of(v) for k, v in line.items()}
+    t = Table("First output line: program's print → SSE event in the client (ms)", SUMMARY_COLUMNS)
+    t.add(*summary_row("PostgreSQL, job on the worker process", ln["postgres"]))
+    t.add(*summary_row("SQLite, one process", ln["sqlite"]))
+    t.notes.append(
+        f"Lines not seen within {LINE_WAIT_S:.0f} s (left out of the figures): PostgreSQL "
+        f"{unseen['postgres']}, SQLite {unseen['sqlite']}."
+    )
+    out.tables.append(t)
+    rate = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    t = Table("Trivial jobs/s on PostgreSQL, client concurrency 8", ["workers", "jobs/s (median)"])
+    t.add("two worker processes of one slot", fmt(rate["2x1"]))
+    t.add("one worker process of two slots", fmt(rate["1x2"]))
+    out.tables.append(t)
+
+    e2e_ratio = ratio(s["postgres"].median, s["sqlite"].median)
+    spread = ratio(rate["2x1"], rate["1x2"])
+    out.verdicts += [
+        Verdict(
+            "trivial job end to end on PostgreSQL ≤ 1.3× one process on SQLite",
+            e2e_ratio <= 1.3,
+            f"{fmt(s['postgres'].median)} / {fmt(s['sqlite'].median)} ms = {fmt(e2e_ratio)}×",
+        ),
+        Verdict(
+            "cancel across processes: median ≤ 100 ms",
+            c["postgres"].median <= 100,
+            f"{fmt(c['postgres'].median)} ms (one process: {fmt(c['sqlite'].median)} ms)",
+        ),
+        Verdict(
+            "first output line across processes over SSE: median ≤ 50 ms",
+            not unseen["postgres"] and ln["postgres"].median <= 50,
+            f"{fmt(ln['postgres'].median)} ms (one process: {fmt(ln['sqlite'].median)} ms)",
+        ),
+        Verdict(
+            "two 1-slot workers ≥ 0.9× one 2-slot worker (jobs/s)",
+            spread >= 0.9,
+            f"{fmt(rate['2x1'])} / {fmt(rate['1x2'])} = {fmt(spread)}×",
+        ),
+    ]
+    return out
