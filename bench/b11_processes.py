@@ -40,7 +40,7 @@ LINE_WAIT_S = 10.0
 def workers(server: Server, database_url: str, slots: list[int]) -> Iterator[None]:
     """``deepexec worker`` processes (one per entry of ``slots``, with that many code slots)
     beside ``server``, on its database; stopped on exit."""
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         for n in slots:
             log = open(server.home / f"worker-{len(procs)}.log", "ab")  # noqa: SIM115

@@ -87,6 +87,8 @@ class PgEventBus:
         self._stored = 0
         #: How many times ``LISTEN`` became active (1 after ``start``; +1 per reconnection).
         self.connections = 0
+        #: Notifications received from other processes.
+        self.notifications = 0
 
     @property
     def listener_pid(self) -> int | None:
@@ -200,6 +202,7 @@ class PgEventBus:
             log.warning("ignoring a malformed message on %r", self.channel)
             return
         if isinstance(message, dict) and message.get(_ORIGIN) != self.origin:
+            self.notifications += 1
             self._queue.put_nowait(message)
 
     async def _deliver(self, on_message: Callable[[Message], None]) -> None:
