@@ -159,4 +159,3 @@ def _dispatch(handlers: PeerHandlers, item: dict[str, Any]) -> None:
         handlers.job_pending(item["t"])
     elif kind == "c" and isinstance(item.get("j"), str):
         handlers.cancel(item["j"])
-
