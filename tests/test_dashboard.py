@@ -257,3 +257,102 @@ def test_run_again_and_download_the_output(
     rerun_id = page.url.rsplit("/", 1)[1]
     assert rerun_id != job.job_id
     assert client.get_mcp_job_status(rerun_id).result["stdout"] == "again and again\n"
+
+
+def tenant_client(server: ServerProcess) -> tuple[str, DeepExecClient]:
+    """A fresh tenant's key and SDK client: its job list holds only what the test makes."""
+    key = server.new_tenant_key(f"ui-{secrets.token_hex(4)}")
+    return key, DeepExecClient(base_url=server.base_url, api_key=key)
+
+
+def test_search_by_id_opens_the_job_and_an_unknown_id_is_a_404_page(
+    page: sync_api.Page, server: ServerProcess, client: DeepExecClient
+) -> None:
+    job = client.submit_mcp_job(name="ui-find", job_type="code_execution", data={"code": "1"})
+    sign_in(page, server, server.api_key)
+    page.get_by_label("Job id").fill(job.job_id)
+    page.get_by_role("button", name="Open").click()
+    expect(page).to_have_url(f"{server.base_url}/ui/jobs/{job.job_id}")
+    expect(page.get_by_role("heading", name=job.job_id)).to_be_visible()
+    page.goto(f"{server.base_url}/ui/jobs")
+    page.get_by_label("Job id").fill("job_nosuchjob")
+    page.get_by_role("button", name="Open").click()
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+
+
+def test_bulk_cancel_stops_the_ticked_jobs_and_keeps_the_others(
+    page: sync_api.Page, server: ServerProcess
+) -> None:
+    key, tenant = tenant_client(server)
+    with tenant:
+        sleeper = {"code": "import time; print('up', flush=True); time.sleep(120)"}
+        jobs = [
+            tenant.submit_mcp_job(name=f"ui-bulk-{i}", job_type="code_execution", data=sleeper)
+            for i in range(3)
+        ]
+        sign_in(page, server, key)
+        for job in jobs[:2]:
+            page.locator(f"#pick-{job.job_id}").check()
+        # The ticks survive the list's own refresh (every 2 s).
+        with page.expect_response(lambda r: "/ui/jobs/rows" in r.url):
+            pass
+        with page.expect_response(lambda r: "/ui/jobs/rows" in r.url):
+            pass
+        for job in jobs[:2]:
+            expect(page.locator(f"#pick-{job.job_id}")).to_be_checked()
+        expect(page.locator(f"#pick-{jobs[2].job_id}")).not_to_be_checked()
+        page.get_by_role("button", name="Cancel selected").click()
+        expect(page.get_by_role("status")).to_have_text("2 jobs cancelled.")
+        assert [status_of(tenant, j.job_id) for j in jobs[:2]] == ["CANCELED", "CANCELED"]
+        assert status_of(tenant, jobs[2].job_id) in ("PENDING", "RUNNING")
+        # A finished job has no box to tick.
+        tenant.cancel_mcp_job(jobs[2].job_id)
+        expect(page.locator(f"#pick-{jobs[2].job_id}")).to_have_count(0)
+
+
+def test_the_request_code_is_highlighted(
+    page: sync_api.Page, server: ServerProcess, client: DeepExecClient
+) -> None:
+    job = client.submit_mcp_job(
+        name="ui-code", job_type="code_execution", data={"code": "def f(x):\n    return x\n"}
+    )
+    sign_in(page, server, server.api_key)
+    page.goto(f"{server.base_url}/ui/jobs/{job.job_id}")
+    page.get_by_text("Request").click()
+    code = page.locator("#job-code")
+    expect(code).to_have_class(re.compile(r"\bhljs\b"))
+    expect(code.locator(".hljs-keyword").first).to_have_text("def")
+    expect(code).to_have_text("def f(x):\n    return x\n")
+
+
+def test_live_output_stays_bounded_in_the_page(page: sync_api.Page, server: ServerProcess) -> None:
+    """A program that prints 600 KB while the page watches keeps the page's live output at
+    256 KiB at most, and the page says that earlier output is not shown."""
+    key, tenant = tenant_client(server)
+    code = (
+        "import sys, time\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(3)\n"
+        "for i in range(12_000):\n"
+        "    sys.stdout.write(f'{i:08d} ' + 'x' * 40 + '\\n')\n"
+        "    if i % 100 == 0:\n"
+        "        sys.stdout.flush()\n"
+        "        time.sleep(0.02)\n"
+        "print('all printed', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with tenant:
+        sign_in(page, server, key)
+        job = tenant.submit_mcp_job(name="ui-flood", job_type="code_execution", data={"code": code})
+        page.goto(f"{server.base_url}/ui/jobs/{job.job_id}")
+        live = page.locator("#live-output")
+        expect(live).to_contain_text("ready")
+        expect(live).to_contain_text("all printed", timeout=60_000)
+        size = page.evaluate(
+            "() => { const p = document.getElementById('live-output');"
+            " return [p.textContent.length, p.childNodes.length]; }"
+        )
+        assert size[0] <= 256 * 1024 and size[1] <= 2000, size
+        expect(page.locator("#output-trimmed")).to_be_visible()
+        assert "00000000 " not in live.inner_text()  # the start was dropped from the view
+        tenant.cancel_mcp_job(job.job_id)

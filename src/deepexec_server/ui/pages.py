@@ -2,9 +2,11 @@
 
 - ``/ui/login``, ``/ui/logout``: sign in with an API key, sign out.
 - ``/ui/jobs``: the tenant's jobs, newest first, filtered by status, type, tag and name (the
-  filters live in the URL); the first page refreshes itself every two seconds.
-- ``/ui/jobs/{id}``: a job: status, progress, live output over server-sent events, the request,
-  the result or error; cancel.
+  filters live in the URL); the first page refreshes itself every two seconds; search by id;
+  tick unfinished jobs and cancel them together (``POST /ui/jobs/cancel``).
+- ``/ui/jobs/{id}``: a job: status, progress, live output over server-sent events (the page
+  keeps the latest 256 KiB of it, ``static/app.js``), the request (code highlighted), the result
+  or error; cancel, run again, download the output.
 - ``/ui/submit``: run code or generate text; lands on the new job's page.
 
 Every page acts through the same engine calls as ``/v1``, for the signed-in key's tenant only:
@@ -13,6 +15,7 @@ another tenant's job is a 404 page. See ``session`` for the cookie and cross-sit
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -20,7 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -76,16 +79,33 @@ def output_span(stream: str, text: str) -> str:
     return f'<span class="{html.escape(stream)}">{html.escape(text)}</span>'
 
 
+#: The jobs list's filters, as URL parameters.
+LIST_FILTERS = ("status", "type", "tag", "name")
+
+
 def list_query(params: Mapping[str, str]) -> tuple[JobFilter, dict[str, str]]:
     """The jobs list's filter from its URL parameters, and the parameters kept for links."""
     status = params.get("status") or None
-    kept = {k: params[k] for k in ("status", "type", "tag", "name") if params.get(k)}
+    kept = {k: params[k] for k in LIST_FILTERS if params.get(k)}
     flt = JobFilter(
         status=JobStatus(status) if status in STATUSES else None,
         tags=(params["tag"],) if params.get("tag") else (),
         name=params.get("name") or None,
     )
     return flt, kept
+
+
+def bulk_notice(params: Mapping[str, str]) -> str | None:
+    """What a bulk cancel did, from the parameters it redirected with."""
+    try:
+        canceled = int(params.get("canceled", ""))
+        not_canceled = int(params.get("not_canceled", "0"))
+    except ValueError:
+        return None
+    text = f"{canceled} job{'s' if canceled != 1 else ''} cancelled"
+    if not_canceled:
+        text += f"; {not_canceled} had already ended"
+    return text + "."
 
 
 class Dashboard:
@@ -173,9 +193,13 @@ class Dashboard:
 
     # -- jobs --
 
-    async def jobs(self, request: Request) -> HTMLResponse:
+    async def jobs(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         params = dict(request.query_params)
+        wanted = params.get("id", "").strip()
+        if wanted:
+            # Search by id: straight to the job's page (a 404 page if it is not the tenant's).
+            return RedirectResponse(f"/ui/jobs/{quote(wanted, safe='')}", status_code=303)
         rows, next_cursor, kept = await self._page(tenant, params)
         return self.render(
             request,
@@ -186,6 +210,7 @@ class Dashboard:
             query=urlencode(kept),
             live=not params.get("cursor"),
             job_types=JOB_TYPES,
+            notice=bulk_notice(params),
         )
 
     async def job_rows(self, request: Request) -> HTMLResponse:
@@ -220,6 +245,7 @@ class Dashboard:
             job=job_status(found),
             request_data=json.dumps(found.data, indent=2, ensure_ascii=False),
             code=found.data.get("code") if isinstance(found.data, dict) else None,
+            language=found.data.get("language") if isinstance(found.data, dict) else None,
         )
 
     async def job_stream(self, request: Request) -> Response:
@@ -273,6 +299,27 @@ class Dashboard:
             if exc.status_code == 404:
                 return self.render(request, "not_found.html", status=404, job_id=job_id)
         return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+    async def cancel_many(self, request: Request) -> Response:
+        """Cancel the jobs ticked in the list; back to the list with what happened."""
+        tenant = await self.tenant(request)
+        form = await _form_lists(request)
+        if not self.check_post(request, {k: v[-1] for k, v in form.items()}):
+            raise CrossSiteRequest
+        ids = list(dict.fromkeys(form.get("job", [])))[:PAGE_SIZE]
+        outcomes = await asyncio.gather(
+            *(self.svc.engine.cancel(tenant, i, "cancelled from the dashboard") for i in ids),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            # Already ended, or not the tenant's: nothing to cancel. Anything else is a bug.
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ServiceError):
+                raise outcome
+        ended = sum(isinstance(o, ServiceError) for o in outcomes)
+        canceled = len(outcomes) - ended
+        back = {k: v[-1] for k, v in form.items() if k in LIST_FILTERS and v[-1]}
+        back.update(canceled=str(canceled), not_canceled=str(ended))
+        return RedirectResponse(f"/ui/jobs?{urlencode(back)}", status_code=303)
 
     async def rerun(self, request: Request) -> Response:
         """Submit the same request again; land on the new job."""
@@ -401,10 +448,15 @@ async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterat
         await rest.aclose()
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """A urlencoded form body (the dashboard's forms post nothing else)."""
+async def _form_lists(request: Request) -> dict[str, list[str]]:
+    """A urlencoded form body (the dashboard's forms post nothing else), every value kept."""
     raw = (await request.body()).decode("utf-8", errors="replace")
-    return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+    return parse_qs(raw, keep_blank_values=True)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A urlencoded form body, the last value of each field."""
+    return {k: v[-1] for k, v in (await _form_lists(request)).items()}
 
 
 def router(services: Services, sessions: Sessions) -> APIRouter:
@@ -423,6 +475,7 @@ def router(services: Services, sessions: Sessions) -> APIRouter:
         ("/logout", ui.logout, "POST"),
         ("/jobs", ui.jobs, "GET"),
         ("/jobs/rows", ui.job_rows, "GET"),
+        ("/jobs/cancel", ui.cancel_many, "POST"),
         ("/jobs/{job_id}", ui.job, "GET"),
         ("/jobs/{job_id}/stream", ui.job_stream, "GET"),
         ("/jobs/{job_id}/cancel", ui.cancel, "POST"),
