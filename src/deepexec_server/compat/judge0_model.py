@@ -1,0 +1,562 @@
+"""The Judge0 CE 1.13.1 API's data, mapped onto DeepExec's code jobs (pure: no I/O).
+
+A submission is one ``code_execution`` job of one test: ``stdin`` and ``expected_output``
+become ``data.tests[0]``, compared by Judge0's rule (trailing whitespace of each line and
+blank lines around the output do not count: ``judging.Compare.TRAILING_WHITESPACE``). The
+job's ``result.tests[0]`` (its verdict, outputs, exit, time and memory) becomes the
+submission's status and fields. Units are Judge0's: seconds, kilobytes. What differs from
+Judge0, and why, is in the README ("Coming from Judge0").
+
+The route handlers are in ``judge0``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import math
+import shlex
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
+
+#: The version ``/about`` reports: the ids below are 1.13.1's, which self-hosted clients
+#: hard-code (the official Python client picks its language table by this string).
+VERSION = "1.13.1"
+#: Tag on every job this API submits.
+TAG = "judge0"
+MAX_BATCH = 20
+#: Judge0's defaults and maxima (``config.rb``), in its units; the server's own maxima cap them.
+DEFAULTS: Mapping[str, float] = {
+    "cpu_time_limit": 5.0,
+    "cpu_extra_time": 1.0,
+    "wall_time_limit": 10.0,
+    "memory_limit": 128_000,
+    "stack_limit": 64_000,
+    "max_processes_and_or_threads": 60,
+    "max_file_size": 1024,
+    "number_of_runs": 1,
+}
+MAXIMA: Mapping[str, float] = {
+    "cpu_time_limit": 15.0,
+    "cpu_extra_time": 5.0,
+    "wall_time_limit": 20.0,
+    "memory_limit": 512_000,
+    "stack_limit": 128_000,
+    "max_processes_and_or_threads": 120,
+    "max_file_size": 4096,
+    "number_of_runs": 20,
+}
+MINIMA: Mapping[str, float] = {"wall_time_limit": 1.0, "memory_limit": 2048}
+#: Extra wall-clock seconds a compiled language's job gets for its compile step.
+COMPILE_ALLOWANCE_S = 20
+
+STATUSES: Sequence[tuple[int, str]] = (
+    (1, "In Queue"),
+    (2, "Processing"),
+    (3, "Accepted"),
+    (4, "Wrong Answer"),
+    (5, "Time Limit Exceeded"),
+    (6, "Compilation Error"),
+    (7, "Runtime Error (SIGSEGV)"),
+    (8, "Runtime Error (SIGXFSZ)"),
+    (9, "Runtime Error (SIGFPE)"),
+    (10, "Runtime Error (SIGABRT)"),
+    (11, "Runtime Error (NZEC)"),
+    (12, "Runtime Error (Other)"),
+    (13, "Internal Error"),
+    (14, "Exec Format Error"),
+)
+STATUS_TEXT = dict(STATUSES)
+_BY_SIGNAL = {"SIGSEGV": 7, "SIGXFSZ": 8, "SIGFPE": 9, "SIGABRT": 10}
+
+#: Judge0 1.13.1 language id -> (DeepExec language, Judge0's name without its version). The
+#: GCC ids of one language all run this host's GCC.
+LANGUAGE_IDS: Mapping[int, tuple[str, str]] = {
+    46: ("bash", "Bash ({v})"),
+    48: ("c", "C (GCC {v})"),
+    49: ("c", "C (GCC {v})"),
+    50: ("c", "C (GCC {v})"),
+    52: ("cpp", "C++ (GCC {v})"),
+    53: ("cpp", "C++ (GCC {v})"),
+    54: ("cpp", "C++ (GCC {v})"),
+    60: ("go", "Go ({v})"),
+    62: ("java", "Java (OpenJDK {v})"),
+    63: ("javascript", "JavaScript (Node.js {v})"),
+    71: ("python", "Python ({v})"),
+    73: ("rust", "Rust ({v})"),
+}
+#: Source file names and commands as ``/languages/{id}`` shows them.
+_FILES: Mapping[str, tuple[str, str | None, str]] = {
+    "bash": ("script.sh", None, "/bin/bash script.sh"),
+    "c": ("main.c", "gcc %s main.c", "./a.out"),
+    "cpp": ("main.cpp", "g++ %s main.cpp", "./a.out"),
+    "go": ("main.go", "go build %s main.go", "./main"),
+    "java": ("Main.java", "javac %s Main.java", "java Main"),
+    "javascript": ("script.js", None, "node script.js"),
+    "python": ("script.py", None, "python3 script.py"),
+    "rust": ("main.rs", "rustc %s main.rs", "./main"),
+}
+_COMPILED = frozenset({"c", "cpp", "go", "java", "rust"})
+
+#: Every field of a submission in 1.13.1 (``fields=*``: exactly these, in this order).
+ALL_FIELDS: Sequence[str] = (
+    "source_code", "language_id", "stdin", "expected_output", "stdout", "status_id",
+    "created_at", "finished_at", "time", "memory", "stderr", "token", "number_of_runs",
+    "cpu_time_limit", "cpu_extra_time", "wall_time_limit", "memory_limit", "stack_limit",
+    "max_processes_and_or_threads", "enable_per_process_and_thread_time_limit",
+    "enable_per_process_and_thread_memory_limit", "max_file_size", "compile_output",
+    "exit_code", "exit_signal", "message", "wall_time", "compiler_options",
+    "command_line_arguments", "redirect_stderr_to_stdout", "callback_url", "additional_files",
+    "enable_network", "status", "language",
+)  # fmt: skip
+DEFAULT_FIELDS: Sequence[str] = (
+    "token", "time", "memory", "stdout", "stderr", "compile_output", "message", "status",
+)  # fmt: skip
+#: Fields carried base64-encoded with ``base64_encoded=true``.
+ENCODED_IN = ("source_code", "stdin", "expected_output")
+ENCODED_OUT = ("source_code", "stdin", "expected_output", "stdout", "stderr",
+               "compile_output", "message")  # fmt: skip
+_LIMIT_FIELDS = tuple(DEFAULTS)
+_BOOL_FIELDS = (
+    "enable_per_process_and_thread_time_limit",
+    "enable_per_process_and_thread_memory_limit",
+    "redirect_stderr_to_stdout",
+    "enable_network",
+)
+MAX_ARGUMENTS_CHARS = 512
+
+
+class Judge0Error(Exception):
+    """An answer in one of Judge0's error shapes: a field hash (``errors``, 422) or
+    ``{"error": message}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str = "",
+        errors: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__(message or str(errors))
+        self.status = status
+        self.message = message
+        self.errors = dict(errors or {})
+
+    def body(self) -> dict[str, Any]:
+        return dict(self.errors) if self.errors else {"error": self.message}
+
+
+def _invalid(field: str, message: str) -> Judge0Error:
+    return Judge0Error(422, errors={field: [message]})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Language:
+    """A Judge0 language id this host runs."""
+
+    id: int
+    name: str
+    language: str
+
+    def row(self, full: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "name": self.name}
+        if full:
+            source, compile_cmd, run_cmd = _FILES[self.language]
+            out.update(
+                is_archived=False, source_file=source, compile_cmd=compile_cmd, run_cmd=run_cmd
+            )
+        return out
+
+
+def language_table(languages: Iterable[Mapping[str, Any]]) -> list[Language]:
+    """The Judge0 ids of the host's languages (``GET /v1/languages`` rows), by id."""
+    versions = {str(row.get("name")): _short_version(row.get("version")) for row in languages}
+    return [
+        Language(lang_id, label.format(v=versions[name]), name)
+        for lang_id, (name, label) in sorted(LANGUAGE_IDS.items())
+        if name in versions
+    ]
+
+
+def _short_version(version: object) -> str:
+    words = str(version or "").split()
+    found = next((w for w in words if w[:1].isdigit()), "")
+    return found.split("-")[0].split("+")[0] or "?"
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def decode_text(value: Any, field: str, encoded: bool) -> str | None:
+    """A request's text field, base64-decoded when ``encoded``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid(field, "must be a string")
+    if not encoded:
+        return value
+    try:
+        raw = base64.b64decode("".join(value.split()), validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise Judge0Error(400, f"{field} is not valid base64 of UTF-8 text") from None
+
+
+def _number(body: Mapping[str, Any], field: str, server_max: float | None) -> float | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _invalid(field, "is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _invalid(field, "is not a number")
+    low = MINIMA.get(field, 0)
+    if value < low:
+        raise _invalid(field, f"must be greater than or equal to {_plain(low)}")
+    high = MAXIMA[field] if server_max is None else min(MAXIMA[field], server_max)
+    if value > high:
+        raise _invalid(field, f"must be less than or equal to {_plain(high)}")
+    return float(value)
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerMaxima:
+    """The server's limits in Judge0's units (they cap Judge0's own maxima)."""
+
+    cpu_time_s: float
+    wall_time_s: float
+    memory_kb: float
+    processes: float
+    file_size_kb: float
+
+    def of(self, field: str) -> float | None:
+        return {
+            "cpu_time_limit": self.cpu_time_s,
+            "wall_time_limit": self.wall_time_s,
+            "memory_limit": self.memory_kb,
+            "max_processes_and_or_threads": self.processes,
+            "max_file_size": self.file_size_kb,
+        }.get(field)
+
+
+def submission_request(
+    body: Any,
+    languages: Sequence[Language],
+    maxima: ServerMaxima,
+    *,
+    encoded: bool,
+) -> JobSubmitRequest:
+    """Validate one submission as Judge0 does (its field errors) and make its job."""
+    if not isinstance(body, dict):
+        raise Judge0Error(400, "the submission must be a JSON object")
+    lang_id = body.get("language_id")
+    if lang_id is None or lang_id == "":
+        raise _invalid("language_id", "can't be blank")
+    try:
+        lang_number = int(lang_id)
+    except (TypeError, ValueError):
+        raise _invalid("language_id", "is not a number") from None
+    language = next((lang for lang in languages if lang.id == lang_number), None)
+    if language is None:
+        raise _invalid("language_id", f"language with id {lang_number} doesn't exist")
+    source = decode_text(body.get("source_code"), "source_code", encoded)
+    if not source:
+        raise _invalid("source_code", "can't be blank")
+    stdin = decode_text(body.get("stdin"), "stdin", encoded) or ""
+    expected = decode_text(body.get("expected_output"), "expected_output", encoded)
+    values = {f: _number(body, f, maxima.of(f)) for f in _LIMIT_FIELDS}
+    _refuse_unsupported(body)
+    args = body.get("command_line_arguments")
+    if args is not None and (not isinstance(args, str) or len(args) > MAX_ARGUMENTS_CHARS):
+        raise _invalid("command_line_arguments", f"is too long (maximum is {MAX_ARGUMENTS_CHARS})")
+    data: dict[str, Any] = {
+        "code": source,
+        "language": language.language,
+        "tests": [{"stdin": stdin, "expected_output": expected}],
+        "compare": "trailing_whitespace",
+    }
+    if args:
+        try:
+            data["args"] = shlex.split(args)
+        except ValueError as exc:
+            raise _invalid("command_line_arguments", f"cannot be split: {exc}") from None
+    limits = job_limits(values)
+    if limits:
+        data["limits"] = limits
+    wall = values["wall_time_limit"] or DEFAULTS["wall_time_limit"]
+    allowance = COMPILE_ALLOWANCE_S if language.language in _COMPILED else 0
+    return JobSubmitRequest(
+        name=f"judge0 {language.id}",
+        job_type="code_execution",
+        data=data,
+        timeout=max(1, math.ceil(wall)) + allowance,
+        tags=[TAG, f"judge0-lang-{language.id}"],
+    )
+
+
+def job_limits(values: Mapping[str, float | None]) -> dict[str, int]:
+    """The limits a request set explicitly, in DeepExec's units (the others stay the
+    server's defaults, which suit each language: a JVM needs more threads than 60)."""
+    out: dict[str, int] = {}
+    if values.get("cpu_time_limit") is not None:
+        cpu = values["cpu_time_limit"] or 0.0
+        extra = values.get("cpu_extra_time")
+        extra = DEFAULTS["cpu_extra_time"] if extra is None else extra
+        out["cpu_time_s"] = max(1, math.ceil(cpu + extra))
+    if values.get("memory_limit") is not None:
+        out["memory_mb"] = max(1, math.ceil((values["memory_limit"] or 0) / 1024))
+    if values.get("max_processes_and_or_threads") is not None:
+        out["max_processes"] = max(1, int(values["max_processes_and_or_threads"] or 1))
+    if values.get("max_file_size") is not None:
+        out["max_file_size_mb"] = max(1, math.ceil((values["max_file_size"] or 0) / 1024))
+    return out
+
+
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    """Judge0 features this server does not offer (``/config_info`` says so too)."""
+    if body.get("compiler_options"):
+        raise _invalid("compiler_options", "are not enabled on this server")
+    if body.get("enable_network"):
+        raise _invalid("enable_network", "is not allowed on this server")
+    if body.get("redirect_stderr_to_stdout"):
+        raise _invalid("redirect_stderr_to_stdout", "is not supported by this server")
+    if body.get("additional_files"):
+        raise _invalid("additional_files", "are not enabled on this server")
+    if body.get("callback_url"):
+        raise _invalid("callback_url", "callbacks are not enabled on this server")
+    for field in _BOOL_FIELDS:
+        value = body.get(field)
+        if value is not None and not isinstance(value, bool):
+            raise _invalid(field, "must be true or false")
+
+
+def parse_fields(raw: str | None, default: Sequence[str] = DEFAULT_FIELDS) -> list[str]:
+    """``fields=a,b`` or ``*``; Judge0's 400 for an unknown one."""
+    if not raw:
+        return list(default)
+    if raw.strip() == "*":
+        return list(ALL_FIELDS)
+    wanted = [f.strip() for f in raw.split(",") if f.strip()]
+    unknown = [f for f in wanted if f not in ALL_FIELDS]
+    if unknown:
+        raise Judge0Error(400, f"invalid fields: [{', '.join(unknown)}]")
+    return wanted
+
+
+# --- submissions ------------------------------------------------------------------------------
+
+
+def status_of(job: MCPJobStatusResponse) -> int:
+    """The Judge0 status id of a job (see the module's docstring)."""
+    if job.status == JobStatus.PENDING:
+        return 1
+    if job.status == JobStatus.RUNNING:
+        return 2
+    error = job.error.type if job.error is not None else None
+    if error == "compile_error":
+        return 6
+    if job.status != JobStatus.COMPLETED:
+        return 13
+    test = first_test(job)
+    if test is None:
+        return 13
+    verdict = test.get("verdict")
+    if verdict == "accepted":
+        return 3
+    if verdict == "wrong_answer":
+        return 4
+    if verdict == "time_limit":
+        return 5
+    if verdict == "output_limit":
+        return 8
+    if verdict in ("runtime_error", "memory_limit"):
+        sig = test.get("signal")
+        if sig:
+            return _BY_SIGNAL.get(str(sig), 12)
+        return 11 if test.get("exit_code") not in (None, 0) else 12
+    return 13
+
+
+def first_test(job: MCPJobStatusResponse) -> Mapping[str, Any] | None:
+    tests = (job.result or {}).get("tests")
+    if isinstance(tests, list) and tests and isinstance(tests[0], Mapping):
+        return tests[0]
+    return None
+
+
+def _seconds(ms: object) -> str | None:
+    return f"{ms / 1000:.3f}" if isinstance(ms, int | float) else None
+
+
+def _signal_number(name: object) -> int | None:
+    if not name:
+        return None
+    try:
+        return int(signal.Signals[str(name)])
+    except KeyError:
+        return None
+
+
+def _timestamp(when: datetime | None) -> str | None:
+    """Judge0's timestamps: UTC with milliseconds, ``2024-04-03T05:40:51.306Z``."""
+    if when is None:
+        return None
+    utc = when.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _message(job: MCPJobStatusResponse, status: int, test: Mapping[str, Any]) -> str | None:
+    if status in (1, 2, 3, 4):
+        return None
+    if job.status == JobStatus.CANCELED:
+        return "the submission was cancelled"
+    if status == 11:
+        return f"Exited with error status {test.get('exit_code')}"
+    if status == 5:
+        return "Time limit exceeded"
+    if test.get("error"):
+        return str(test["error"].get("message") or "") or None
+    return job.error.message if job.error is not None else None
+
+
+def submission(
+    job: MCPJobStatusResponse,
+    request: Mapping[str, Any],
+    languages: Sequence[Language],
+    fields: Sequence[str],
+    *,
+    encoded: bool,
+) -> dict[str, Any]:
+    """The job as a Judge0 submission with ``fields``. ``request`` is the job's data."""
+    status = status_of(job)
+    result = job.result or {}
+    test = first_test(job) or {}
+    tests = request.get("tests") or [{}]
+    lang_id = _language_id(job)
+    lang = next((lang for lang in languages if lang.id == lang_id), None)
+    limits = request.get("limits") or {}
+    values: dict[str, Any] = {
+        "source_code": request.get("code"),
+        "language_id": lang_id,
+        "stdin": tests[0].get("stdin"),
+        "expected_output": tests[0].get("expected_output"),
+        "stdout": test.get("stdout") if job.is_terminal else None,
+        "status_id": status,
+        "created_at": _timestamp(job.created_at),
+        "finished_at": _timestamp(job.finished_at),
+        "time": _seconds(test.get("cpu_time_ms")),
+        "memory": test.get("memory_peak_kb"),
+        "stderr": test.get("stderr") if job.is_terminal else None,
+        "token": job.job_id,
+        "number_of_runs": 1,
+        "cpu_time_limit": f"{limits.get('cpu_time_s') or DEFAULTS['cpu_time_limit']:.1f}",
+        "cpu_extra_time": f"{DEFAULTS['cpu_extra_time']:.1f}",
+        "wall_time_limit": f"{DEFAULTS['wall_time_limit']:.1f}",
+        "memory_limit": (limits.get("memory_mb") or 0) * 1024 or int(DEFAULTS["memory_limit"]),
+        "stack_limit": int(DEFAULTS["stack_limit"]),
+        "max_processes_and_or_threads": limits.get("max_processes")
+        or int(DEFAULTS["max_processes_and_or_threads"]),
+        "enable_per_process_and_thread_time_limit": False,
+        "enable_per_process_and_thread_memory_limit": False,
+        "max_file_size": (limits.get("max_file_size_mb") or 0) * 1024
+        or int(DEFAULTS["max_file_size"]),
+        "compile_output": result.get("compile_output"),
+        "exit_code": test.get("exit_code"),
+        "exit_signal": _signal_number(test.get("signal")),
+        "message": _message(job, status, test) if job.is_terminal else None,
+        "wall_time": _seconds(test.get("wall_time_ms")),
+        "compiler_options": None,
+        "command_line_arguments": shlex.join(request["args"]) if request.get("args") else None,
+        "redirect_stderr_to_stdout": False,
+        "callback_url": None,
+        "additional_files": None,
+        "enable_network": False,
+        "status": {"id": status, "description": STATUS_TEXT[status]},
+        "language": lang.row() if lang is not None else {"id": lang_id, "name": None},
+    }
+    out = {f: values[f] for f in fields}
+    if encoded:
+        for field in ENCODED_OUT:
+            if isinstance(out.get(field), str):
+                out[field] = base64.b64encode(out[field].encode()).decode()
+    return out
+
+
+def _language_id(job: MCPJobStatusResponse) -> int | None:
+    for tag in job.tags:
+        if tag.startswith("judge0-lang-"):
+            try:
+                return int(tag.removeprefix("judge0-lang-"))
+            except ValueError:
+                return None
+    return None
+
+
+# --- information routes -----------------------------------------------------------------------
+
+
+def config_info(maxima: ServerMaxima) -> dict[str, Any]:
+    """``GET /config_info``: every key of 1.13.1's, this server's values."""
+    return {
+        "maintenance_mode": False,
+        "enable_wait_result": True,
+        "enable_compiler_options": False,
+        "allowed_languages_for_compile_options": [],
+        "enable_command_line_arguments": True,
+        "enable_submission_delete": True,
+        "enable_callbacks": False,
+        "callbacks_max_tries": 3,
+        "callbacks_timeout": 5.0,
+        "enable_additional_files": False,
+        "max_queue_size": 10_000,
+        "cpu_time_limit": DEFAULTS["cpu_time_limit"],
+        "max_cpu_time_limit": min(MAXIMA["cpu_time_limit"], maxima.cpu_time_s),
+        "cpu_extra_time": DEFAULTS["cpu_extra_time"],
+        "max_cpu_extra_time": MAXIMA["cpu_extra_time"],
+        "wall_time_limit": DEFAULTS["wall_time_limit"],
+        "max_wall_time_limit": min(MAXIMA["wall_time_limit"], maxima.wall_time_s),
+        "memory_limit": int(DEFAULTS["memory_limit"]),
+        "max_memory_limit": int(min(MAXIMA["memory_limit"], maxima.memory_kb)),
+        "stack_limit": int(DEFAULTS["stack_limit"]),
+        "max_stack_limit": int(MAXIMA["stack_limit"]),
+        "max_processes_and_or_threads": int(DEFAULTS["max_processes_and_or_threads"]),
+        "max_max_processes_and_or_threads": int(
+            min(MAXIMA["max_processes_and_or_threads"], maxima.processes)
+        ),
+        "enable_per_process_and_thread_time_limit": False,
+        "allow_enable_per_process_and_thread_time_limit": False,
+        "enable_per_process_and_thread_memory_limit": False,
+        "allow_enable_per_process_and_thread_memory_limit": False,
+        "max_file_size": int(DEFAULTS["max_file_size"]),
+        "max_max_file_size": int(min(MAXIMA["max_file_size"], maxima.file_size_kb)),
+        "number_of_runs": 1,
+        "max_number_of_runs": int(MAXIMA["number_of_runs"]),
+        "redirect_stderr_to_stdout": False,
+        "max_extract_size": 0,
+        "enable_batched_submissions": True,
+        "max_submission_batch_size": MAX_BATCH,
+        "submission_cache_duration": 0.0,
+        "use_docs_as_homepage": False,
+        "allow_enable_network": False,
+        "enable_network": False,
+    }
+
+
+def about() -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "homepage": "/docs",
+        "source_code": "DeepExec (a Judge0 CE 1.13.1-compatible API over its code jobs)",
+        "maintainer": "this server's operator",
+    }
