@@ -23,7 +23,7 @@ from .api.middleware import ProtocolMiddleware
 from .api.routes import declare_bearer_auth, health, router
 from .api.services import Services
 from .auth import Authenticator, provision_local_key
-from .compat import openai, piston
+from .compat import judge0, openai, piston
 from .engine import Engine
 from .executors.base import Executor
 from .mcp import install_mcp
@@ -135,6 +135,7 @@ def create_app(
     app.include_router(router)
     app.include_router(health)
     app.include_router(piston.router())
+    app.include_router(judge0.router())
     app.include_router(openai.router())
     ui.install(app, services, ui.Sessions(ui.load_secret(settings.ui_secret, settings.data_dir)))
     _openapi = app.openapi

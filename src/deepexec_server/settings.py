@@ -211,6 +211,9 @@ class Settings:
     #: Tenant of Piston API requests that carry no API key (Piston has no keys, and some of
     #: its clients cannot send one). Empty: the Piston API requires a key like /v1.
     piston_tenant: str = ""
+    #: The same for the Judge0 API (``X-Auth-Token`` carries the key; Judge0 has none by
+    #: default).
+    judge0_tenant: str = ""
 
     # --- text_generation ---------------------------------------------------------------------
     #: Model used when a job names none.
