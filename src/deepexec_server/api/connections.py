@@ -20,12 +20,13 @@ runs) and only adds timers around the parser's own callbacks:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 import time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..web.envelope import error_body
 
 logger = logging.getLogger("deepexec_server.api")
 
@@ -64,8 +65,7 @@ def _raw_response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
 
 
 def _error(type_: str, message: str) -> bytes:
-    envelope = {"error": {"type": type_, "message": message, "details": None, "request_id": ""}}
-    return json.dumps(envelope).encode()
+    return error_body(type_, message, "")
 
 
 def limited_protocol(
