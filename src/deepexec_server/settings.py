@@ -24,11 +24,13 @@ from pydantic_settings import (
 
 from deepexec_sdk.config import credentials_path, default_data_dir
 
+from .errors import DeepExecError
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 
-class SettingsError(ValueError):
+class SettingsError(DeepExecError, ValueError):
     """A configuration value is invalid; the message names the variable."""
 
 

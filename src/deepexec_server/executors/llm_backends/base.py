@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ...domain import ErrorType
+from ...errors import DeepExecError
 
 TokenCallback = Callable[[str], None]
 
@@ -31,7 +32,7 @@ class LLMErrorType:
     MODEL_ERROR = ErrorType.MODEL_ERROR
 
 
-class BackendError(Exception):
+class BackendError(DeepExecError):
     """The model backend failed (could not load, refused the request, connection lost).
 
     ``error_type`` is an ``LLMErrorType``; ``retryable`` marks a transient failure and
