@@ -14,6 +14,11 @@ Outermost first, every request meets:
 8. ``HotRoutes`` (``api/hot_routes.py``): answers submits and status reads itself.
 
 and then the FastAPI app (the REST routes, MCP, the dashboard, the compat APIs).
+
+Each ``__call__`` is a plain function that returns the next app's awaitable (or its own
+refusal's) when it has nothing to await itself: a layer then costs a function call, not a
+coroutine of its own, on every request (benchmark 4). The outermost, ``RequestCounter``, is
+a coroutine function: servers tell an ASGI 3 app by it.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ and parse a body before solving the route's key dependency)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from ...auth import Authenticator
 from ...errors import ServiceError
 from ...web.asgi import TENANT_STATE_KEY, ASGIApp, Receive, Scope, Send, header, scope_request_id
@@ -18,14 +20,18 @@ class ApiKeyMiddleware:
         self.app = app
         self.auth = auth
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith("/v1/") or path == "/v1":
-                try:
-                    tenant = await self.auth.tenant_for(header(scope, b"authorization"))
-                except ServiceError as exc:
-                    await send_error(send, exc, scope_request_id(scope))
-                    return
-                scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant
+                return self._authenticated(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _authenticated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            tenant = await self.auth.tenant_for(header(scope, b"authorization"))
+        except ServiceError as exc:
+            await send_error(send, exc, scope_request_id(scope))
+            return
+        scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant
         await self.app(scope, receive, send)

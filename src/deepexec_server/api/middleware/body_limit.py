@@ -5,6 +5,8 @@ raised inside the app would be reported by FastAPI as a parse error)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from ...errors import BadRequest, PayloadTooLarge, ServiceError
 from ...web.asgi import ASGIApp, Message, Receive, Scope, Send, scope_request_id
 from ...web.envelope import send_error
@@ -27,7 +29,7 @@ class ContentLengthLimit:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         length = _content_length(scope) if scope["type"] == "http" else None
         if length is not None:
             refusal: ServiceError | None = None
@@ -38,9 +40,8 @@ class ContentLengthLimit:
                     f"request body is {int(length)} bytes; the limit is {self.max_body_bytes}"
                 )
             if refusal is not None:
-                await send_error(send, refusal, scope_request_id(scope))
-                return
-        await self.app(scope, receive, send)
+                return send_error(send, refusal, scope_request_id(scope))
+        return self.app(scope, receive, send)
 
 
 class ChunkedBodyLimit:
@@ -51,14 +52,16 @@ class ChunkedBodyLimit:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if (
             scope["type"] != "http"
             or scope["method"] not in ("POST", "PUT", "PATCH")
             or _content_length(scope) is not None
         ):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._read_then_call(scope, receive, send)
+
+    async def _read_then_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks: list[bytes] = []
         size = 0
         more = True

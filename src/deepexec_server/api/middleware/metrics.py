@@ -14,6 +14,8 @@ class RequestCounter:
         self.app = app
         self.on_response = on_response
 
+    # A coroutine function, unlike the inner layers' ``__call__``: as the outermost layer, it
+    # is what servers look at to tell an ASGI 3 app (uvicorn would take it for ASGI 2).
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)

@@ -3,6 +3,8 @@ major version of the protocol."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from deepexec_sdk.types import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 from ...errors import BadRequest
@@ -18,10 +20,9 @@ class ProtocolVersionMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
 
         async def stamped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -38,6 +39,5 @@ class ProtocolVersionMiddleware:
                 f"sent {proto.decode(errors='replace')!r}: upgrade the older side",
                 type="unsupported_protocol",
             )
-            await send_error(stamped, refusal, scope_request_id(scope))
-            return
-        await self.app(scope, receive, stamped)
+            return send_error(stamped, refusal, scope_request_id(scope))
+        return self.app(scope, receive, stamped)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Awaitable
 
 from deepexec_sdk.types import REQUEST_ID_HEADER
 
@@ -27,10 +28,9 @@ class RequestIdMiddleware:
         self._id_prefix = "req_" + secrets.token_hex(4)
         self._ids = itertools.count(1)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         raw_id = b""
         for key, value in scope.get("headers") or ():
             if key == _REQUEST_ID:
@@ -48,4 +48,4 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", ()), stamp]
             await send(message)
 
-        await self.app(scope, receive, stamped)
+        return self.app(scope, receive, stamped)

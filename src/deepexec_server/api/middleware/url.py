@@ -3,6 +3,8 @@ it (paths and queries reach file names, SQL and logs)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from ...errors import BadRequest
 from ...web.asgi import ASGIApp, Receive, Scope, Send, scope_request_id
 from ...web.envelope import send_error
@@ -12,12 +14,11 @@ class NulUrlMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope.get("path", "").encode()
             query = scope.get("query_string", b"")
             if b"%00" in raw_path or b"\x00" in raw_path or b"%00" in query:
                 refusal = BadRequest("the URL must not contain a NUL character (%00)")
-                await send_error(send, refusal, scope_request_id(scope))
-                return
-        await self.app(scope, receive, send)
+                return send_error(send, refusal, scope_request_id(scope))
+        return self.app(scope, receive, send)
