@@ -1,4 +1,4 @@
-"""The cache of terminal job statuses that status reads are answered from (api/fast.py)."""
+"""The cache of terminal job statuses that status reads are answered from (web/status_cache.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from deepexec_server.api.fast import TerminalCache, _parse_wait
+from deepexec_server.api.hot_routes import _parse_wait
+from deepexec_server.web.status_cache import TerminalCache
 
 
 def test_an_entry_answers_its_own_tenant_only() -> None:

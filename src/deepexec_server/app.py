@@ -17,11 +17,9 @@ from starlette.types import ASGIApp
 from deepexec_sdk import __version__
 
 from . import ui
+from .api import middleware
 from .api.errors import install_error_handlers
-from .api.fast import HotRoutes, api_authenticator
-from .api.middleware import ProtocolMiddleware
 from .api.routes import declare_bearer_auth, health, router
-from .api.services import Services
 from .auth import Authenticator, provision_local_key
 from .compat import judge0, openai, piston
 from .engine import Engine
@@ -30,6 +28,7 @@ from .mcp import install_mcp
 from .metrics import Metrics
 from .settings import Settings
 from .store import Store, open_store
+from .web.services import Services
 
 logger = logging.getLogger("deepexec_server")
 
@@ -146,12 +145,4 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    # Outside FastAPI, so that submits and status reads skip its whole stack (benchmarks 4 and
-    # 5), and every response, a 500 included, gets the request id and protocol headers.
-    outer: ASGIApp = HotRoutes(app, services=services)
-    return ProtocolMiddleware(
-        outer,
-        max_body_bytes=settings.max_body_bytes,
-        on_response=metrics.http_requests,
-        authenticate=api_authenticator(services),
-    )
+    return middleware.wrap(app, services)

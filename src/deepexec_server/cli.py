@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -105,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     settings = _settings(args)
     sock = listen_socket(settings.host, settings.port)
-    settings = dataclasses.replace(settings, port=sock.getsockname()[1])
+    settings = settings.model_copy(update={"port": sock.getsockname()[1]})
     url = settings.effective_database_url
     if args.no_runners and url.startswith("sqlite:"):
         raise CliError(

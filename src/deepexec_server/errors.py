@@ -1,16 +1,26 @@
-"""The server's exception tree. One handler (api/errors.py) turns any of these into the JSON
-error envelope ``{"error": {type, message, details, request_id}}`` with the class's status:
+"""The server's exception tree, under one root, ``DeepExecError``.
 
-    ServiceError
-    ├── BadRequest            400  invalid_json, unsupported_protocol, invalid_request
-    ├── Unauthorized          401  authentication_required, invalid_api_key
-    ├── NotFound              404  job_not_found, not_found
-    ├── Conflict              409  job_not_cancelable, idempotency_conflict
-    ├── PayloadTooLarge       413  body_too_large
-    ├── UnsupportedMediaType  415  unsupported_media_type
-    ├── Unprocessable         422  validation_error, unknown_job_type, invalid_job_data, ...
-    ├── TooManyRequests       429  too_many_subscribers
-    └── Unavailable           503  not_ready, shutting_down
+``ServiceError`` and its subclasses are what a request may fail with: each door turns them into
+its answer (the REST API and MCP over HTTP into the JSON error envelope
+``{"error": {type, message, details, request_id}}``, built by ``web/envelope.py``, with the
+class's status). The other branches are failures of one part, each translated where it crosses
+into a door (a job's error, an MCP error, the CLI's message):
+
+    DeepExecError
+    ├── SettingsError         a setting or DEEPEXEC_* variable is invalid (settings.py)
+    ├── CatalogError          the model catalog is invalid (executors/models.py)
+    ├── BackendError          a model backend failed; the job's error (executors/llm_backends)
+    ├── JobOpsError           an MCP job operation was refused; an MCP error (mcp/jobs.py)
+    └── ServiceError
+        ├── BadRequest            400  invalid_json, unsupported_protocol, invalid_request
+        ├── Unauthorized          401  authentication_required, invalid_api_key
+        ├── NotFound              404  job_not_found, not_found
+        ├── Conflict              409  job_not_cancelable, idempotency_conflict
+        ├── PayloadTooLarge       413  body_too_large
+        ├── UnsupportedMediaType  415  unsupported_media_type
+        ├── Unprocessable         422  validation_error, unknown_job_type, invalid_job_data, ...
+        ├── TooManyRequests       429  too_many_subscribers
+        └── Unavailable           503  not_ready, shutting_down
 """
 
 from __future__ import annotations
@@ -18,7 +28,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
-class ServiceError(Exception):
+class DeepExecError(Exception):
+    """The root of every exception the server defines."""
+
+
+class ServiceError(DeepExecError):
     status_code: ClassVar[int] = 500
     default_type: ClassVar[str] = "internal_error"
 

@@ -6,20 +6,31 @@ Nothing here is read at import time.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from deepexec_sdk.config import credentials_path, default_data_dir
+
+from .errors import DeepExecError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 
-class SettingsError(ValueError):
+class SettingsError(DeepExecError, ValueError):
     """A configuration value is invalid; the message names the variable."""
 
 
@@ -34,17 +45,16 @@ CODE_LIMIT_NAMES = (
 )
 
 
-def _parse_pairs(variable: str, raw: str, allowed: tuple[str, ...] | None = None) -> dict[str, int]:
-    """``'name=N,name=N'`` with N >= 1 (and, if given, names from ``allowed``)."""
+def parse_pairs(raw: str, allowed: tuple[str, ...] | None = None) -> dict[str, int]:
+    """``'name=N,name=N'`` with N >= 1 (and, if given, names from ``allowed``); raise
+    ``ValueError`` saying what is wrong."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         name, sep, value = part.partition("=")
         if not sep or not value.strip().isdigit() or int(value) < 1:
-            raise SettingsError(f"{variable}: expected 'name=N,...' with N >= 1, got {part!r}")
+            raise ValueError(f"expected 'name=N,...' with N >= 1, got {part!r}")
         if allowed is not None and name.strip() not in allowed:
-            raise SettingsError(
-                f"{variable}: unknown name {name.strip()!r}; allowed: {', '.join(allowed)}"
-            )
+            raise ValueError(f"unknown name {name.strip()!r}; allowed: {', '.join(allowed)}")
         out[name.strip()] = int(value)
     return out
 
@@ -66,9 +76,9 @@ _BYTE_UNITS = {
 }
 
 
-def parse_duration(variable: str, raw: str) -> float:
+def parse_duration(raw: str) -> float:
     """Seconds from ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or a plain number of seconds;
-    ``0`` and ``never`` are 0 (no limit)."""
+    ``0`` and ``never`` are 0 (no limit). Raise ``ValueError`` saying what is wrong."""
     text = raw.strip().lower()
     if text in ("never", "forever"):
         return 0.0
@@ -78,15 +88,16 @@ def parse_duration(variable: str, raw: str) -> float:
     except ValueError:
         value = -1.0
     if not (value >= 0 and math.isfinite(value)):
-        raise SettingsError(
-            f"{variable}: expected a duration such as 7d, 12h, 30m, 45s, or 0 / never "
+        raise ValueError(
+            "expected a duration such as 7d, 12h, 30m, 45s, or 0 / never "
             f"(keep forever), got {raw!r}"
         )
     return value * _DURATION_UNITS.get(unit, 1.0)
 
 
-def parse_bytes(variable: str, raw: str) -> int:
-    """Bytes from ``1048576``, ``500MiB``, ``4GiB``, ``2GB``...; ``0`` is 0 (no cap)."""
+def parse_bytes(raw: str) -> int:
+    """Bytes from ``1048576``, ``500MiB``, ``4GiB``, ``2GB``...; ``0`` is 0 (no cap). Raise
+    ``ValueError`` saying what is wrong."""
     text = raw.strip().lower().replace(" ", "")
     digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = text[len(digits) :]
@@ -95,26 +106,88 @@ def parse_bytes(variable: str, raw: str) -> int:
     except ValueError:
         value = -1.0
     if unit not in _BYTE_UNITS or not (value >= 0 and math.isfinite(value)):
-        raise SettingsError(
-            f"{variable}: expected a size such as 4GiB, 500MiB, 2GB or a number of bytes "
+        raise ValueError(
+            "expected a size such as 4GiB, 500MiB, 2GB or a number of bytes "
             f"(0: no cap), got {raw!r}"
         )
     return int(value * _BYTE_UNITS[unit])
 
 
 def _parse_concurrency(raw: str) -> dict[str, int]:
-    return _parse_pairs("DEEPEXEC_CONCURRENCY", raw)
+    """``--concurrency``'s ``'job_type=N,...'``; raise ``SettingsError``."""
+    try:
+        return parse_pairs(raw)
+    except ValueError as exc:
+        raise SettingsError(f"DEEPEXEC_CONCURRENCY: {exc}") from None
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+#: A ``name=N`` map: a mapping when given in Python, ``'name=N,name=N'`` in a variable (the
+#: text reaches the field's validator as is, not decoded as JSON).
+Pairs = Annotated[Mapping[str, int], NoDecode]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _invalid_as_error(parse: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``parse(...)``, its ``ValueError`` turned into a validation error with its text alone."""
+    try:
+        return parse(*args, **kwargs)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_setting", "{reason}", {"reason": str(exc)}) from None
+
+
+class _Variables(PydanticBaseSettingsSource):
+    """The ``DEEPEXEC_<NAME>`` variables of ``env`` that are set and not empty, as text for
+    the fields' validators."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raw = self.env.get(variable(field_name))
+        return (raw or None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            raw, _, _ = self.get_field_value(field, name)
+            if raw is not None:
+                values[name] = raw
+        return values
+
+
+def variable(field_name: str) -> str:
+    """The environment variable that sets a field."""
+    return f"DEEPEXEC_{field_name.upper()}"
+
+
+def _describe(exc: ValidationError, from_variables: set[str]) -> str:
+    """The first problem of ``exc``: ``<variable or setting>: <what is wrong> (got ...)``."""
+    err = exc.errors(include_url=False)[0]
+    loc = err["loc"]
+    if not loc:
+        return str(err["msg"])
+    name = str(loc[0])
+    where = variable(name) if name in from_variables else name
+    got = f", got {err['input']!r}" if err["type"] not in ("invalid_setting",) else ""
+    return f"{where}: {err['msg']}{got}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the server; immutable. A variable ``DEEPEXEC_<NAME>`` sets ``<name>``
+    (``from_env``)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     #: ``sqlite:///path/to/file.db`` or ``postgresql://...``. Empty: SQLite in ``data_dir``.
     database_url: str = ""
-    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    data_dir: Path = Field(default_factory=default_data_dir)
     #: Where ``serve`` writes the local API key and URL for the SDK and CLI (mode 0600).
-    credentials_file: Path = dataclasses.field(default_factory=credentials_path)
+    credentials_file: Path = Field(default_factory=credentials_path)
     #: Require an API key on every /v1 request.
     auth_enabled: bool = True
 
@@ -126,9 +199,7 @@ class Settings:
     cancel_wait_seconds: float = 2.0
     max_body_bytes: int = 2 * 1024 * 1024
     #: Runner slots per job type on this server.
-    concurrency: Mapping[str, int] = dataclasses.field(
-        default_factory=lambda: {"code_execution": 2, "text_generation": 1}
-    )
+    concurrency: Pairs = Field(default_factory=lambda: {"code_execution": 2, "text_generation": 1})
     #: A running job's lease; renewed every third of it. A runner silent this long is dead.
     lease_seconds: float = 15.0
     #: Most progress events per second a job sends its listeners (and writes to the store);
@@ -181,7 +252,7 @@ class Settings:
     max_output_bytes: int = 1024 * 1024
     #: Defaults for a code job's other ``data.limits``. Without ``cpu_time_s`` a job's CPU
     #: time is capped just above its wall-clock timeout.
-    code_limits_default: Mapping[str, int] = dataclasses.field(
+    code_limits_default: Pairs = Field(
         default_factory=lambda: {
             "memory_mb": 512,
             "max_processes": 128,
@@ -190,7 +261,7 @@ class Settings:
         }
     )
     #: The most a code job may ask for, per limit; more is a 422 naming the limit.
-    code_limits_max: Mapping[str, int] = dataclasses.field(
+    code_limits_max: Pairs = Field(
         default_factory=lambda: {
             "cpu_time_s": 3600,
             "memory_mb": 8192,
@@ -233,62 +304,67 @@ class Settings:
         return f"http://{host}:{self.port}"
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``Settings(...)`` is the defaults and what it is given, nothing else: the
+        environment is read by ``from_env`` alone, from the mapping it is given."""
+        return (init_settings,)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``DEEPEXEC_*`` variables, then apply non-None ``overrides``."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        """Build settings from ``DEEPEXEC_*`` variables, then apply non-None ``overrides``.
+        Raise ``SettingsError`` naming the variable (or the setting) and what is wrong."""
+        from_vars = _Variables(cls, os.environ if env is None else env)()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**{**from_vars, **given})
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, set(from_vars) - set(given))) from None
 
-        def get(name: str) -> str | None:
-            v = env.get(f"DEEPEXEC_{name}")
-            return v if v not in (None, "") else None
+    # --- the parsers of the variables' text, as validators --------------------------------
 
-        def to_int(name: str, raw: str) -> int:
-            try:
-                return int(raw)
-            except ValueError:
-                raise SettingsError(f"DEEPEXEC_{name}: expected an integer, got {raw!r}") from None
+    @field_validator("concurrency", "code_limits_default", "code_limits_max", mode="before")
+    @classmethod
+    def _name_equals_n(cls, value: Any, info: ValidationInfo) -> Any:
+        """``'name=N,name=N'`` from a variable, merged over the default."""
+        if not isinstance(value, str):
+            return value
+        name = info.field_name
+        assert name is not None
+        allowed = None if name == "concurrency" else CODE_LIMIT_NAMES
+        default = cls.model_fields[name].get_default(call_default_factory=True)
+        return {**default, **_invalid_as_error(parse_pairs, value, allowed)}
 
-        def to_float(name: str, raw: str) -> float:
-            try:
-                return float(raw)
-            except ValueError:
-                raise SettingsError(f"DEEPEXEC_{name}: expected a number, got {raw!r}") from None
+    @field_validator("result_retention", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _invalid_as_error(parse_duration, value) if isinstance(value, str) else value
 
-        def to_bool(name: str, raw: str) -> bool:
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise SettingsError(f"DEEPEXEC_{name}: expected true or false, got {raw!r}")
+    @field_validator("tenant_result_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return _invalid_as_error(parse_bytes, value) if isinstance(value, str) else value
 
-        for field in dataclasses.fields(cls):
-            raw = get(field.name.upper())
-            if raw is None:
-                continue
-            if field.name == "result_retention":
-                values[field.name] = parse_duration("DEEPEXEC_RESULT_RETENTION", raw)
-            elif field.name == "tenant_result_bytes":
-                values[field.name] = parse_bytes("DEEPEXEC_TENANT_RESULT_BYTES", raw)
-            elif field.name == "concurrency":
-                values["concurrency"] = {**cls().concurrency, **_parse_concurrency(raw)}
-            elif field.name in ("code_limits_default", "code_limits_max"):
-                pairs = _parse_pairs(f"DEEPEXEC_{field.name.upper()}", raw, CODE_LIMIT_NAMES)
-                values[field.name] = {**getattr(cls(), field.name), **pairs}
-            elif field.type in ("int",):
-                values[field.name] = to_int(field.name.upper(), raw)
-            elif field.type in ("float",):
-                values[field.name] = to_float(field.name.upper(), raw)
-            elif field.type in ("bool",):
-                values[field.name] = to_bool(field.name.upper(), raw)
-            elif field.type in ("Path",):
-                values[field.name] = Path(raw).expanduser()
-            else:
-                values[field.name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.check()
-        return settings
+    @field_validator("data_dir", "credentials_file", mode="before")
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        try:
+            self.check()
+        except SettingsError as exc:
+            raise PydanticCustomError(
+                "invalid_settings", "{reason}", {"reason": str(exc)}
+            ) from None
+        return self
 
     def check(self) -> None:
         """Raise ``SettingsError`` naming the first invalid value."""

@@ -20,12 +20,13 @@ runs) and only adds timers around the parser's own callbacks:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 import time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..web.envelope import error_body
 
 logger = logging.getLogger("deepexec_server.api")
 
@@ -64,8 +65,98 @@ def _raw_response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
 
 
 def _error(type_: str, message: str) -> bytes:
-    envelope = {"error": {"type": type_, "message": message, "details": None, "request_id": ""}}
-    return json.dumps(envelope).encode()
+    return error_body(type_, message, "")
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """The protocol of the module doc; ``limited_protocol`` makes a subclass with its limits
+    and the two answers it gives, prepared once."""
+
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
+    #: The bytes of the 503 over ``max_connections``, and of the 408 for a slow head.
+    busy: bytes
+    too_slow: bytes
+
+    # One watchdog timer per connection, not a timer per request: a request only notes
+    # when its head (or body) began, and the watchdog, when it fires, closes the
+    # connection if that phase has lasted too long or else sleeps for the rest of it.
+    # Arming and cancelling two timers per request cost a measurable share of a status
+    # read (benchmark 4).
+    _phase = _IDLE
+    _phase_started = 0.0
+    _watchdog: asyncio.TimerHandle | None = None
+    _refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.connections) >= self.max_connections:
+            # Answer, shut our side, and drop what the client sends until it closes (at
+            # most a second): closing with its request unread would reset the
+            # connection, and the client might never read the 503.
+            self._refused = True
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(self.busy)
+            transport.write_eof()
+            self._watchdog = self.loop.call_later(RETRY_AFTER_SECONDS, transport.close)
+            return
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._enter(_HEAD)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if not self._refused:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._phase == _IDLE:  # the first bytes of a new request: its head
+            self._enter(_HEAD)
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.parser.should_upgrade():
+            self._phase = _IDLE  # the connection is another protocol's from here
+        else:
+            # A request without a body completes at once (``on_message_complete``).
+            self._enter(_BODY)
+
+    def on_message_complete(self) -> None:
+        self._phase = _IDLE
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        # A client that asked for "100 Continue" and got a final answer instead (a 401
+        # before any body was read) will not send the body: close rather than read the
+        # next request as the rest of this one.
+        if self.expect_100_continue and self.cycle is not None and self.cycle.more_body:
+            self.transport.close()
+        super().on_response_complete()
+
+    def _enter(self, phase: int) -> None:
+        self._phase = phase
+        self._phase_started = self.loop.time()
+        if self._watchdog is None:
+            limit = self.header_timeout if phase == _HEAD else self.body_timeout
+            self._watchdog = self.loop.call_later(limit, self._check)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if self._phase == _IDLE or self.transport.is_closing():
+            return  # re-armed by the next request
+        limit = self.header_timeout if self._phase == _HEAD else self.body_timeout
+        left = self._phase_started + limit - self.loop.time()
+        if left > 0:
+            self._watchdog = self.loop.call_later(left, self._check)
+            return
+        if self._phase == _HEAD and (self.cycle is None or self.cycle.response_complete):
+            self.transport.write(self.too_slow)
+        # Mid-body there is no answer to give: the app sees a disconnect.
+        self.transport.close()
 
 
 def limited_protocol(
@@ -85,87 +176,17 @@ def limited_protocol(
         _error("request_timeout", f"the request head took over {header_timeout:g} s to arrive"),
     )
 
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
-        # One watchdog timer per connection, not a timer per request: a request only notes
-        # when its head (or body) began, and the watchdog, when it fires, closes the
-        # connection if that phase has lasted too long or else sleeps for the rest of it.
-        # Arming and cancelling two timers per request cost a measurable share of a status
-        # read (benchmark 4).
-        _phase = _IDLE
-        _phase_started = 0.0
-        _watchdog: asyncio.TimerHandle | None = None
-        _refused = False
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            if len(self.connections) >= max_connections:
-                # Answer, shut our side, and drop what the client sends until it closes (at
-                # most a second): closing with its request unread would reset the
-                # connection, and the client might never read the 503.
-                self._refused = True
-                assert isinstance(transport, asyncio.Transport)
-                transport.write(busy)
-                transport.write_eof()
-                self._watchdog = self.loop.call_later(RETRY_AFTER_SECONDS, transport.close)
-                return
-            super().connection_made(transport)  # type: ignore[arg-type]
-            self._enter(_HEAD)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-                self._watchdog = None
-            if not self._refused:
-                super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._refused:
-                return
-            if self._phase == _IDLE:  # the first bytes of a new request: its head
-                self._enter(_HEAD)
-            super().data_received(data)
-
-        def on_headers_complete(self) -> None:
-            super().on_headers_complete()
-            if self.parser.should_upgrade():
-                self._phase = _IDLE  # the connection is another protocol's from here
-            else:
-                # A request without a body completes at once (``on_message_complete``).
-                self._enter(_BODY)
-
-        def on_message_complete(self) -> None:
-            self._phase = _IDLE
-            super().on_message_complete()
-
-        def on_response_complete(self) -> None:
-            # A client that asked for "100 Continue" and got a final answer instead (a 401
-            # before any body was read) will not send the body: close rather than read the
-            # next request as the rest of this one.
-            if self.expect_100_continue and self.cycle is not None and self.cycle.more_body:
-                self.transport.close()
-            super().on_response_complete()
-
-        def _enter(self, phase: int) -> None:
-            self._phase = phase
-            self._phase_started = self.loop.time()
-            if self._watchdog is None:
-                limit = header_timeout if phase == _HEAD else body_timeout
-                self._watchdog = self.loop.call_later(limit, self._check)
-
-        def _check(self) -> None:
-            self._watchdog = None
-            if self._phase == _IDLE or self.transport.is_closing():
-                return  # re-armed by the next request
-            limit = header_timeout if self._phase == _HEAD else body_timeout
-            left = self._phase_started + limit - self.loop.time()
-            if left > 0:
-                self._watchdog = self.loop.call_later(left, self._check)
-                return
-            if self._phase == _HEAD and (self.cycle is None or self.cycle.response_complete):
-                self.transport.write(too_slow)
-            # Mid-body there is no answer to give: the app sees a disconnect.
-            self.transport.close()
-
-    return LimitedHttpToolsProtocol
+    return type(
+        "LimitedHttpToolsProtocol",
+        (LimitedHttpToolsProtocol,),
+        {
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "max_connections": max_connections,
+            "busy": busy,
+            "too_slow": too_slow,
+        },
+    )
 
 
 class AcceptErrorFilter(logging.Filter):

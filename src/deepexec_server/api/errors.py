@@ -1,19 +1,20 @@
-"""One place that turns every failure into the JSON error envelope."""
+"""The FastAPI app's exception handlers: every failure becomes the JSON error envelope
+(built by ``web/envelope.py``), and validation errors name each problem."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BadRequest, ServiceError, Unprocessable
-from .middleware import scope_request_id
+from ..web.asgi import scope_request_id
+from ..web.envelope import error_answer, error_body, internal_error
 
 logger = logging.getLogger("deepexec_server.api")
 
@@ -24,26 +25,11 @@ def request_id(request: Request) -> str:
     return scope_request_id(request.scope)
 
 
-def internal_error(rid: str) -> ServiceError:
-    """What a request that failed on a bug answers (500 ``internal_error``); the log has the
-    traceback under ``rid``."""
-    return ServiceError(f"internal error; the server log has the details under request {rid}")
-
-
 def envelope(
     request: Request, status: int, type_: str, message: str, details: Any = None
-) -> JSONResponse:
-    return JSONResponse(
-        {
-            "error": {
-                "type": type_,
-                "message": message,
-                "details": details,
-                "request_id": request_id(request),
-            }
-        },
-        status_code=status,
-    )
+) -> Response:
+    body = error_body(type_, message, request_id(request), details)
+    return Response(body, status_code=status, media_type="application/json")
 
 
 def validation_details(
@@ -86,26 +72,27 @@ def validation_failure(details: list[dict[str, Any]]) -> ServiceError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        response = envelope(request, exc.status_code, exc.type, exc.message, exc.details)
-        if exc.retry_after is not None:
-            response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        status, body, headers = error_answer(exc, request_id(request))
+        response = Response(body, status_code=status, media_type="application/json")
+        for name, value in headers:
+            response.headers[name.decode()] = value.decode()
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         failure = validation_failure(validation_details(exc.errors()))
         return envelope(
             request, failure.status_code, failure.type, failure.message, failure.details
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
         return envelope(request, exc.status_code, type_, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         rid = request_id(request)
         logger.error("request %s failed", rid, exc_info=exc)
         failure = internal_error(rid)

@@ -28,9 +28,9 @@ from deepexec_sdk.types import (
 from ..domain import JobFilter
 from ..errors import Unavailable
 from ..views import job_list_item
-from .fast import check_json_media, status_body, submit_body
-from .middleware import scope_tenant
-from .services import Services
+from ..web.asgi import scope_tenant
+from ..web.services import Services
+from .jobs import check_json_media, status_body, submit_body
 
 BEARER_SCHEME = {
     "type": "http",
@@ -73,7 +73,7 @@ async def services(request: Request) -> Services:
 
 
 async def tenant(request: Request) -> str:
-    # Normally authenticated already, before the body was read (``fast.api_authenticator``).
+    # Normally authenticated already, before the body was read (``middleware.ApiKeyMiddleware``).
     known = scope_tenant(request.scope)
     if known is not None:
         return known
@@ -105,7 +105,8 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> Response:
     """Queue a job. With an `Idempotency-Key`, the same key always returns the same job."""
-    # Normally answered by ``fast.HotRoutes``; this route documents it.
+    # Answered by ``hot_routes.HotRoutes`` ahead of FastAPI: this route documents it (and
+    # would answer, were HotRoutes not mounted).
     status, answer = await submit_body(svc, tenant_id, body, idempotency_key)
     return Response(answer, status_code=status, media_type="application/json")
 
@@ -126,7 +127,8 @@ async def get_job(
     ] = 0,
 ) -> Response:
     """A job's current state; with `wait`, returned as soon as the job is terminal."""
-    # Requests that pass validation are normally answered by ``fast.HotRoutes``.
+    # Answered by ``hot_routes.HotRoutes`` ahead of FastAPI when the query is empty or a plain
+    # ``wait``: this route documents it and answers the rest (validation errors included).
     body = await status_body(svc, tenant_id, job_id, wait)
     return Response(body, media_type="application/json")
 

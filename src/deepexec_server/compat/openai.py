@@ -27,9 +27,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
-from ..api.services import Services
 from ..errors import ServiceError
 from ..views import job_status
+from ..web.services import Services
 
 PREFIX = "/openai/v1"
 #: Tag on every job this API submits.

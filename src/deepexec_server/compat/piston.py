@@ -33,10 +33,10 @@ from fastapi.responses import JSONResponse
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
-from ..api.services import Services
 from ..errors import ServiceError, Unauthorized
 from ..executors import languages as langs
 from ..views import job_status
+from ..web.services import Services
 
 #: The two path prefixes clients use.
 PREFIXES = ("/api/v2", "/api/v2/piston")

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import DeepExecError
 from ..settings import Settings
 from .base import ModelUnavailableError
 
@@ -60,7 +61,7 @@ DEEPSEEK_KEY_ENV = "DEEPSEEK_API_KEY"
 DEEPSEEK_URL_ENV = "DEEPSEEK_BASE_URL"
 
 
-class CatalogError(ValueError):
+class CatalogError(DeepExecError, ValueError):
     """The catalog file or the default model setting is invalid; the message says where."""
 
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from ..api.services import Services
     from ..settings import Settings
+    from ..web.services import Services
 
 
 def install_mcp(app: FastAPI, services: Services) -> contextlib.AbstractAsyncContextManager[None]:

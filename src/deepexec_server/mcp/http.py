@@ -27,11 +27,12 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.middleware import error_body, scope_request_id, send_json
-from ..api.services import Services
 from ..auth import Authenticator
 from ..errors import Unauthorized
 from ..settings import Settings
+from ..web.asgi import scope_request_id, send_json
+from ..web.envelope import send_error
+from ..web.services import Services
 from .engine_ops import EngineJobOps
 from .server import build_server
 
@@ -61,8 +62,8 @@ class TenantAuth:
         try:
             tenant, key_id = await self.auth.identify(raw.decode("latin-1") if raw else None)
         except Unauthorized as exc:
-            body = error_body(exc.type, exc.message, scope_request_id(scope))
-            await send_json(send, 401, body, ((b"www-authenticate", b'Bearer realm="deepexec"'),))
+            challenge = ((b"www-authenticate", b'Bearer realm="deepexec"'),)
+            await send_error(send, exc, scope_request_id(scope), challenge)
             return
         state[TENANT_STATE_KEY] = tenant
         state[KEY_STATE_KEY] = key_id

@@ -21,6 +21,8 @@ from deepexec_sdk.types import (
     MCPJobStatusResponse,
 )
 
+from ..errors import DeepExecError
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HostOffer:
@@ -36,7 +38,7 @@ class HostOffer:
 ErrorKind = Literal["not_found", "invalid", "conflict", "unavailable", "unauthorized"]
 
 
-class JobOpsError(Exception):
+class JobOpsError(DeepExecError):
     """A job operation was refused. ``kind`` says why, independent of the transport:
     ``not_found`` (no such job for this tenant), ``invalid`` (bad job or arguments),
     ``conflict`` (e.g. cancelling an ended job), ``unavailable`` (server down or shutting

@@ -32,11 +32,11 @@ from fastapi.templating import Jinja2Templates
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse, MCPJobSummary
 
-from ..api.services import Services
 from ..auth import hash_key
 from ..domain import JobFilter
 from ..errors import ServiceError
 from ..views import job_list_item, job_status
+from ..web.services import Services
 from .session import COOKIE, CSRF_FIELD, CSRF_HEADER, MAX_AGE_S, Sessions, same_origin
 
 logger = logging.getLogger("deepexec_server.ui")

@@ -9,7 +9,7 @@ from ..engine import Engine
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Store
-from .fast import TerminalCache
+from .status_cache import TerminalCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,5 +19,5 @@ class Services:
     engine: Engine
     auth: Authenticator
     metrics: Metrics
-    #: The JSON of terminal jobs, for status reads (``fast.py``).
+    #: The JSON of terminal jobs, for status reads (``api/jobs.py``).
     status_cache: TerminalCache = dataclasses.field(default_factory=TerminalCache)
