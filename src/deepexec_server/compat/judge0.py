@@ -25,10 +25,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..api.services import Services
 from ..domain import JobFilter
 from ..errors import ServiceError, Unauthorized
 from ..views import job_status
+from ..web.services import Services
 from . import judge0_model as j0
 
 #: How long ``wait=true`` waits beyond the job's own time limit (it may queue behind others).

@@ -24,6 +24,8 @@ from typing import Any
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
+from ..errors import DeepExecError
+
 #: The version ``/about`` reports: the ids below are 1.13.1's, which self-hosted clients
 #: hard-code (the official Python client picks its language table by this string).
 VERSION = "1.13.1"
@@ -131,7 +133,7 @@ _BOOL_FIELDS = (
 MAX_ARGUMENTS_CHARS = 512
 
 
-class Judge0Error(Exception):
+class Judge0Error(DeepExecError):
     """An answer in one of Judge0's error shapes: a field hash (``errors``, 422) or
     ``{"error": message}``."""
 
