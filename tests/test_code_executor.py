@@ -496,7 +496,7 @@ async def test_unavailable_sandbox_refuses_jobs_without_failing_start(tmp_path: 
         ),
         ({"code": "", "env": {"A": 1}}, ["data", "env", "A"], "string"),
         ({"code": "", "env": {f"V{i}": "x" for i in range(65)}}, ["data", "env"], "at most 64"),
-        ({"code": "", "timeout_s": 3, "net": True}, ["data", "net"], "net, timeout_s"),
+        ({"code": "", "timeout_s": 3, "net": True}, ["data", "net"], "['net', 'timeout_s']"),
         ({"code": "", "limits": []}, ["data", "limits"], "object"),
         ({"code": "", "limits": {"cpu": 1}}, ["data", "limits", "cpu"], "unknown limit"),
         ({"code": "", "limits": {"memory_mb": 0}}, ["data", "limits", "memory_mb"], "positive"),
