@@ -27,6 +27,7 @@ from mcp.client import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import ConfigDict
 
+from deepexec_sdk.job_data import CodeExecutionData, TextGenerationData
 from deepexec_sdk.types import JobError, JobStatus, MCPJobEvent, MCPJobStatusResponse
 from deepexec_server.mcp import tasks, tools
 from deepexec_server.mcp.progress import ProgressTracker, status_message
@@ -92,6 +93,17 @@ def test_schemas_carry_the_hosts_languages_models_and_longest_timeout() -> None:
     unknown = tools.HostOffer(languages=("python",))
     for tool in tools.tool_definitions(legacy_tasks=False, offer=unknown):
         assert "maximum" not in tool.input_schema["properties"].get("timeout", {})
+
+
+def test_run_tool_schemas_are_the_sdks_job_data_models() -> None:
+    defs = {t.name: t for t in tools.tool_definitions(legacy_tasks=False, offer=OFFER)}
+    for name, model in (("execute_code", CodeExecutionData), ("generate_text", TextGenerationData)):
+        props = defs[name].input_schema["properties"]
+        assert set(props) == {*model.model_fields, "timeout"}
+    # The protocol's bound, not the 8192 the tool once declared on its own.
+    assert defs["generate_text"].input_schema["properties"]["max_tokens"]["maximum"] == 4096
+    data = defs["submit_job"].input_schema["properties"]["data"]["description"]
+    assert all(field in data for field in (*CodeExecutionData.model_fields, "top_p", "stop"))
 
 
 def test_legacy_listing_offers_tasks_on_run_tools_only() -> None:

@@ -6,20 +6,8 @@ from __future__ import annotations
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from . import errors
 from ._version import __version__
-from .errors import (
-    DeepExecError,
-    MCPAuthenticationError,
-    MCPConflictError,
-    MCPConnectionError,
-    MCPExecutionError,
-    MCPJobNotFoundError,
-    MCPProtocolError,
-    MCPRateLimitError,
-    MCPServerError,
-    MCPTimeoutError,
-    MCPValidationError,
-)
 from .retry import RETRYABLE_STATUS_CODES, RetryPolicy
 from .types import PROTOCOL_HEADER, PROTOCOL_VERSION, REQUEST_ID_HEADER, ErrorEnvelope
 
@@ -55,51 +43,60 @@ def should_retry(
 # --- error mapping ----------------------------------------------------------------------------
 
 
-def error_class(status_code: int) -> type[DeepExecError]:
+def error_class(status_code: int) -> type[errors.DeepExecError]:
     """The exception class for an HTTP error status (after retries)."""
     if status_code in (401, 403):
-        return MCPAuthenticationError
+        return errors.MCPAuthenticationError
     if status_code == 404:
-        return MCPJobNotFoundError
+        return errors.MCPJobNotFoundError
     if status_code == 409:
-        return MCPConflictError
+        return errors.MCPConflictError
     if status_code in (400, 413, 415, 422):
-        return MCPValidationError
+        return errors.MCPValidationError
     if status_code == 429:
-        return MCPRateLimitError
+        return errors.MCPRateLimitError
     if status_code >= 500:
-        return MCPServerError
-    return MCPExecutionError
+        return errors.MCPServerError
+    return errors.MCPExecutionError
 
 
-def protocol_problem(response: httpx.Response, base_url: str) -> MCPProtocolError | None:
+def _protocol_error(
+    response: httpx.Response, message: str, error_type: str
+) -> errors.MCPProtocolError:
+    return errors.MCPProtocolError(
+        message,
+        status_code=response.status_code,
+        error_type=error_type,
+        request_id=response.headers.get(REQUEST_ID_HEADER),
+    )
+
+
+def protocol_problem(response: httpx.Response, base_url: str) -> errors.MCPProtocolError | None:
     """Why ``response`` is not from a DeepExec server speaking our protocol major, or None."""
     raw = response.headers.get(PROTOCOL_HEADER)
     where = f"{response.request.method} {response.request.url.path}"
     if raw is None:
-        return MCPProtocolError(
+        return _protocol_error(
+            response,
             f"the server at {base_url} did not identify as DeepExec (no {PROTOCOL_HEADER} "
             f"header in its HTTP {response.status_code} answer to {where}) — is the base_url "
             "right?",
-            status_code=response.status_code,
-            error_type="not_deepexec",
-            request_id=response.headers.get(REQUEST_ID_HEADER),
+            "not_deepexec",
         )
     major = raw.split(".")[0].strip()
     if major != PROTOCOL_VERSION.split(".")[0]:
-        return MCPProtocolError(
+        return _protocol_error(
+            response,
             f"the server at {base_url} speaks DeepExec protocol {raw!r}, this SDK "
             f"(deepexec-sdk {__version__}) speaks {PROTOCOL_VERSION!r}; upgrade the older one",
-            status_code=response.status_code,
-            error_type="unsupported_protocol",
-            request_id=response.headers.get(REQUEST_ID_HEADER),
+            "unsupported_protocol",
         )
     return None
 
 
 def error_from_response(
     response: httpx.Response, base_url: str, auth_hint: str | None = None
-) -> DeepExecError:
+) -> errors.DeepExecError:
     """The exception for a non-2xx ``response`` whose body has been read.
 
     ``auth_hint`` is appended to the message of 401/403 answers: how to configure a key.
@@ -110,7 +107,7 @@ def error_from_response(
     if response.headers.get(PROTOCOL_HEADER) is None and status in (502, 503, 504):
         # A gateway between us and DeepExec answered: the server is down or restarting, which
         # is not a protocol mismatch.
-        return MCPServerError(
+        return errors.MCPServerError(
             f"HTTP {status} for {url} came from a proxy or gateway, not from DeepExec itself: "
             "the server behind it may be down or restarting",
             status_code=status,
@@ -122,7 +119,7 @@ def error_from_response(
         return problem
     if 300 <= status < 400:
         location = response.headers.get("location", "nowhere")
-        return MCPProtocolError(
+        return errors.MCPProtocolError(
             f"unexpected HTTP {status} redirect from {url} to {location} — is the base_url right?",
             status_code=status,
             error_type="unexpected_redirect",
@@ -132,7 +129,7 @@ def error_from_response(
         body = ErrorEnvelope.model_validate_json(response.content).error
     except ValidationError:
         snippet = response.content[:200].decode("utf-8", errors="replace")
-        return MCPProtocolError(
+        return errors.MCPProtocolError(
             f"HTTP {status} from {url} without DeepExec's error envelope: {snippet!r}",
             status_code=status,
             error_type="invalid_error_body",
@@ -150,17 +147,17 @@ def error_from_response(
     )
 
 
-def transport_error(error: httpx.TransportError, method: str, url: str) -> DeepExecError:
+def transport_error(error: httpx.TransportError, method: str, url: str) -> errors.DeepExecError:
     """The SDK exception for an httpx transport failure (raise it ``from error``)."""
     if isinstance(error, httpx.TimeoutException):
-        return MCPTimeoutError(
+        return errors.MCPTimeoutError(
             f"{method} {url} timed out ({type(error).__name__}); the job itself may be fine — "
             "check its status, or pass a larger timeout= to the client",
             error_type="timeout",
         )
     origin = httpx.URL(url).copy_with(path="/", query=None)
     reason = str(error) or type(error).__name__
-    return MCPConnectionError(
+    return errors.MCPConnectionError(
         f"could not reach the DeepExec server at {str(origin).rstrip('/')} ({reason}); is it "
         "running? Start one on this machine with `deepexec serve`",
         error_type="connection_error",
@@ -169,15 +166,14 @@ def transport_error(error: httpx.TransportError, method: str, url: str) -> DeepE
 
 def validation_problem(
     model: type[BaseModel], response: httpx.Response, exc: ValidationError
-) -> MCPProtocolError:
+) -> errors.MCPProtocolError:
     """A 2xx body that does not match the model the protocol promises."""
     problems = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
     )
-    return MCPProtocolError(
+    return _protocol_error(
+        response,
         f"the answer to {response.request.method} {response.request.url.path} (HTTP "
         f"{response.status_code}) is not a valid {model.__name__}: {problems}",
-        status_code=response.status_code,
-        error_type="invalid_response",
-        request_id=response.headers.get(REQUEST_ID_HEADER),
+        "invalid_response",
     )

@@ -50,15 +50,6 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: Input files: how many, and how long a path.
 MAX_INPUT_FILES = 100
 MAX_FILE_PATH_CHARS = 255
-#: The limits a code job may set in ``data.limits`` (their maxima are the server's).
-LIMIT_NAMES = (
-    "cpu_time_s",
-    "memory_mb",
-    "max_processes",
-    "max_output_bytes",
-    "max_file_size_mb",
-    "disk_mb",
-)
 DEFAULT_LANGUAGE = "python"
 
 # --- text_generation --------------------------------------------------------------------------
@@ -207,6 +198,10 @@ class CodeLimits(BaseModel):
             allowed = ", ".join(LIMIT_NAMES)
             raise _problem("unknown_limit", f"unknown limit; allowed: {allowed}", at=unknown[0])
         return data
+
+
+#: The limits a code job may set in ``data.limits`` (their maxima are the server's).
+LIMIT_NAMES = tuple(CodeLimits.model_fields)
 
 
 class CodeExecutionData(BaseModel):
