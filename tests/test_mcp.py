@@ -59,7 +59,13 @@ def job(
     )
 
 
-OFFER = tools.HostOffer(languages=("python", "c", "go"), models=("m1",), max_timeout=900)
+OFFER = tools.HostOffer(
+    languages=("python", "c", "go"),
+    models=("m1",),
+    max_timeout=900,
+    max_tokens=2048,
+    limit_maxima=(("memory_mb", 4096),),
+)
 
 
 def test_every_tool_has_a_description_and_an_object_schema() -> None:
@@ -90,6 +96,10 @@ def test_schemas_carry_the_hosts_languages_models_and_longest_timeout() -> None:
     assert "m1" in defs["generate_text"].description
     for name in ("execute_code", "generate_text", "submit_job"):
         assert defs[name].input_schema["properties"]["timeout"]["maximum"] == 900
+    assert defs["generate_text"].input_schema["properties"]["max_tokens"]["maximum"] == 2048
+    limits = defs["execute_code"].input_schema["$defs"]["CodeLimits"]["properties"]
+    assert limits["memory_mb"]["anyOf"][0]["maximum"] == 4096
+    assert "maximum" not in limits["disk_mb"]["anyOf"][0]
     unknown = tools.HostOffer(languages=("python",))
     for tool in tools.tool_definitions(legacy_tasks=False, offer=unknown):
         assert "maximum" not in tool.input_schema["properties"].get("timeout", {})
@@ -101,7 +111,9 @@ def test_run_tool_schemas_are_the_sdks_job_data_models() -> None:
         props = defs[name].input_schema["properties"]
         assert set(props) == {*model.model_fields, "timeout"}
     # The protocol's bound, not the 8192 the tool once declared on its own.
-    assert defs["generate_text"].input_schema["properties"]["max_tokens"]["maximum"] == 4096
+    unknown = tools.HostOffer(languages=("python",))
+    text = {t.name: t for t in tools.tool_definitions(legacy_tasks=False, offer=unknown)}
+    assert text["generate_text"].input_schema["properties"]["max_tokens"]["maximum"] == 4096
     data = defs["submit_job"].input_schema["properties"]["data"]["description"]
     assert all(field in data for field in (*CodeExecutionData.model_fields, "top_p", "stop"))
 
@@ -422,6 +434,25 @@ async def test_client_lists_the_tools_with_schemas(
     assert {"cancel_job", "list_jobs"} <= names
     execute = next(t for t in listed.tools if t.name == "execute_code")
     assert execute.input_schema["properties"]["code"]["type"] == "string"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_schemas_carry_the_hosts_token_and_limit_maxima(
+    server: ServerProcess, transport: Transport
+) -> None:
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    models = httpx.get(f"{server.base_url}/v1/models", headers=headers, timeout=10).json()
+    contexts = [m["context_length"] for m in models["models"] if m["available"]]
+    executors = httpx.get(f"{server.base_url}/v1/executors", headers=headers, timeout=10).json()
+    maxima = executors["code_execution"]["limits"]["max"]
+    async with connect(server, transport) as client:
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+    tokens = listed["generate_text"].input_schema["properties"]["max_tokens"]["maximum"]
+    assert tokens == min(4096, max(contexts, default=4096))
+    limits = listed["execute_code"].input_schema["$defs"]["CodeLimits"]["properties"]
+    memory = limits["memory_mb"]["anyOf"][0]
+    # The stdio server reaches the server through the SDK, which does not read its maxima.
+    assert memory.get("maximum") == (maxima["memory_mb"] if transport == "http" else None)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

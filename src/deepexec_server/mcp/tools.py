@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deepexec_sdk.job_data import CodeExecutionData, TextGenerationData
+from deepexec_sdk.job_data import CodeExecutionData, CodeLimits, TextGenerationData
 from deepexec_sdk.types import (
     JobStatus,
     JobSubmitRequest,
@@ -198,12 +198,20 @@ def _describe(name: str, description: str, offer: HostOffer) -> str:
 
 
 def _fit_schema(schema: dict[str, Any], offer: HostOffer) -> dict[str, Any]:
-    """``schema`` with the host's languages as the ``language`` enum and its maximum timeout."""
+    """``schema`` with the host's languages as the ``language`` enum, and its maxima: the
+    longest timeout, the most tokens and the code limits'."""
     props = schema.get("properties", {})
     if "language" in props and offer.languages:
         props["language"]["enum"] = list(offer.languages)
     if "timeout" in props and offer.max_timeout is not None:
         props["timeout"]["maximum"] = offer.max_timeout
+    if "max_tokens" in props and offer.max_tokens is not None:
+        props["max_tokens"]["maximum"] = offer.max_tokens
+    limits = schema.get("$defs", {}).get(CodeLimits.__name__, {}).get("properties", {})
+    for name, maximum in offer.limit_maxima:
+        for choice in limits.get(name, {}).get("anyOf", ()):
+            if choice.get("type") == "integer":
+                choice["maximum"] = maximum
     return schema
 
 
