@@ -436,15 +436,19 @@ async def test_client_lists_the_tools_with_schemas(
     assert execute.input_schema["properties"]["code"]["type"] == "string"
 
 
+def rest(server: ServerProcess, path: str) -> Any:
+    """The JSON of ``GET path`` on the server's REST API."""
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    return httpx.get(f"{server.base_url}{path}", headers=headers, timeout=10).json()
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_the_schemas_carry_the_hosts_token_and_limit_maxima(
     server: ServerProcess, transport: Transport
 ) -> None:
-    headers = {"Authorization": f"Bearer {server.api_key}"}
-    models = httpx.get(f"{server.base_url}/v1/models", headers=headers, timeout=10).json()
-    contexts = [m["context_length"] for m in models["models"] if m["available"]]
-    executors = httpx.get(f"{server.base_url}/v1/executors", headers=headers, timeout=10).json()
-    maxima = executors["code_execution"]["limits"]["max"]
+    models = rest(server, "/v1/models")["models"]
+    contexts = [m["context_length"] for m in models if m["available"]]
+    maxima = rest(server, "/v1/executors")["code_execution"]["limits"]["max"]
     async with connect(server, transport) as client:
         listed = {t.name: t for t in (await client.list_tools()).tools}
     tokens = listed["generate_text"].input_schema["properties"]["max_tokens"]["maximum"]
@@ -503,9 +507,7 @@ GO_PROGRAM = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("go says
 async def test_execute_code_offers_every_host_language_and_runs_c_and_go(
     server: ServerProcess, transport: Transport
 ) -> None:
-    headers = {"Authorization": f"Bearer {server.api_key}"}
-    listed = httpx.get(f"{server.base_url}/v1/languages", headers=headers, timeout=10).json()
-    host = [lang["name"] for lang in listed["languages"]]
+    host = [lang["name"] for lang in rest(server, "/v1/languages")["languages"]]
     if not {"c", "go"} <= set(host):
         pytest.skip(f"this host lacks a C or Go toolchain: {host}")
     async with connect(server, transport) as client:

@@ -45,13 +45,22 @@ def omit_none(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _plain(value: Any) -> Any:
+    """A mapping as a dict, any other sequence but a string as a list: JSON's shapes."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return list(value)
+    return value
+
+
 def job_data(data_model: type[BaseModel], /, **fields: Any) -> dict[str, Any]:
     """The given (not None) ``fields`` of ``data_model``, as its wire JSON.
 
     Not validated here: the server checks them against the same model plus what only it knows
     (its languages, models and maxima), and answers a bad value with a 422 naming the field.
     """
-    data = data_model.model_construct(**omit_none(**fields))
+    data = data_model.model_construct(**{k: _plain(v) for k, v in omit_none(**fields).items()})
     return data.model_dump(exclude_unset=True, warnings=False)
 
 
@@ -64,16 +73,9 @@ def code_execution_data(
     files: Mapping[str, str] | None,
     env: Mapping[str, str] | None,
 ) -> dict[str, Any]:
-    """The ``data`` of a ``code_execution`` job (``CodeExecutionData``)."""
-    return job_data(
-        CodeExecutionData,
-        code=code,
-        language=language,
-        stdin=stdin,
-        args=list(args) if args is not None else None,
-        files=dict(files) if files is not None else None,
-        env=dict(env) if env is not None else None,
-    )
+    """The ``data`` of a ``code_execution`` job (``CodeExecutionData``): the parameters are its
+    fields."""
+    return job_data(CodeExecutionData, **locals())
 
 
 def text_generation_data(
@@ -87,15 +89,6 @@ def text_generation_data(
     seed: int | None,
     system: str | None,
 ) -> dict[str, Any]:
-    """The ``data`` of a ``text_generation`` job (``TextGenerationData``)."""
-    return job_data(
-        TextGenerationData,
-        prompt=prompt,
-        model=model,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        stop=stop if stop is None or isinstance(stop, str) else list(stop),
-        seed=seed,
-        system=system,
-    )
+    """The ``data`` of a ``text_generation`` job (``TextGenerationData``): the parameters are
+    its fields."""
+    return job_data(TextGenerationData, **locals())
