@@ -3,8 +3,8 @@
 ``CodeExecutionData`` and ``TextGenerationData`` hold every field a job's ``data`` may have,
 with its default, its bounds and the message a bad value gets. The clients build their requests
 with them, the server's MCP tools derive their input schemas from them, and the server validates
-a submitted job's data with them. What depends on the server (the languages
-it has installed, its models, its configured maxima) is not here: the server checks it after.
+a submitted job's data with them. What depends on the server (the languages it has installed,
+its models, its configured maxima) is not here: the server checks it after.
 
 A problem is reported as ``{"loc": ["data", field, ...], "msg": ...}`` (``job_data_problem``),
 the ``details`` of the server's 422 answer.
@@ -16,8 +16,8 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -30,14 +30,6 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-__all__ = [
-    "CodeExecutionData",
-    "CodeLimits",
-    "JobDataProblem",
-    "TextGenerationData",
-    "job_data_problem",
-]
-
 # --- code_execution ---------------------------------------------------------------------------
 
 MAX_CODE_BYTES = 1024 * 1024
@@ -47,6 +39,7 @@ MAX_ARG_BYTES = 64 * 1024
 MAX_ENV_VARS = 64
 MAX_ENV_VALUE_BYTES = 32 * 1024
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
 #: Input files: how many, and how long a path.
 MAX_INPUT_FILES = 100
 MAX_FILE_PATH_CHARS = 255
@@ -60,7 +53,8 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 200
 MAX_MESSAGES = 1000
 MAX_SEED = 2**32 - 2  # llama.cpp reads 2**32 - 1 as "pick a random seed"
-ROLES = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 def _problem(kind: str, msg: str, at: object = None) -> PydanticCustomError:
@@ -73,8 +67,8 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _int_at_least(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _text(max_bytes: int, *, nul: bool = True) -> BeforeValidator:
@@ -102,13 +96,13 @@ def _short(max_bytes: int, what: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _none_is(default: object) -> BeforeValidator:
-    """``null`` means the default."""
-    return BeforeValidator(lambda value: default if value is None else value)
+def _none_is(default: Callable[[], object]) -> BeforeValidator:
+    """``null`` means the default (a fresh one each time)."""
+    return BeforeValidator(lambda value: default() if value is None else value)
 
 
 def _env_name(value: object) -> object:
-    if not isinstance(value, str) or not re.match(ENV_NAME_PATTERN, value):
+    if not isinstance(value, str) or not _ENV_NAME.match(value):
         raise _problem("env_name", f"name must match {ENV_NAME_PATTERN}")
     return value
 
@@ -159,7 +153,7 @@ def _no_file_under_a_file(files: dict[str, Any]) -> dict[str, Any]:
 
 
 def _positive(value: object) -> object:
-    if value is not None and (not _is_int(value) or value < 1):  # type: ignore[operator]
+    if value is not None and not _int_at_least(value, 1):
         raise _problem("positive", "must be a positive integer")
     return value
 
@@ -213,19 +207,19 @@ class CodeExecutionData(BaseModel):
     code: Annotated[str, _text(MAX_CODE_BYTES, nul=False)] = Field(
         description="The program's source code."
     )
-    language: Annotated[str, _none_is(DEFAULT_LANGUAGE)] = Field(
+    language: Annotated[str, _none_is(lambda: DEFAULT_LANGUAGE)] = Field(
         default=DEFAULT_LANGUAGE, description="Language of the program."
     )
-    stdin: Annotated[str, _none_is(""), _text(MAX_STDIN_BYTES)] = Field(
+    stdin: Annotated[str, _none_is(str), _text(MAX_STDIN_BYTES)] = Field(
         default="", description="Text the program reads on stdin."
     )
     args: Annotated[
-        list[Annotated[str, _short(MAX_ARG_BYTES, "")]], Field(max_length=MAX_ARGS), _none_is([])
+        list[Annotated[str, _short(MAX_ARG_BYTES, "")]], Field(max_length=MAX_ARGS), _none_is(list)
     ] = Field(default_factory=list, description="Command-line arguments.")
     env: Annotated[
         dict[EnvName, Annotated[str, _short(MAX_ENV_VALUE_BYTES, "value ")]],
         Field(max_length=MAX_ENV_VARS),
-        _none_is({}),
+        _none_is(dict),
     ] = Field(default_factory=dict, description="Environment variables of the program.")
     limits: CodeLimits | None = Field(default=None, description="Resource limits of the run.")
     files: InputFiles | None = Field(
@@ -246,7 +240,7 @@ def _non_blank(value: object) -> object:
 
 def _int_in(low: int, high: int) -> BeforeValidator:
     def check(value: object) -> object:
-        if not _is_int(value) or not low <= value <= high:  # type: ignore[operator]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise _problem("int_range", f"must be an integer from {low} to {high}")
         return value
 
@@ -291,7 +285,7 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: str
 
     @model_validator(mode="before")
