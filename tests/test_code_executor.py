@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
+from deepexec_sdk.job_data import LIMIT_NAMES
 from deepexec_server.domain import ErrorType
 from deepexec_server.executors.base import JobDataError, Outcome
 from deepexec_server.executors.code import CodeExecutor
 from deepexec_server.executors.sandbox import OWNER_ENV
-from deepexec_server.settings import Settings
+from deepexec_server.settings import CODE_LIMIT_NAMES, Settings
 from tests.conftest import sandbox_uid_processes
 
 pytestmark = [
@@ -496,7 +497,7 @@ async def test_unavailable_sandbox_refuses_jobs_without_failing_start(tmp_path: 
         ),
         ({"code": "", "env": {"A": 1}}, ["data", "env", "A"], "string"),
         ({"code": "", "env": {f"V{i}": "x" for i in range(65)}}, ["data", "env"], "at most 64"),
-        ({"code": "", "timeout_s": 3, "net": True}, ["data", "net"], "net, timeout_s"),
+        ({"code": "", "timeout_s": 3, "net": True}, ["data", "net"], "['net', 'timeout_s']"),
         ({"code": "", "limits": []}, ["data", "limits"], "object"),
         ({"code": "", "limits": {"cpu": 1}}, ["data", "limits", "cpu"], "unknown limit"),
         ({"code": "", "limits": {"memory_mb": 0}}, ["data", "limits", "memory_mb"], "positive"),
@@ -559,6 +560,10 @@ def test_validation_names_the_bad_field(
         ex.validate(data, 10)
     assert info.value.details[0]["loc"] == loc
     assert fragment in info.value.message
+
+
+def test_the_sdk_declares_the_limits_the_server_sets() -> None:
+    assert LIMIT_NAMES == CODE_LIMIT_NAMES
 
 
 def test_validation_normalises_aliases_and_defaults() -> None:

@@ -27,6 +27,7 @@ from mcp.client import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import ConfigDict
 
+from deepexec_sdk.job_data import CodeExecutionData, TextGenerationData
 from deepexec_sdk.types import JobError, JobStatus, MCPJobEvent, MCPJobStatusResponse
 from deepexec_server.mcp import tasks, tools
 from deepexec_server.mcp.progress import ProgressTracker, status_message
@@ -58,7 +59,13 @@ def job(
     )
 
 
-OFFER = tools.HostOffer(languages=("python", "c", "go"), models=("m1",), max_timeout=900)
+OFFER = tools.HostOffer(
+    languages=("python", "c", "go"),
+    models=("m1",),
+    max_timeout=900,
+    max_tokens=2048,
+    limit_maxima=(("memory_mb", 4096),),
+)
 
 
 def test_every_tool_has_a_description_and_an_object_schema() -> None:
@@ -89,9 +96,26 @@ def test_schemas_carry_the_hosts_languages_models_and_longest_timeout() -> None:
     assert "m1" in defs["generate_text"].description
     for name in ("execute_code", "generate_text", "submit_job"):
         assert defs[name].input_schema["properties"]["timeout"]["maximum"] == 900
+    assert defs["generate_text"].input_schema["properties"]["max_tokens"]["maximum"] == 2048
+    limits = defs["execute_code"].input_schema["$defs"]["CodeLimits"]["properties"]
+    assert limits["memory_mb"]["anyOf"][0]["maximum"] == 4096
+    assert "maximum" not in limits["disk_mb"]["anyOf"][0]
     unknown = tools.HostOffer(languages=("python",))
     for tool in tools.tool_definitions(legacy_tasks=False, offer=unknown):
         assert "maximum" not in tool.input_schema["properties"].get("timeout", {})
+
+
+def test_run_tool_schemas_are_the_sdks_job_data_models() -> None:
+    defs = {t.name: t for t in tools.tool_definitions(legacy_tasks=False, offer=OFFER)}
+    for name, model in (("execute_code", CodeExecutionData), ("generate_text", TextGenerationData)):
+        props = defs[name].input_schema["properties"]
+        assert set(props) == {*model.model_fields, "timeout"}
+    # The protocol's bound, not the 8192 the tool once declared on its own.
+    unknown = tools.HostOffer(languages=("python",))
+    text = {t.name: t for t in tools.tool_definitions(legacy_tasks=False, offer=unknown)}
+    assert text["generate_text"].input_schema["properties"]["max_tokens"]["maximum"] == 4096
+    data = defs["submit_job"].input_schema["properties"]["data"]["description"]
+    assert all(field in data for field in (*CodeExecutionData.model_fields, "top_p", "stop"))
 
 
 def test_legacy_listing_offers_tasks_on_run_tools_only() -> None:
@@ -412,6 +436,29 @@ async def test_client_lists_the_tools_with_schemas(
     assert execute.input_schema["properties"]["code"]["type"] == "string"
 
 
+def rest(server: ServerProcess, path: str) -> Any:
+    """The JSON of ``GET path`` on the server's REST API."""
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    return httpx.get(f"{server.base_url}{path}", headers=headers, timeout=10).json()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_schemas_carry_the_hosts_token_and_limit_maxima(
+    server: ServerProcess, transport: Transport
+) -> None:
+    models = rest(server, "/v1/models")["models"]
+    contexts = [m["context_length"] for m in models if m["available"]]
+    maxima = rest(server, "/v1/executors")["code_execution"]["limits"]["max"]
+    async with connect(server, transport) as client:
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+    tokens = listed["generate_text"].input_schema["properties"]["max_tokens"]["maximum"]
+    assert tokens == min(4096, max(contexts, default=4096))
+    limits = listed["execute_code"].input_schema["$defs"]["CodeLimits"]["properties"]
+    memory = limits["memory_mb"]["anyOf"][0]
+    # The stdio server reaches the server through the SDK, which does not read its maxima.
+    assert memory.get("maximum") == (maxima["memory_mb"] if transport == "http" else None)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_execute_code_returns_output_and_sends_progress(
     server: ServerProcess, transport: Transport
@@ -460,9 +507,7 @@ GO_PROGRAM = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("go says
 async def test_execute_code_offers_every_host_language_and_runs_c_and_go(
     server: ServerProcess, transport: Transport
 ) -> None:
-    headers = {"Authorization": f"Bearer {server.api_key}"}
-    listed = httpx.get(f"{server.base_url}/v1/languages", headers=headers, timeout=10).json()
-    host = [lang["name"] for lang in listed["languages"]]
+    host = [lang["name"] for lang in rest(server, "/v1/languages")["languages"]]
     if not {"c", "go"} <= set(host):
         pytest.skip(f"this host lacks a C or Go toolchain: {host}")
     async with connect(server, transport) as client:

@@ -31,6 +31,7 @@ from .errors import (
     MCPTimeoutError,
     MCPValidationError,
 )
+from .job_data import CodeExecutionData, TextGenerationData
 from .types import (
     JobError,
     JobStatus,
@@ -48,6 +49,7 @@ from .types import (
 )
 
 __all__ = [
+    "CodeExecutionData",
     "DeepExecAsyncClient",
     "DeepExecClient",
     "DeepExecError",
@@ -76,5 +78,6 @@ __all__ = [
     "MCPValidationError",
     "ModelInfo",
     "ModelListResponse",
+    "TextGenerationData",
     "__version__",
 ]

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from ._core import Call, RequestSpec, _BaseClient, code_execution_data, text_generation_data
+from ._core import _BaseClient
+from ._requests import Call, RequestSpec, code_execution_data, text_generation_data
 from .types import (
     JobStatus,
     LanguageListResponse,

@@ -27,14 +27,9 @@ from deepexec_sdk import (
     MCPValidationError,
     __version__,
 )
-from deepexec_sdk._core import (
-    WaitClock,
-    code_execution_data,
-    error_from_response,
-    should_retry,
-    text_generation_data,
-    transport_error,
-)
+from deepexec_sdk._answers import error_from_response, should_retry, transport_error
+from deepexec_sdk._follow import WaitClock
+from deepexec_sdk._requests import code_execution_data, text_generation_data
 from deepexec_sdk.config import resolve
 from deepexec_sdk.retry import RetryPolicy
 from tests.sdk.conftest import BASE, KEY, envelope, job_json

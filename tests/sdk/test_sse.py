@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepexec_sdk import MCPProtocolError
-from deepexec_sdk._core import job_event
+from deepexec_sdk._follow import job_event
 from deepexec_sdk.streaming import ServerSentEvent, SSEDecoder
 from tests.sdk.conftest import job_json
 

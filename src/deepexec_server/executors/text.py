@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from deepexec_sdk.job_data import MAX_TOKENS_LIMIT, TextGenerationData
+
 from ..domain import ErrorType, JobError
 from ..settings import Settings
 from .base import ExecutionContext, JobDataError, ModelUnavailableError, Outcome
+from .job_data import bad, parse_data
 from .llm_backends import (
     Backend,
     BackendError,
@@ -46,16 +48,6 @@ from .models import ModelCatalog, ModelSpec
 
 log = logging.getLogger("deepexec_server.llm")
 
-MAX_TOKENS_LIMIT = 4096
-DEFAULT_MAX_TOKENS = 256
-MAX_STOP_SEQUENCES = 4
-MAX_STOP_CHARS = 200
-MAX_MESSAGES = 1000
-MAX_SEED = 2**32 - 2  # llama.cpp reads 2**32 - 1 as "pick a random seed"
-ROLES = ("system", "user", "assistant")
-ALLOWED_KEYS = frozenset(
-    {"prompt", "messages", "system", "model", "max_tokens", "temperature", "top_p", "stop", "seed"}
-)
 #: Least time between two progress reports of one job.
 PROGRESS_INTERVAL_SECONDS = 0.1
 #: The backend gives up this long before the job's limit (at most ``DEADLINE_MARGIN_MAX``
@@ -75,117 +67,36 @@ MODEL_ERROR = LLMErrorType.MODEL_ERROR
 # --- validation (pure) ------------------------------------------------------------------------
 
 
-def _bad(field: str | list[str | int], msg: str) -> JobDataError:
-    loc: list[str | int] = ["data", *(field if isinstance(field, list) else [field])]
-    where = ".".join(str(p) for p in loc)
-    return JobDataError(f"{where}: {msg}", details=[{"loc": loc, "msg": msg}])
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(data: Mapping[str, Any], key: str, low: float, high: float, low_open: bool) -> float:
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(key, "must be a number")
-    if value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise _bad(key, f"must be in {bracket}{low:g}, {high:g}]")
-    return float(value)
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise _bad("messages", "must be a non-empty list of {role, content} objects")
-    if len(value) > MAX_MESSAGES:
-        raise _bad("messages", f"at most {MAX_MESSAGES} messages")
-    out: list[dict[str, str]] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, Mapping):
-            raise _bad(["messages", i], "must be an object with 'role' and 'content'")
-        extra = sorted(set(item) - {"role", "content"})
-        if extra:
-            raise _bad(["messages", i], f"unknown keys {extra}; allowed: role, content")
-        role, content = item.get("role"), item.get("content")
-        if role not in ROLES:
-            raise _bad(["messages", i, "role"], f"must be one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise _bad(["messages", i, "content"], "must be a string")
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _stop(value: Any) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise _bad("stop", "must be a string or a list of strings")
-    if len(items) > MAX_STOP_SEQUENCES:
-        raise _bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
-    for s in items:
-        if not s or len(s) > MAX_STOP_CHARS:
-            raise _bad("stop", f"each stop sequence must be 1-{MAX_STOP_CHARS} characters")
-    return list(items)
+def _max_tokens_error(value: object, spec: ModelSpec) -> JobDataError:
+    limit = min(MAX_TOKENS_LIMIT, spec.context_length)
+    why = f"must be an integer from 1 to {limit}"
+    too_many = isinstance(value, int) and not isinstance(value, bool) and limit < value
+    if too_many and limit < MAX_TOKENS_LIMIT:
+        why += f" (the context length of model {spec.name!r})"
+    return bad("max_tokens", why)
 
 
 def validate_text_data(data: Any, catalog: ModelCatalog) -> dict[str, Any]:
-    """Check and normalise ``text_generation`` data; raise ``JobDataError`` naming the field.
+    """Check and normalise ``text_generation`` data (``TextGenerationData``); raise
+    ``JobDataError`` naming the field.
 
     The model is resolved here (``ModelUnavailableError`` for an unknown or unconfigured one)
-    and stored under its canonical name.
+    and stored under its canonical name; ``max_tokens`` must fit its context.
     """
-    if not isinstance(data, Mapping):
-        raise JobDataError(
-            "data must be an object", [{"loc": ["data"], "msg": "must be an object"}]
-        )
-    unknown = sorted(set(data) - ALLOWED_KEYS)
-    if unknown:
-        msg = f"unknown fields {unknown}; allowed: {', '.join(sorted(ALLOWED_KEYS))}"
-        raise JobDataError(
-            f"data: {msg}", details=[{"loc": ["data", k], "msg": "unknown field"} for k in unknown]
-        )
-    out: dict[str, Any] = {}
-    has_prompt, has_messages = "prompt" in data, "messages" in data
-    if has_prompt == has_messages:
-        msg = "give exactly one of 'prompt' (a string) or 'messages' (a list)"
-        raise JobDataError(
-            f"data: {msg}",
-            details=[{"loc": ["data", k], "msg": msg} for k in ("prompt", "messages")],
-        )
-    if has_prompt:
-        if not isinstance(data["prompt"], str) or not data["prompt"].strip():
-            raise _bad("prompt", "must be a non-empty string")
-        out["prompt"] = data["prompt"]
-    else:
-        out["messages"] = _messages(data["messages"])
-    if "system" in data:
-        if not isinstance(data["system"], str):
-            raise _bad("system", "must be a string")
-        out["system"] = data["system"]
-    model = data.get("model")
-    if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise _bad("model", "must be a non-empty string")
-    spec = catalog.resolve(model.strip() if isinstance(model, str) else None)
+    try:
+        parsed = parse_data(TextGenerationData, data)
+    except JobDataError as exc:
+        if exc.details and exc.details[0]["loc"] == ["data", "max_tokens"]:
+            # Name this host's bound: the model's context may be below the protocol's.
+            model = data.get("model") if isinstance(data.get("model"), str) else None
+            spec = catalog.resolve(model.strip() if model else None)
+            raise _max_tokens_error(data.get("max_tokens"), spec) from None
+        raise
+    spec = catalog.resolve(parsed.model.strip() if parsed.model else None)
+    if parsed.max_tokens > min(MAX_TOKENS_LIMIT, spec.context_length):
+        raise _max_tokens_error(parsed.max_tokens, spec)
+    out: dict[str, Any] = parsed.model_dump(mode="json", exclude_none=True)
     out["model"] = spec.name
-    max_tokens = data.get("max_tokens", DEFAULT_MAX_TOKENS)
-    limit = min(MAX_TOKENS_LIMIT, spec.context_length)
-    if not _is_int(max_tokens) or not 1 <= max_tokens <= limit:
-        why = f"must be an integer from 1 to {limit}"
-        if _is_int(max_tokens) and max_tokens > limit and limit < MAX_TOKENS_LIMIT:
-            why += f" (the context length of model {spec.name!r})"
-        raise _bad("max_tokens", why)
-    out["max_tokens"] = max_tokens
-    if "temperature" in data:
-        out["temperature"] = _number(data, "temperature", 0.0, 2.0, low_open=False)
-    if "top_p" in data:
-        out["top_p"] = _number(data, "top_p", 0.0, 1.0, low_open=True)
-    if "stop" in data:
-        out["stop"] = _stop(data["stop"])
-    if "seed" in data:
-        seed = data["seed"]
-        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-            raise _bad("seed", f"must be an integer from 0 to {MAX_SEED}")
-        out["seed"] = seed
     return out
 
 

@@ -27,7 +27,7 @@ from deepexec_sdk.types import (
     MCPJobStatusResponse,
 )
 
-from .jobs import ErrorKind, HostOffer, JobOpsError
+from .jobs import ErrorKind, HostOffer, JobOpsError, max_tokens
 
 #: Longest single long-poll while waiting on a job (the server answers as soon as it ends).
 POLL_SECONDS = 5.0
@@ -115,13 +115,16 @@ class ClientJobOps:
             raise _refusal(exc) from exc
 
     async def offer(self) -> HostOffer:
-        # The server's longest timeout is not published: it refuses a longer one by name.
+        # The server's longest timeout and limit maxima are not published: it refuses a
+        # larger value by name.
         try:
             languages = await self._client.list_languages()
             models = await self._client.list_models()
         except DeepExecError as exc:
             raise _refusal(exc) from exc
+        usable = [m for m in models.models if m.available]
         return HostOffer(
             languages=tuple(lang.name for lang in languages.languages),
-            models=tuple(m.name for m in models.models if m.available),
+            models=tuple(m.name for m in usable),
+            max_tokens=max_tokens([m.context_length for m in usable]),
         )

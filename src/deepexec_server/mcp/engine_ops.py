@@ -26,7 +26,7 @@ from ..errors import (
     Unprocessable,
 )
 from ..views import job_list_item, job_status, job_summary
-from .jobs import ErrorKind, HostOffer, JobOpsError
+from .jobs import ErrorKind, HostOffer, JobOpsError, max_tokens
 
 
 def error_kind(exc: ServiceError) -> ErrorKind:
@@ -105,8 +105,11 @@ class EngineJobOps:
         described = self._engine.describe()
         code = described.get("code_execution") or {}
         text = described.get("text_generation") or {}
+        models = [m for m in text.get("models") or () if m.get("available")]
         return HostOffer(
             languages=tuple(lang["name"] for lang in code.get("languages") or ()),
-            models=tuple(m["name"] for m in text.get("models") or () if m.get("available")),
+            models=tuple(m["name"] for m in models),
             max_timeout=self._engine.settings.max_timeout,
+            max_tokens=max_tokens([m.get("context_length") for m in models]),
+            limit_maxima=tuple(sorted((code.get("limits") or {}).get("max", {}).items())),
         )

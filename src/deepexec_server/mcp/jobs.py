@@ -8,9 +8,10 @@ Both speak the SDK's wire models, so the tool layer is written once and cannot t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Literal, Protocol
 
+from deepexec_sdk.job_data import MAX_TOKENS_LIMIT
 from deepexec_sdk.types import (
     JobStatus,
     JobSubmitRequest,
@@ -27,12 +28,21 @@ from ..errors import DeepExecError
 @dataclasses.dataclass(frozen=True, slots=True)
 class HostOffer:
     """What the server behind the tools runs, for their input schemas: the canonical names of
-    its code languages and of its usable models, and its longest job timeout (None: unknown,
-    the server still refuses a longer one with a message naming its maximum)."""
+    its code languages and of its usable models, its longest job timeout, the most tokens its
+    usable models can generate and its code limits' maxima (None or empty: unknown, the server
+    still refuses a larger value with a message naming its maximum)."""
 
     languages: tuple[str, ...]
     models: tuple[str, ...] = ()
     max_timeout: int | None = None
+    max_tokens: int | None = None
+    limit_maxima: tuple[tuple[str, int], ...] = ()
+
+
+def max_tokens(context_lengths: Iterable[int | None]) -> int | None:
+    """The most tokens a job may ask of the largest of these models (None: no model known)."""
+    known = [n for n in context_lengths if n]
+    return min(MAX_TOKENS_LIMIT, max(known)) if known else None
 
 
 ErrorKind = Literal["not_found", "invalid", "conflict", "unavailable", "unauthorized"]

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deepexec_sdk.job_data import CodeExecutionData, CodeLimits, TextGenerationData
 from deepexec_sdk.types import (
     JobStatus,
     JobSubmitRequest,
@@ -46,29 +47,25 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ExecuteCodeArgs(_Args):
-    code: str = Field(min_length=1, description="The program's source code.")
-    # The languages and the timeout maximum are the host's: ``tool_definitions`` writes them
-    # into the schema, and the server checks them when the job is submitted.
-    language: str = Field(default="python", description="Language of the program.")
-    stdin: str | None = Field(default=None, description="Text the program reads on stdin.")
-    args: list[str] = Field(default_factory=list, description="Command-line arguments.")
+class ExecuteCodeArgs(CodeExecutionData):
+    """The job's data as the SDK declares it, and its timeout. The languages and the timeout
+    maximum are the host's: ``tool_definitions`` writes them into the schema, and the server
+    checks them when the job is submitted."""
+
     timeout: int = Field(default=60, ge=1, description="Wall-clock limit in seconds (default 60).")
 
 
-class GenerateTextArgs(_Args):
-    prompt: str = Field(min_length=1, description="The prompt to complete.")
-    system: str | None = Field(default=None, description="Optional system instruction.")
-    model: str | None = Field(
-        default=None, description="Model name; default: the server's embedded model."
-    )
-    max_tokens: int = Field(
-        default=256, ge=1, le=8192, description="Most tokens to generate (default 256)."
-    )
-    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
-    seed: int | None = Field(default=None, description="Sampling seed, for repeatable output.")
+class GenerateTextArgs(TextGenerationData):
+    """The job's data as the SDK declares it (a ``prompt``, or ``messages``), and its timeout."""
+
     timeout: int = Field(
         default=120, ge=1, description="Wall-clock limit in seconds (default 120)."
+    )
+
+
+def _fields(model: type[BaseModel]) -> str:
+    return ", ".join(
+        name if field.is_required() else f"{name}?" for name, field in model.model_fields.items()
     )
 
 
@@ -77,9 +74,8 @@ class SubmitJobArgs(_Args):
         description="What to run: code_execution or text_generation."
     )
     data: dict[str, Any] = Field(
-        description="Job data. code_execution: {code, language?, stdin?, args?, env?}. "
-        "text_generation: {prompt | messages, system?, model?, max_tokens?, temperature?, "
-        "top_p?, stop?, seed?}."
+        description=f"Job data. code_execution: {{{_fields(CodeExecutionData)}}}. "
+        f"text_generation (prompt or messages): {{{_fields(TextGenerationData)}}}."
     )
     name: str | None = Field(default=None, max_length=200, description="A name for the job.")
     timeout: int = Field(default=60, ge=1, description="Wall-clock limit in seconds.")
@@ -113,9 +109,9 @@ class ListJobsArgs(_Args):
     )
 
 
-ArgsT = TypeVar("ArgsT", bound=_Args)
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
-_SPECS: dict[str, tuple[str, str, type[_Args]]] = {
+_SPECS: dict[str, tuple[str, str, type[BaseModel]]] = {
     EXECUTE_CODE: (
         "Execute code",
         "Run a program in an isolated sandbox (no network) and "
@@ -202,12 +198,20 @@ def _describe(name: str, description: str, offer: HostOffer) -> str:
 
 
 def _fit_schema(schema: dict[str, Any], offer: HostOffer) -> dict[str, Any]:
-    """``schema`` with the host's languages as the ``language`` enum and its maximum timeout."""
+    """``schema`` with the host's languages as the ``language`` enum, and its maxima: the
+    longest timeout, the most tokens and the code limits'."""
     props = schema.get("properties", {})
     if "language" in props and offer.languages:
         props["language"]["enum"] = list(offer.languages)
     if "timeout" in props and offer.max_timeout is not None:
         props["timeout"]["maximum"] = offer.max_timeout
+    if "max_tokens" in props and offer.max_tokens is not None:
+        props["max_tokens"]["maximum"] = offer.max_tokens
+    limits = schema.get("$defs", {}).get(CodeLimits.__name__, {}).get("properties", {})
+    for name, maximum in offer.limit_maxima:
+        for choice in limits.get(name, {}).get("anyOf", ()):
+            if choice.get("type") == "integer":
+                choice["maximum"] = maximum
     return schema
 
 
@@ -227,25 +231,19 @@ def run_request(tool: str, arguments: dict[str, Any] | None) -> JobSubmitRequest
     """The job a run tool submits."""
     if tool == EXECUTE_CODE:
         code = parse_args(ExecuteCodeArgs, arguments)
-        data: dict[str, Any] = {"code": code.code, "language": code.language}
-        if code.stdin is not None:
-            data["stdin"] = code.stdin
-        if code.args:
-            data["args"] = code.args
         return JobSubmitRequest(
             name=f"mcp {code.language}",
             job_type="code_execution",
-            data=data,
+            data=code.model_dump(exclude={"timeout"}, exclude_unset=True),
             timeout=code.timeout,
             tags=[MCP_TAG],
         )
     if tool == GENERATE_TEXT:
         text = parse_args(GenerateTextArgs, arguments)
-        data = text.model_dump(exclude={"timeout"}, exclude_none=True)
         return JobSubmitRequest(
             name="mcp text",
             job_type="text_generation",
-            data=data,
+            data=text.model_dump(exclude={"timeout"}, exclude_unset=True),
             timeout=text.timeout,
             tags=[MCP_TAG],
         )
