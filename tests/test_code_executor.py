@@ -27,7 +27,7 @@ import pytest
 from deepexec_server.domain import ErrorType
 from deepexec_server.executors.base import JobDataError, Outcome
 from deepexec_server.executors.code import CodeExecutor
-from deepexec_server.executors.sandbox import OWNER_ENV
+from deepexec_server.executors.sandbox.deathwatch import OWNER_ENV
 from deepexec_server.settings import Settings
 from tests.conftest import sandbox_uid_processes
 
@@ -245,7 +245,7 @@ async def test_double_forked_setsid_daemon_dies_on_cancel(executor: CodeExecutor
 #: any clean-up. argv: the marker for the process's command line.
 DIE_LEAVING_A_MARKED_PROCESS = """
 import os, subprocess, sys
-from deepexec_server.executors.sandbox import death_watch_env
+from deepexec_server.executors.sandbox.deathwatch import death_watch_env
 
 mark = death_watch_env()
 assert mark, "no death watch"
@@ -393,7 +393,7 @@ print('root visible', os.path.exists('/root'))
 
 async def test_work_dir_is_removed_after_the_job(executor: CodeExecutor) -> None:
     code = "import os; print(os.getcwd()); open('left.txt', 'w').write('x')"
-    root = executor._work_root
+    root = executor.work_root
     assert root is not None
     mine = f"{os.getpid()}-"  # other servers on this host may share the root
     before = {p for p in root.iterdir() if p.name.startswith(mine)}
@@ -592,21 +592,19 @@ def test_validation_normalises_aliases_and_defaults() -> None:
 async def test_unsandboxed_launch_still_drops_uid_and_kills_its_group(drop_by: str) -> None:
     """What --unsafe-no-sandbox runs: no namespaces, but a uid drop (by setpriv after a vfork,
     or by the spawn when setpriv is missing), rlimits and a group kill."""
-    from deepexec_server.executors.probe import find_setpriv
-    from deepexec_server.executors.sandbox import (
-        Limits,
-        RunRequest,
-        launcher_argv,
-        resolve_run_as,
-        run_program,
-    )
+    from deepexec_server.executors.sandbox.argv import launcher_argv
+    from deepexec_server.executors.sandbox.identity import resolve_run_as
+    from deepexec_server.executors.sandbox.probe import find_setpriv
+    from deepexec_server.executors.sandbox.supervise import RunRequest, run_program
 
     run_as = resolve_run_as("deepexec-sandbox")
     setpriv = find_setpriv() if drop_by == "setpriv" else None
     assert drop_by == "spawn" or setpriv is not None
     marker = "unsafemark" + secrets.token_hex(4)
     argv = [
-        *launcher_argv(Limits.for_timeout(30), gate=False, setpriv=setpriv, run_as=run_as),
+        *launcher_argv(
+            cpu_seconds=31, file_size_bytes=64 << 20, gate=False, setpriv=setpriv, run_as=run_as
+        ),
         "/bin/bash",
         "-c",
         'id -u; /usr/bin/python3 -c "import time; time.sleep(30)" "$0" & wait',
