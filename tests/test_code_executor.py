@@ -585,6 +585,47 @@ def test_validation_normalises_aliases_and_defaults() -> None:
     assert ex.validate({"code": "1", "language": "nodejs"}, 10)["language"] == "javascript"
 
 
+# --- the sandbox's one call -------------------------------------------------------------------
+
+
+async def test_the_sandbox_runs_a_program_through_its_one_call(tmp_path: Path) -> None:
+    """``Sandbox.run(Program, JobLimits)``, the seam the executor uses: files written into the
+    work dir, stdin, the job's environment, live output, the cgroup's figures."""
+    from deepexec_server.executors.limits import LimitPolicy
+    from deepexec_server.executors.sandbox import (
+        Program,
+        new_job_dir,
+        remove_job_dir,
+        start_host,
+    )
+
+    settings = Settings(data_dir=tmp_path / "data", credentials_file=tmp_path / "c" / "c.json")
+    host = await asyncio.to_thread(start_host, settings)
+    if host.problem or host.work_root is None:
+        pytest.skip(f"sandbox unavailable here: {host.problem}")
+    limits = LimitPolicy.from_settings(settings).defaults
+    job = new_job_dir(host.work_root, "seam", host.sandbox.run_as, limits.disk_mb << 20,
+                      host.mount_job_dirs)  # fmt: skip
+    seen: list[tuple[str, str]] = []
+    code = b"import os, sys\nprint(sys.stdin.read(), os.environ['GREETING'], os.listdir('d'))\n"
+    try:
+        result = await host.sandbox.run(
+            Program(
+                ["/usr/bin/python3", "main.py"], job, 10, files={"main.py": code, "d/f": b"x"},
+                stdin=b"hello", env={"GREETING": "hi"},
+                on_output=lambda stream, text: seen.append((stream, text)),
+            ),
+            limits,
+        )  # fmt: skip
+    finally:
+        remove_job_dir(job)
+    assert (result.exit_code, result.signal, result.timed_out) == (0, None, False)
+    assert result.stdout == "hello hi ['f']\n"
+    assert "".join(text for stream, text in seen if stream == "stdout") == result.stdout
+    assert (result.stats is not None) == (host.sandbox.cgroups is not None)
+    assert not job.path.exists()
+
+
 # --- the unsafe launch path (--unsafe-no-sandbox) ---------------------------------------------
 
 

@@ -52,7 +52,7 @@ class RunRequest:
     run_as: RunAs | None
     #: True when ``argv`` starts a bwrap sandbox (decides the kill and exit decoding).
     sandboxed: bool
-    #: (read, write) ends of the progress pipe from ``open_progress_pipe``; the write end is
+    #: (read, write) ends of the progress pipe (``reaping.open_pipe``); the write end is
     #: inherited by the program under its own number (named in its environment).
     progress_pipe: tuple[int, int] | None = None
     #: (read, write) ends of the pipe given to ``bwrap --json-status-fd``.
