@@ -28,7 +28,7 @@ from deepexec_sdk.job_data import LIMIT_NAMES
 from deepexec_server.domain import ErrorType
 from deepexec_server.executors.base import JobDataError, Outcome
 from deepexec_server.executors.code import CodeExecutor
-from deepexec_server.executors.sandbox import OWNER_ENV
+from deepexec_server.executors.sandbox.deathwatch import OWNER_ENV
 from deepexec_server.settings import CODE_LIMIT_NAMES, Settings
 from tests.conftest import sandbox_uid_processes
 
@@ -246,7 +246,7 @@ async def test_double_forked_setsid_daemon_dies_on_cancel(executor: CodeExecutor
 #: any clean-up. argv: the marker for the process's command line.
 DIE_LEAVING_A_MARKED_PROCESS = """
 import os, subprocess, sys
-from deepexec_server.executors.sandbox import death_watch_env
+from deepexec_server.executors.sandbox.deathwatch import death_watch_env
 
 mark = death_watch_env()
 assert mark, "no death watch"
@@ -394,7 +394,7 @@ print('root visible', os.path.exists('/root'))
 
 async def test_work_dir_is_removed_after_the_job(executor: CodeExecutor) -> None:
     code = "import os; print(os.getcwd()); open('left.txt', 'w').write('x')"
-    root = executor._work_root
+    root = executor.work_root
     assert root is not None
     mine = f"{os.getpid()}-"  # other servers on this host may share the root
     before = {p for p in root.iterdir() if p.name.startswith(mine)}
@@ -590,6 +590,47 @@ def test_validation_normalises_aliases_and_defaults() -> None:
     assert ex.validate({"code": "1", "language": "nodejs"}, 10)["language"] == "javascript"
 
 
+# --- the sandbox's one call -------------------------------------------------------------------
+
+
+async def test_the_sandbox_runs_a_program_through_its_one_call(tmp_path: Path) -> None:
+    """``Sandbox.run(Program, JobLimits)``, the seam the executor uses: files written into the
+    work dir, stdin, the job's environment, live output, the cgroup's figures."""
+    from deepexec_server.executors.limits import LimitPolicy
+    from deepexec_server.executors.sandbox import (
+        Program,
+        new_job_dir,
+        remove_job_dir,
+        start_host,
+    )
+
+    settings = Settings(data_dir=tmp_path / "data", credentials_file=tmp_path / "c" / "c.json")
+    host = await asyncio.to_thread(start_host, settings)
+    if host.problem or host.work_root is None:
+        pytest.skip(f"sandbox unavailable here: {host.problem}")
+    limits = LimitPolicy.from_settings(settings).defaults
+    job = new_job_dir(host.work_root, "seam", host.sandbox.run_as, limits.disk_mb << 20,
+                      host.mount_job_dirs)  # fmt: skip
+    seen: list[tuple[str, str]] = []
+    code = b"import os, sys\nprint(sys.stdin.read(), os.environ['GREETING'], os.listdir('d'))\n"
+    try:
+        result = await host.sandbox.run(
+            Program(
+                ["/usr/bin/python3", "main.py"], job, 10, files={"main.py": code, "d/f": b"x"},
+                stdin=b"hello", env={"GREETING": "hi"},
+                on_output=lambda stream, text: seen.append((stream, text)),
+            ),
+            limits,
+        )  # fmt: skip
+    finally:
+        remove_job_dir(job)
+    assert (result.exit_code, result.signal, result.timed_out) == (0, None, False)
+    assert result.stdout == "hello hi ['f']\n"
+    assert "".join(text for stream, text in seen if stream == "stdout") == result.stdout
+    assert (result.stats is not None) == (host.sandbox.cgroups is not None)
+    assert not job.path.exists()
+
+
 # --- the unsafe launch path (--unsafe-no-sandbox) ---------------------------------------------
 
 
@@ -597,21 +638,19 @@ def test_validation_normalises_aliases_and_defaults() -> None:
 async def test_unsandboxed_launch_still_drops_uid_and_kills_its_group(drop_by: str) -> None:
     """What --unsafe-no-sandbox runs: no namespaces, but a uid drop (by setpriv after a vfork,
     or by the spawn when setpriv is missing), rlimits and a group kill."""
-    from deepexec_server.executors.probe import find_setpriv
-    from deepexec_server.executors.sandbox import (
-        Limits,
-        RunRequest,
-        launcher_argv,
-        resolve_run_as,
-        run_program,
-    )
+    from deepexec_server.executors.sandbox.argv import launcher_argv
+    from deepexec_server.executors.sandbox.identity import resolve_run_as
+    from deepexec_server.executors.sandbox.probe import find_setpriv
+    from deepexec_server.executors.sandbox.supervise import RunRequest, run_program
 
     run_as = resolve_run_as("deepexec-sandbox")
     setpriv = find_setpriv() if drop_by == "setpriv" else None
     assert drop_by == "spawn" or setpriv is not None
     marker = "unsafemark" + secrets.token_hex(4)
     argv = [
-        *launcher_argv(Limits.for_timeout(30), gate=False, setpriv=setpriv, run_as=run_as),
+        *launcher_argv(
+            cpu_seconds=31, file_size_bytes=64 << 20, gate=False, setpriv=setpriv, run_as=run_as
+        ),
         "/bin/bash",
         "-c",
         'id -u; /usr/bin/python3 -c "import time; time.sleep(30)" "$0" & wait',

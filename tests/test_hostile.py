@@ -25,8 +25,8 @@ import pytest
 
 from deepexec_server.domain import ErrorType
 from deepexec_server.executors.base import Outcome
-from deepexec_server.executors.cgroups import pending_removals
 from deepexec_server.executors.code import CodeExecutor
+from deepexec_server.executors.sandbox.cgroups import pending_removals
 from deepexec_server.settings import Settings
 from tests.conftest import sandbox_uid_processes
 
@@ -56,7 +56,7 @@ class Ctx:
 
 
 def our_job_cgroups(ex: CodeExecutor) -> list[Path]:
-    host = ex._cgroups
+    host = ex.cgroups
     assert host is not None
     prefix = f"{os.getpid()}-"
     return [
@@ -68,11 +68,11 @@ def our_job_cgroups(ex: CodeExecutor) -> list[Path]:
 
 
 def _snapshot(ex: CodeExecutor) -> dict[str, set[object]]:
-    assert ex._work_root is not None
+    assert ex.work_root is not None
     return {
         "processes": set(sandbox_uid_processes()),
         "cgroups": set(our_job_cgroups(ex)),
-        "work_dirs": {p for p in ex._work_root.iterdir() if p.name.startswith(f"{os.getpid()}-")},
+        "work_dirs": {p for p in ex.work_root.iterdir() if p.name.startswith(f"{os.getpid()}-")},
     }
 
 
@@ -365,7 +365,7 @@ async def test_the_host_trees_other_jobs_and_the_cgroup_hierarchy_are_out_of_sig
     code = f"""
 import os
 for path in ['/sys', '/sys/fs/cgroup', '/var/lib', '/opt', '/root', '/srv', '/mnt', '/run',
-             {str(source_tree)!r}, {str(executor._work_root)!r}, '/proc/1/root/sys']:
+             {str(source_tree)!r}, {str(executor.work_root)!r}, '/proc/1/root/sys']:
     print('EXISTS' if os.path.exists(path) else 'absent', path)
 print('cgroup', open('/proc/self/cgroup').read().count('deepexec'))
 print('python', os.path.exists('/usr/bin/python3'), 'etc', os.path.exists('/etc/passwd'))
@@ -438,10 +438,10 @@ async def test_another_running_jobs_files_are_unreachable(executor: CodeExecutor
         )
     )
     await asyncio.sleep(0.5)
-    assert executor._work_root is not None
+    assert executor.work_root is not None
     host_paths = [
         str(p / "secret.txt")
-        for p in executor._work_root.iterdir()
+        for p in executor.work_root.iterdir()
         if p.name.startswith(f"{os.getpid()}-")
     ]
     assert host_paths  # the other job's file exists on the host right now
@@ -520,8 +520,8 @@ for i in range(48):
         f.write(chunk)
     print("wrote", i, flush=True)
 """
-    assert executor._work_root is not None
-    watched = {str(executor._work_root), "/"}
+    assert executor.work_root is not None
+    watched = {str(executor.work_root), "/"}
     before = {path: _free_bytes(path) for path in watched}
     lowest = dict(before)
     done = asyncio.Event()

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from deepexec_sdk import DeepExecClient
-from deepexec_server.executors.code import collect_output_files
-from deepexec_server.executors.probe import _probe_disk
-from deepexec_server.executors.workdirs import (
+from deepexec_server.executors.code_files import collect_output_files
+from deepexec_server.executors.sandbox.probe import _probe_disk
+from deepexec_server.executors.sandbox.trees import remove_tree
+from deepexec_server.executors.sandbox.workdirs import (
     DiskGauge,
     JobDir,
     ensure_work_root,
     mounts_under,
-    remove_tree,
     sweep_stale_job_dirs,
     unmount,
 )

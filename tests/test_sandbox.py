@@ -15,31 +15,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deepexec_server.executors import languages as langs
-from deepexec_server.executors._progress_helper import (
+from deepexec_server.executors.code import decide_outcome
+from deepexec_server.executors.limits import JobLimits
+from deepexec_server.executors.sandbox import unavailable_message
+from deepexec_server.executors.sandbox.argv import (
+    SANDBOX_HOME,
+    bwrap_argv,
+    env_name_problem,
+    launcher_argv,
+    masked_dirs,
+    sandbox_env,
+    system_mounts,
+)
+from deepexec_server.executors.sandbox.capture import StreamCapture
+from deepexec_server.executors.sandbox.identity import RunAs
+from deepexec_server.executors.sandbox.probe import ProbeLine, probe_host, sandbox_problem
+from deepexec_server.executors.sandbox.progress import (
     MAX_LINE_BYTES,
     ProgressLineBuffer,
     ProgressUpdate,
     parse_progress_line,
 )
-from deepexec_server.executors.code import decide_outcome, unavailable_message
-from deepexec_server.executors.probe import ProbeLine, probe_host, sandbox_problem
-from deepexec_server.executors.sandbox import (
-    SANDBOX_HOME,
-    Limits,
-    RunAs,
-    RunResult,
-    StreamCapture,
-    bwrap_argv,
-    decode_exit,
-    env_name_problem,
-    is_bwrap_failure,
-    launcher_argv,
-    masked_dirs,
-    parse_child_pid,
-    sandbox_env,
-    system_mounts,
-)
-from deepexec_server.executors.workdirs import (
+from deepexec_server.executors.sandbox.reaping import parse_child_pid
+from deepexec_server.executors.sandbox.result import RunResult, decode_exit, is_bwrap_failure
+from deepexec_server.executors.sandbox.workdirs import (
     WorkDirError,
     ensure_work_root,
     new_job_dir,
@@ -250,14 +249,19 @@ def test_system_mounts_bind_directories_and_keep_symlinks(tmp_path: Path) -> Non
     ]  # fmt: skip
 
 
+#: The CPU limit a job without ``cpu_time_s`` gets (just above its wall clock).
+_DEFAULTS = JobLimits(
+    cpu_time_s=None, memory_mb=512, max_processes=128, max_output_bytes=1 << 20,
+    max_file_size_mb=64, disk_mb=256,
+)  # fmt: skip
+
+
 def _launch(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(argv, input=stdin, capture_output=True, timeout=10, check=False)
 
 
 def test_launcher_sets_the_rlimits_and_never_limits_address_space() -> None:
-    prefix = launcher_argv(
-        Limits(cpu_seconds=6, file_size_bytes=1_000_000, open_files=64), gate=False
-    )
+    prefix = launcher_argv(cpu_seconds=6, file_size_bytes=1_000_000, open_files=64, gate=False)
     limits = _launch([*prefix, "/bin/cat", "/proc/self/limits"]).stdout.decode()
     rows = {line[:26].strip(): line[26:].split()[:2] for line in limits.splitlines()[1:]}
     assert rows["Max cpu time"] == ["6", "7"]
@@ -268,7 +272,9 @@ def test_launcher_sets_the_rlimits_and_never_limits_address_space() -> None:
 
 
 def test_launcher_gate_holds_until_the_first_line_and_keeps_the_rest_of_stdin() -> None:
-    prefix = launcher_argv(Limits.for_timeout(5), gate=True)
+    prefix = launcher_argv(
+        cpu_seconds=_DEFAULTS.cpu_seconds(5), file_size_bytes=64 << 20, gate=True
+    )
     assert _launch([*prefix, "/bin/cat"], b"\nthe job's stdin\n").stdout == b"the job's stdin\n"
     hung_up = _launch([*prefix, "/bin/echo", "ran"], b"")
     assert hung_up.returncode == 111 and hung_up.stdout == b""
@@ -278,8 +284,9 @@ def test_launcher_gate_holds_until_the_first_line_and_keeps_the_rest_of_stdin() 
 def test_launcher_drops_to_the_sandbox_uid_with_no_groups_or_capabilities() -> None:
     run_as = RunAs("deepexec-sandbox", 4321, 4322)
     prefix = launcher_argv(
-        Limits.for_timeout(5), gate=False, setpriv="/usr/bin/setpriv", run_as=run_as
-    )
+        cpu_seconds=_DEFAULTS.cpu_seconds(5), file_size_bytes=64 << 20, gate=False,
+        setpriv="/usr/bin/setpriv", run_as=run_as,
+    )  # fmt: skip
     status = _launch([*prefix, "/bin/cat", "/proc/self/status"]).stdout.decode()
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert fields["Uid"].split() == ["4321"] * 4
@@ -290,7 +297,7 @@ def test_launcher_drops_to_the_sandbox_uid_with_no_groups_or_capabilities() -> N
 
 
 def test_a_launcher_failure_is_a_sandbox_failure_not_the_programs() -> None:
-    prefix = launcher_argv(Limits(cpu_seconds=5, open_files=1 << 40), gate=False)
+    prefix = launcher_argv(cpu_seconds=5, file_size_bytes=64 << 20, open_files=1 << 40, gate=False)
     failed = _launch([*prefix, "/bin/echo", "ran"])
     assert failed.returncode == 112 and failed.stdout == b""
     assert is_bwrap_failure(failed.returncode, failed.stderr)
@@ -461,7 +468,7 @@ def test_signal_names_are_real() -> None:
 
 
 def test_cgroup_keyed_files_and_job_names() -> None:
-    from deepexec_server.executors.cgroups import job_cgroup_name, owner_pid, parse_keyed
+    from deepexec_server.executors.sandbox.cgroups import job_cgroup_name, owner_pid, parse_keyed
 
     assert parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 3\nbad line\n") == {
         "oom_kill_disable": 0, "under_oom": 0, "oom_kill": 3,
@@ -487,9 +494,8 @@ def test_bwrap_argv_passes_the_seccomp_fd_before_the_command() -> None:
 
 
 def test_decide_outcome_with_cgroup_stats_and_limits() -> None:
-    from deepexec_server.executors.cgroups import CgroupStats
     from deepexec_server.executors.code import Collected
-    from deepexec_server.executors.limits import JobLimits
+    from deepexec_server.executors.sandbox.cgroups import CgroupStats
 
     limits = JobLimits(
         cpu_time_s=1, memory_mb=256, max_processes=128, max_output_bytes=10, max_file_size_mb=64,
@@ -517,7 +523,7 @@ def test_decide_outcome_with_cgroup_stats_and_limits() -> None:
 
 
 def test_seccomp_filter_compiles_once_and_denies_network_only_when_asked() -> None:
-    from deepexec_server.executors.seccomp_filter import compile_filter
+    from deepexec_server.executors.sandbox.seccomp_filter import compile_filter
 
     closed = compile_filter(False)
     assert compile_filter(False) is closed
@@ -525,7 +531,7 @@ def test_seccomp_filter_compiles_once_and_denies_network_only_when_asked() -> No
 
 
 def test_cgroup_probe_says_what_it_falls_back_to_when_unusable(tmp_path: Path) -> None:
-    from deepexec_server.executors.cgroups import CgroupHost
+    from deepexec_server.executors.sandbox.cgroups import CgroupHost
 
     host, detail = CgroupHost.detect(root=tmp_path)  # no controllers mounted there
     assert host is None

@@ -240,7 +240,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .executors.probe import probe_host
+    from .executors.sandbox.probe import probe_host
 
     settings = _settings(args)
     lines = probe_host(settings)

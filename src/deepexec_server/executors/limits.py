@@ -1,4 +1,8 @@
-"""A code job's limits: what it gets by default, the most it may ask for, and the compile step's."""
+"""A code job's limits: what it gets by default, the most it may ask for, and the compile step's.
+
+``JobLimits`` is the one limits type: the executor validates it, the sandbox enforces it
+(rlimits, the job's cgroup, the work dir's quota, the output caps; docs/sandbox.md, "Bounds").
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ class JobLimits:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def cpu_seconds(self, timeout: float) -> int:
-        """The effective CPU-time limit for a job with this wall-clock ``timeout``."""
+        """The effective CPU-time limit for a job with this wall-clock ``timeout`` (the one
+        place it is worked out)."""
         return self.cpu_time_s or max(1, math.ceil(timeout)) + 1
 
 

@@ -1,5 +1,5 @@
 """Per-job cgroups: memory, process-count and CPU limits, accounting, and a kill that misses
-nothing (notes/sandbox.md §5).
+nothing (docs/sandbox.md, "The layers" and "Stopping a run").
 
 Layout: a service parent ``deepexec`` under each controller's hierarchy, one child per job::
 
@@ -36,22 +36,14 @@ SERVICE_NAME = "deepexec"
 V1_CONTROLLERS: tuple[str, ...] = ("memory", "pids", "cpu", "cpuacct")
 V2_CONTROLLERS: tuple[str, ...] = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
+#: CPU bandwidth of every job, in cores.
+CPU_CORES = 1.0
 #: How long the background remover keeps retrying one cgroup before giving up (and logging).
 REMOVE_GIVE_UP_S = 120.0
 
 
 class CgroupError(OSError):
     """A job cgroup could not be created or joined."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CgroupLimits:
-    """What one job's cgroup enforces."""
-
-    memory_bytes: int
-    max_pids: int
-    #: CPU bandwidth, in cores (1.0 = one full core).
-    cpu_cores: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,8 +202,8 @@ class CgroupHost:
                 "memory, pids, cpu and cpuacct hierarchies are mounted"
             )
         try:
-            probe = JobCgroup.create(host, f"{os.getpid()}-probe-{secrets.token_hex(4)}",
-                                     CgroupLimits(64 << 20, 16))  # fmt: skip
+            name = f"{os.getpid()}-probe-{secrets.token_hex(4)}"
+            probe = JobCgroup.create(host, name, memory_bytes=64 << 20, max_pids=16)
             probe.remove()
         except OSError as exc:
             return None, f"cannot create a job cgroup: {exc}"
@@ -322,36 +314,37 @@ class JobCgroup:
         return self.host.dirs["unified" if self.host.version == 2 else ctrl] / self.name
 
     @classmethod
-    def create(cls, host: CgroupHost, name: str, limits: CgroupLimits) -> JobCgroup:
-        """Make the job's cgroups and set ``limits``; on failure nothing is left behind."""
+    def create(cls, host: CgroupHost, name: str, *, memory_bytes: int, max_pids: int) -> JobCgroup:
+        """Make the job's cgroups and set their limits (memory, without swap; processes and
+        threads; ``CPU_CORES``); on failure nothing is left behind."""
         cg = cls(host, name)
         try:
             for d in cg.dirs:
                 d.mkdir()
-            cg._apply(limits)
+            cg._apply(memory_bytes, max_pids)
         except OSError as exc:
             cg.remove()
             raise CgroupError(exc.errno, f"job cgroup {name}: {exc}") from exc
         return cg
 
-    def _apply(self, limits: CgroupLimits) -> None:
-        quota = max(1000, int(limits.cpu_cores * CPU_PERIOD_US))
+    def _apply(self, memory_bytes: int, max_pids: int) -> None:
+        quota = max(1000, int(CPU_CORES * CPU_PERIOD_US))
         if self.host.version == 2:
             d = self._dir("memory")
-            _write(d / "memory.max", str(limits.memory_bytes))
+            _write(d / "memory.max", str(memory_bytes))
             with contextlib.suppress(FileNotFoundError):
                 _write(d / "memory.swap.max", "0")
             with contextlib.suppress(FileNotFoundError):
                 _write(d / "memory.oom.group", "1")
-            _write(d / "pids.max", str(limits.max_pids))
+            _write(d / "pids.max", str(max_pids))
             _write(d / "cpu.max", f"{quota} {CPU_PERIOD_US}")
             return
         mem = self._dir("memory")
-        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+        _write(mem / "memory.limit_in_bytes", str(memory_bytes))
         # Without this, a job could push its pages to swap and exceed the limit (if swap).
         with contextlib.suppress(FileNotFoundError):
-            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
-        _write(self._dir("pids") / "pids.max", str(limits.max_pids))
+            _write(mem / "memory.memsw.limit_in_bytes", str(memory_bytes))
+        _write(self._dir("pids") / "pids.max", str(max_pids))
         cpu = self._dir("cpu")
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(cpu / "cpu.cfs_quota_us", str(quota))

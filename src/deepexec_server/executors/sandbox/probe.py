@@ -13,18 +13,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..settings import Settings
-from .languages import find_executable
-from .sandbox import (
-    LAUNCHER_SHELL,
-    RunAs,
-    open_pipe,
-    parse_child_pid,
-    read_available,
-    reap_sandbox_init_blocking,
-    resolve_run_as,
-    system_mounts,
-)
+from ...settings import Settings
+from ..languages import find_executable
+from .argv import LAUNCHER_SHELL, system_mounts
+from .identity import RunAs, resolve_run_as
+from .reaping import open_pipe, parse_child_pid, read_available, reap_sandbox_init_blocking
 
 #: Mechanism names, in the order the lines are produced.
 BUBBLEWRAP = "bubblewrap"
