@@ -23,6 +23,7 @@ from .api.routes import declare_bearer_auth, health, router
 from .auth import Authenticator, provision_local_key
 from .compat import judge0, openai, piston
 from .engine import Engine
+from .errors import DeepExecError
 from .executors.base import Executor
 from .mcp import install_mcp
 from .metrics import Metrics
@@ -33,7 +34,7 @@ from .web.services import Services
 logger = logging.getLogger("deepexec_server")
 
 
-class StoreLockedError(RuntimeError):
+class StoreLockedError(DeepExecError, RuntimeError):
     pass
 
 

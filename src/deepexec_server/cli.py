@@ -25,6 +25,7 @@ from deepexec_sdk import (
     MCPJobStatusResponse,
 )
 
+from . import errors
 from .executors.languages import LANGUAGES
 from .settings import Settings, SettingsError
 
@@ -40,7 +41,7 @@ LANGUAGE_BY_SUFFIX = {
 EXIT_BY_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELED": 3}
 
 
-class CliError(Exception):
+class CliError(errors.DeepExecError):
     """A usage problem; printed as ``deepexec: error: ...`` with exit status 2."""
 
 

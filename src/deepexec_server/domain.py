@@ -18,6 +18,8 @@ from typing import Any
 
 from deepexec_sdk.types import JobStatus
 
+from .errors import DeepExecError
+
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED}),
@@ -27,7 +29,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(DeepExecError):
     def __init__(self, current: JobStatus, target: JobStatus) -> None:
         super().__init__(f"a {current} job cannot become {target}")
         self.current = current

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
-from ..errors import ServiceError
+from ..errors import DeepExecError, ServiceError
 from ..views import job_status
 from ..web.services import Services
 
@@ -48,7 +48,7 @@ _FAILURES: Mapping[str, tuple[int, str, bool]] = {
 }
 
 
-class OpenAIError(Exception):
+class OpenAIError(DeepExecError):
     """An answer in OpenAI's error shape."""
 
     def __init__(

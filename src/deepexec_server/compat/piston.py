@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
-from ..errors import ServiceError, Unauthorized
+from ..errors import DeepExecError, ServiceError, Unauthorized
 from ..executors import languages as langs
 from ..views import job_status
 from ..web.services import Services
@@ -76,7 +76,7 @@ LIMIT_FIELDS = (
 _VERSION_RE = re.compile(r"\d+(?:\.\d+){0,2}")
 
 
-class PistonError(Exception):
+class PistonError(DeepExecError):
     """An answer in Piston's error shape: ``{"message": ...}`` with ``status``."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..domain import JobError
+from ..errors import DeepExecError
 
 
-class JobDataError(ValueError):
+class JobDataError(DeepExecError, ValueError):
     """The job's ``data`` is invalid for its type. Becomes a 422 naming the problem.
 
     ``details`` is a list of ``{"loc": [...], "msg": "..."}`` items, like pydantic's.

@@ -21,6 +21,7 @@ from deepexec_sdk.types import (
     MCPJobStatusResponse,
 )
 
+from ..errors import DeepExecError
 from .jobs import HostOffer
 
 EXECUTE_CODE = "execute_code"
@@ -38,7 +39,7 @@ MCP_TAG = "mcp"
 MAX_WAIT_SECONDS = 60.0
 
 
-class ToolArgumentError(ValueError):
+class ToolArgumentError(DeepExecError, ValueError):
     """The arguments do not fit the tool's schema; reported as an ``isError`` result so the
     model can correct itself."""
 

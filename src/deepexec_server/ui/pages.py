@@ -34,7 +34,7 @@ from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
 from ..auth import hash_key
 from ..domain import JobFilter
-from ..errors import ServiceError
+from ..errors import DeepExecError, ServiceError
 from ..views import job_list_item, job_status
 from ..web.services import Services
 from .session import COOKIE, CSRF_FIELD, CSRF_HEADER, MAX_AGE_S, Sessions, same_origin
@@ -48,11 +48,11 @@ JOB_TYPES = ("code_execution", "text_generation")
 STATUSES = tuple(s.value for s in JobStatus)
 
 
-class SignInRequired(Exception):
+class SignInRequired(DeepExecError):
     """No valid session: pages redirect to the sign-in form, fragments answer 401."""
 
 
-class CrossSiteRequest(Exception):
+class CrossSiteRequest(DeepExecError):
     """A state-changing request from another origin or without the session's token: 403."""
 
 

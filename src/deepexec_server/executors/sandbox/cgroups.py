@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from ...errors import DeepExecError
+
 log = logging.getLogger("deepexec_server.sandbox")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -42,7 +44,7 @@ CPU_CORES = 1.0
 REMOVE_GIVE_UP_S = 120.0
 
 
-class CgroupError(OSError):
+class CgroupError(DeepExecError, OSError):
     """A job cgroup could not be created or joined."""
 
 

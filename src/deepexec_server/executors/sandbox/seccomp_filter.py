@@ -16,6 +16,8 @@ import socket
 import tempfile
 import threading
 
+from ...errors import DeepExecError
+
 #: Syscalls that fail with EPERM in every sandbox.
 DENIED_SYSCALLS: tuple[str, ...] = (
     "ptrace", "mount", "umount2", "unshare", "setns", "pivot_root", "chroot",
@@ -43,7 +45,7 @@ _lock = threading.Lock()
 _compiled: dict[bool, bytes] = {}
 
 
-class SeccompUnavailable(RuntimeError):
+class SeccompUnavailable(DeepExecError, RuntimeError):
     """libseccomp or its Python binding is missing."""
 
 

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ...errors import DeepExecError
 from .cgroups import pid_alive
 from .identity import RunAs
 from .trees import remove_tree, tree_usage
@@ -55,7 +56,7 @@ FALLBACK_CHECK_INTERVAL_S = 0.5
 _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
-class WorkDirError(RuntimeError):
+class WorkDirError(DeepExecError, RuntimeError):
     """The work root is unusable (a symlink, someone else's, writable by others)."""
 
 
@@ -198,7 +199,7 @@ def new_job_dir(
     return JobDir(path, quota_bytes, mount)
 
 
-class DiskFull(Exception):
+class DiskFull(DeepExecError):
     """The files of a run do not fit in its work dir's quota (ENOSPC or EDQUOT)."""
 
 
