@@ -17,9 +17,10 @@ import pytest
 from psycopg import sql
 
 from deepexec_sdk.types import JobSubmitRequest
+from deepexec_server.app import build_engine
 from deepexec_server.domain import NewJob, utcnow
-from deepexec_server.engine import Engine
-from deepexec_server.engine.engine import storable_remainder
+from deepexec_server.engine import EngineRuntime
+from deepexec_server.engine.outcomes import storable_remainder
 from deepexec_server.executors.base import ExecutionContext, Outcome
 from deepexec_server.settings import Settings
 from deepexec_server.store import Store
@@ -66,7 +67,7 @@ def pg_schema() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EngineRuntime]:
     store: Store
     if request.param == "postgres":
         store = PostgresStore(PG_URL, schema=request.getfixturevalue("pg_schema"))
@@ -74,10 +75,10 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         store = SQLiteStore(tmp_path / "jobs.db")
     await store.open()
     settings = Settings(data_dir=tmp_path, concurrency={JOB_TYPE: 1}, lease_seconds=1)
-    eng = Engine(
+    eng = build_engine(
         settings,
-        store,
-        {JOB_TYPE: UnstorableResultExecutor()},
+        store=store,
+        executors={JOB_TYPE: UnstorableResultExecutor()},
         exclusive_store=request.param == "sqlite",
     )
     await eng.start()
@@ -89,11 +90,11 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 async def test_a_result_the_store_cannot_keep_ends_the_job_failed_and_wakes_its_waiter(
-    engine: Engine,
+    engine: EngineRuntime,
 ) -> None:
     req = JobSubmitRequest(name="t", job_type=JOB_TYPE, data={}, timeout=10)
-    job, _ = await engine.submit("tenant", req)
-    final = await asyncio.wait_for(engine.wait("tenant", job.id, 20), 30)
+    job, _ = await engine.service.submit("tenant", req)
+    final = await asyncio.wait_for(engine.service.wait("tenant", job.id, 20), 30)
     assert final.status == "FAILED", final
     assert final.error is not None and final.error.type == "internal_error"
     assert "could not be stored" in final.error.message
@@ -106,7 +107,7 @@ async def test_a_result_the_store_cannot_keep_ends_the_job_failed_and_wakes_its_
 
 
 async def test_a_running_job_whose_lease_nobody_renews_is_reaped_on_every_store(
-    engine: Engine,
+    engine: EngineRuntime,
 ) -> None:
     # A job this engine's owner holds but no run task of it runs (the task ended without
     # storing the job's end): its lease is not renewed, and the reaper ends it, on the
@@ -122,9 +123,9 @@ async def test_a_running_job_whose_lease_nobody_renews_is_reaped_on_every_store(
     )
     job, _ = await engine.store.create_job(new, utcnow())
     lease = utcnow() + timedelta(seconds=0.5)
-    claimed = await engine.store.claim_next(["orphan"], engine.owner, lease, utcnow())
+    claimed = await engine.store.claim_next(["orphan"], engine.worker.owner, lease, utcnow())
     assert claimed is not None and claimed.id == job.id
-    final = await asyncio.wait_for(engine.wait("tenant", job.id, 20), 30)
+    final = await asyncio.wait_for(engine.service.wait("tenant", job.id, 20), 30)
     assert final.status == "FAILED"
     assert final.error is not None and final.error.type == "interrupted"
 

@@ -147,3 +147,35 @@ def test_api_only_server_with_a_separate_worker_process(tmp_path: Path, pg_url: 
             worker.wait(20)
         worker_log.close()
         srv.stop()
+
+
+def test_a_burst_worker_runs_the_queue_then_exits(tmp_path: Path, pg_url: str) -> None:
+    """`deepexec worker --burst` runs every queued job, jobs of several types included, and
+    exits 0 once the queue is idle; a second burst on the empty queue exits at once."""
+    import subprocess
+
+    from tests.serverproc import DEEPEXEC
+
+    srv = ServerProcess(tmp_path / "home", "--database-url", pg_url, "--no-runners")
+    srv.start()
+    try:
+        with DeepExecClient(base_url=srv.base_url, api_key=srv.api_key) as c:
+            queued = [
+                c.submit_mcp_job(f"burst {i}", "code_execution", {"code": f"print({i} * 7)"})
+                for i in range(4)
+            ]
+            assert {c.get_mcp_job_status(j.job_id).status for j in queued} == {"PENDING"}
+            burst = [DEEPEXEC, "worker", "--burst", "--database-url", pg_url]
+            ran = subprocess.run(burst, env=srv.env, capture_output=True, text=True, timeout=60)
+            assert ran.returncode == 0, ran.stderr
+            assert "the queue is idle" in ran.stderr
+            for i, job in enumerate(queued):
+                done = c.get_mcp_job_status(job.job_id)
+                assert done.status == "COMPLETED", done
+                assert done.result is not None and done.result["stdout"] == f"{i * 7}\n"
+            t0 = time.monotonic()
+            again = subprocess.run(burst, env=srv.env, capture_output=True, text=True, timeout=60)
+            assert again.returncode == 0, again.stderr
+            assert time.monotonic() - t0 < 15
+    finally:
+        srv.stop()

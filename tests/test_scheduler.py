@@ -1,6 +1,7 @@
-"""The engine's scheduler in process, on a real SQLite store and the real sandbox: it claims
-in priority order when a slot is free, and does not ask the store for a job type that has
-nothing queued each time another type's submit wakes it."""
+"""The worker's scheduler in process, on a real SQLite store and the real sandbox: it claims
+in priority order when a slot is free, does not ask the store for a job type that has
+nothing queued each time another type's submit wakes it, and in burst mode runs until the
+queue is idle."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from deepexec_sdk.types import JobSubmitRequest
-from deepexec_server.domain import Job
-from deepexec_server.engine import Engine
+from deepexec_sdk.types import JobStatus, JobSubmitRequest
+from deepexec_server.app import build_engine
+from deepexec_server.domain import Job, JobFilter
+from deepexec_server.engine import EngineRuntime
 from deepexec_server.executors.code import CodeExecutor
 from deepexec_server.settings import Settings
 from deepexec_server.store.sqlite import SQLiteStore
@@ -37,15 +39,15 @@ class CountingStore(SQLiteStore):
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[tuple[Engine, CountingStore]]:
+async def engine(tmp_path: Path) -> AsyncIterator[tuple[EngineRuntime, CountingStore]]:
     settings = Settings(data_dir=tmp_path, concurrency={"code_execution": 1, "other_code": 1})
     executor = CodeExecutor(settings)
     store = CountingStore(tmp_path / "jobs.db")
     await store.open()
-    eng = Engine(
+    eng = build_engine(
         settings,
-        store,
-        {"code_execution": executor, "other_code": executor},
+        store=store,
+        executors={"code_execution": executor, "other_code": executor},
         exclusive_store=True,
     )
     await eng.start()
@@ -61,20 +63,21 @@ def job(code: str, job_type: str = "code_execution") -> JobSubmitRequest:
 
 
 async def test_submits_to_a_busy_type_do_not_claim_for_an_idle_one(
-    engine: tuple[Engine, CountingStore],
+    engine: tuple[EngineRuntime, CountingStore],
 ) -> None:
-    eng, store = engine
+    runtime, store = engine
+    eng, worker = runtime.service, runtime.worker
     blocker, _ = await eng.submit("t1", job("import time; time.sleep(30)"))
 
     t0 = time.monotonic()
     while (await eng.get("t1", blocker.id)).status != "RUNNING":
         assert time.monotonic() - t0 < 10
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # let the scheduler settle after launching the blocker
+    await worker.settled()  # the scheduler has claimed all it could after the blocker
     store.claims.clear()
     for _ in range(30):  # queue behind the busy code_execution slot
         await eng.submit("t1", job("print(1)"))
-        await asyncio.sleep(0.005)  # each submit wakes the scheduler
+        await worker.settled()  # each submit wakes the scheduler
     # At most the first wake asks for other_code (and finds nothing); none asks for the
     # busy code_execution type.
     assert len(store.claims) <= 1, store.claims
@@ -88,3 +91,24 @@ async def test_submits_to_a_busy_type_do_not_claim_for_an_idle_one(
         await asyncio.sleep(0.005)
     assert time.monotonic() - t_other < 0.5
     await eng.cancel("t1", blocker.id, "test over")
+
+
+async def test_burst_mode_runs_until_the_queue_is_idle(
+    engine: tuple[EngineRuntime, CountingStore],
+) -> None:
+    runtime, store = engine
+    eng, worker = runtime.service, runtime.worker
+    jobs = [
+        (await eng.submit("t1", job(f"print({i})", job_type)))[0]
+        for i, job_type in enumerate(["code_execution", "other_code"] * 3)
+    ]
+    await asyncio.wait_for(worker.run_until_idle(), 30)
+    for submitted in jobs:
+        done = await eng.get("t1", submitted.id)
+        assert done.status == "COMPLETED", done
+        assert done.result is not None
+    # Idle: nothing pending, nothing running; a second burst returns at once.
+    assert await store.list_jobs("t1", JobFilter(status=JobStatus.PENDING), 10) == []
+    t0 = time.monotonic()
+    await asyncio.wait_for(worker.run_until_idle(), 5)
+    assert time.monotonic() - t0 < 0.5

@@ -39,10 +39,8 @@ from deepexec_server.domain import (
     JobSummary,
     NewJob,
 )
-from deepexec_server.store import Store, open_store
+from deepexec_server.store import Store, decode_cursor, encode_cursor, open_store
 from deepexec_server.store._codec import (
-    decode_cursor,
-    encode_cursor,
     migrations,
     pending,
     ts_from_text,

@@ -1,4 +1,6 @@
-"""The composition root: ``create_app(settings)`` builds every part and wires them together."""
+"""The composition root: ``build_engine(settings)`` makes the store, the executors, the job
+service and the worker, for ``deepexec serve`` and ``deepexec worker`` alike; ``create_app``
+mounts every door on that engine."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .api.errors import install_error_handlers
 from .api.routes import declare_bearer_auth, health, router
 from .auth import Authenticator, provision_local_key
 from .compat import judge0, openai, piston
-from .engine import Engine
+from .engine import EngineRuntime
 from .errors import DeepExecError
 from .executors.base import Executor
 from .mcp import install_mcp
@@ -65,6 +67,28 @@ def default_executors(settings: Settings) -> dict[str, Executor]:
     return {"code_execution": CodeExecutor(settings), "text_generation": TextExecutor(settings)}
 
 
+def build_engine(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    metrics: Metrics | None = None,
+    exclusive_store: bool | None = None,
+) -> EngineRuntime:
+    """The engine of one process, not yet started: the store ``settings`` names (unless one
+    is given, not yet opened), the default executors (unless given), the job service and the
+    worker. ``exclusive_store`` defaults to whether the store is SQLite, which one server
+    process owns (see ``exclusive_sqlite``)."""
+    url = settings.effective_database_url
+    return EngineRuntime(
+        settings,
+        store if store is not None else open_store(url),
+        executors if executors is not None else default_executors(settings),
+        metrics=metrics,
+        exclusive_store=url.startswith("sqlite:") if exclusive_store is None else exclusive_store,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -80,24 +104,18 @@ def create_app(
     Without ``run_jobs`` the server only serves the API; ``deepexec worker`` processes sharing
     its PostgreSQL store run the jobs."""
     url = settings.effective_database_url
-    the_store = store if store is not None else open_store(url)
     metrics = Metrics()
-    engine = Engine(
-        settings,
-        the_store,
-        executors if executors is not None else default_executors(settings),
-        metrics=metrics,
-        exclusive_store=url.startswith("sqlite:"),
-    )
+    engine = build_engine(settings, store=store, executors=executors, metrics=metrics)
+    the_store = engine.store
     services = Services(
         settings=settings,
         store=the_store,
-        engine=engine,
+        engine=engine.service,
         auth=Authenticator(the_store, enabled=settings.auth_enabled),
         metrics=metrics,
     )
     # A purged result must not be served from the cache of ended jobs.
-    engine.result_purge_listeners.append(services.status_cache.discard)
+    engine.worker.result_purge_listeners.append(services.status_cache.discard)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,9 +123,7 @@ def create_app(
             if url.startswith("sqlite:"):
                 stack.enter_context(exclusive_sqlite(url))
             t0 = time.monotonic()
-            await the_store.open()
-            try:
-                await engine.start(run_jobs=run_jobs)
+            async with engine.running(run_jobs=run_jobs):
                 if provision_credentials:
                     await provision_local_key(
                         the_store, settings.credentials_file, settings.base_url
@@ -119,9 +135,6 @@ def create_app(
                 )
                 async with mcp_lifespan:
                     yield
-            finally:
-                await engine.stop()
-                await the_store.close()
 
     app = FastAPI(
         title="DeepExec",

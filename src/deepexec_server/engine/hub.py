@@ -7,39 +7,31 @@ A subscriber that only waits for the job to end (a long-poll, a cancel) asks for
 alone: progress and output never wake it. Every event is published once, as one
 ``SharedEvent`` that all subscribers receive, so its wire encoding is made once whatever the
 number of listeners. Subscribers are capped per job and per tenant (``TooManyRequests``).
+
+The hub is the in-process ``events.JobEvents``: it also keeps the last
+``OUTPUT_REPLAY_MAX_CHARS`` of each running job's output for late watchers, and hands the
+service's notices (a submit, a cancel) to the workers of this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections import defaultdict
-from collections.abc import Callable
 
 from deepexec_sdk.types import MCPJobEvent
 
 from ..errors import TooManyRequests
+from .events import SharedEvent, WorkerNotices
+
+__all__ = ["QUEUE_SIZE", "EventHub", "SharedEvent", "Subscription"]
 
 QUEUE_SIZE = 1024
+#: The latest output of a running job kept for watchers who arrive later (a dashboard page
+#: opened while the job runs): they get it first, then the live output.
+OUTPUT_REPLAY_MAX_CHARS = 64 * 1024
 #: Seconds a client refused for a subscriber cap is asked to wait (``Retry-After``).
 SUBSCRIBER_RETRY_AFTER = 1.0
-
-
-class SharedEvent:
-    """One published event, the same object for every subscriber."""
-
-    __slots__ = ("_encoded", "event")
-
-    def __init__(self, event: MCPJobEvent) -> None:
-        self.event = event
-        self._encoded: dict[Callable[[MCPJobEvent], bytes], bytes] = {}
-
-    def encoded(self, encode: Callable[[MCPJobEvent], bytes]) -> bytes:
-        """``encode(event)``, computed by the first subscriber that asks and kept for the
-        others (a status event carries the whole result: 500 listeners, one encoding)."""
-        found = self._encoded.get(encode)
-        if found is None:
-            found = self._encoded[encode] = encode(self.event)
-        return found
 
 
 class Subscription:
@@ -102,6 +94,9 @@ class EventHub:
         #: Subscriptions made on behalf of tenants, per job and per tenant (the capped ones).
         self._per_job: defaultdict[str, int] = defaultdict(int)
         self._per_tenant: defaultdict[str, int] = defaultdict(int)
+        #: The latest published output per running job, as ``(stream, text)`` runs.
+        self._replays: dict[str, _Replay] = {}
+        self._workers: list[WorkerNotices] = []
 
     def subscribe(
         self, job_id: str, *, tenant_id: str | None = None, statuses_only: bool = False
@@ -154,6 +149,11 @@ class EventHub:
     def publish(self, event: MCPJobEvent) -> None:
         """Offer ``event`` to the job's subscribers: a status to all of them, progress and
         output only to those that asked for every event."""
+        if event.type == "output" and event.text:
+            replay = self._replays.get(event.job_id)
+            if replay is None:
+                replay = self._replays[event.job_id] = _Replay()
+            replay.keep(event.stream or "stdout", event.text)
         table = self._subs if event.type == "status" else self._full
         subs = table.get(event.job_id)
         if not subs:
@@ -165,6 +165,58 @@ class EventHub:
     def has_subscribers(self, job_id: str) -> bool:
         """Whether anyone listens to the job's progress and output."""
         return job_id in self._full
+
+    def replay(self, job_id: str) -> list[MCPJobEvent]:
+        """The output published so far for a running job (its latest part), as events."""
+        replay = self._replays.get(job_id)
+        if replay is None:
+            return []
+        return [
+            MCPJobEvent(type="output", job_id=job_id, stream=stream, text=text)
+            for stream, text in replay.runs
+        ]
+
+    def run_ended(self, job_id: str) -> None:
+        """Forget the job's output kept for late watchers."""
+        self._replays.pop(job_id, None)
+
+    # --- notices from the service to the workers ------------------------------------------------
+
+    def listen(self, worker: WorkerNotices) -> None:
+        self._workers.append(worker)
+
+    def notify_submitted(self, job_type: str) -> None:
+        for worker in self._workers:
+            worker.on_submitted(job_type)
+
+    def notify_cancel(self, job_id: str) -> None:
+        for worker in self._workers:
+            worker.on_cancel_requested(job_id)
+
+
+class _Replay:
+    """The last ``OUTPUT_REPLAY_MAX_CHARS`` of a job's output, one run per stream change."""
+
+    __slots__ = ("chars", "runs")
+
+    def __init__(self) -> None:
+        self.runs: collections.deque[tuple[str, str]] = collections.deque()
+        self.chars = 0
+
+    def keep(self, stream: str, text: str) -> None:
+        text = text[-OUTPUT_REPLAY_MAX_CHARS:]
+        self.chars += len(text)
+        if self.runs and self.runs[-1][0] == stream:
+            text = self.runs.pop()[1] + text  # one run per stream change
+        self.runs.append((stream, text))
+        while self.chars > OUTPUT_REPLAY_MAX_CHARS:
+            old_stream, old_text = self.runs.popleft()
+            excess = self.chars - OUTPUT_REPLAY_MAX_CHARS
+            if excess < len(old_text):
+                self.runs.appendleft((old_stream, old_text[excess:]))
+                self.chars -= excess
+            else:
+                self.chars -= len(old_text)
 
 
 def _decrement(counts: defaultdict[str, int], key: str) -> None:

@@ -1,13 +1,15 @@
 """The store: where jobs and API keys live, and the queue. ``open_store(url)`` picks the backend;
-``Store`` (in ``base``) is the contract both backends honour."""
+``Store`` (in ``base``) is the contract both backends honour. A backend raises the driver's
+errors as ``errors.StoreError``; list pages are continued with the cursors of ``cursors``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .base import Store
+from .cursors import decode_cursor, encode_cursor
 
-__all__ = ["Store", "open_store", "sqlite_path"]
+__all__ = ["Store", "decode_cursor", "encode_cursor", "open_store", "sqlite_path"]
 
 _ACCEPTED = (
     "sqlite:///path/to/file.db (sqlite:////abs/path.db) or postgresql://... (postgres://...)"

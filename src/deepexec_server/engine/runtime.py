@@ -1,0 +1,77 @@
+"""The engine of one process: the job service and a worker over one store, one event hub and
+one set of executors, started and stopped together. ``app.build_engine`` makes it for both
+``deepexec serve`` and ``deepexec worker``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+from ..executors.base import Executor
+from ..metrics import Metrics
+from ..settings import Settings
+from ..store import Store
+from .hub import EventHub
+from .service import JobService
+from .worker import Worker
+
+
+class EngineRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        executors: Mapping[str, Executor],
+        *,
+        metrics: Metrics | None = None,
+        exclusive_store: bool = False,
+    ) -> None:
+        """``exclusive_store``: this process is the only one using the store (the embedded
+        SQLite mode); see ``Worker``."""
+        self.settings = settings
+        self.store = store
+        self.executors = dict(executors)
+        self.metrics = metrics or Metrics()
+        self.hub = EventHub(
+            max_per_job=settings.max_subscribers_per_job,
+            max_per_tenant=settings.max_subscribers_per_tenant,
+        )
+        self.service = JobService(settings, store, self.executors, self.hub, metrics=self.metrics)
+        self.worker = Worker(
+            settings,
+            store,
+            self.executors,
+            self.hub,
+            metrics=self.metrics,
+            exclusive_store=exclusive_store,
+        )
+
+    async def start(self, *, run_jobs: bool = True) -> None:
+        """Reap what a crash left, start the executors, take submissions, and start the
+        worker: its scheduler and runners only if ``run_jobs`` (a server without them only
+        serves the API, and reaps). The store must be open."""
+        await self.worker.reap_orphans()
+        for executor in self.executors.values():
+            await executor.start()
+        self.service.open()
+        self.worker.start(run_jobs=run_jobs)
+
+    async def stop(self) -> None:
+        """Refuse submissions, stop every running job (they end FAILED, ``interrupted``), and
+        close the executors."""
+        self.service.close()
+        await self.worker.stop()
+        for executor in self.executors.values():
+            with contextlib.suppress(Exception):
+                await executor.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, run_jobs: bool = True) -> AsyncIterator[EngineRuntime]:
+        """Open the store and start; on the way out stop and close the store."""
+        await self.store.open()
+        try:
+            await self.start(run_jobs=run_jobs)
+            yield self
+        finally:
+            await self.stop()
+            await self.store.close()

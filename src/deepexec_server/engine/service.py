@@ -1,0 +1,259 @@
+"""The job service: what every door (the REST API, MCP, the dashboard, the Piston and OpenAI
+APIs, the CLI through the SDK) asks of the engine for a caller's tenant: submit, get, wait,
+cancel, list, events, describe.
+
+It runs no job: it validates and stores them, reads them back, and waits for their events,
+which the workers publish (``events.JobEvents``). The store is the source of truth, so a
+service may run in a process without workers (``deepexec serve --no-runners``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
+
+from ..domain import Job, JobFilter, JobSummary, NewJob, find_nul, utcnow
+from ..errors import Conflict, Unavailable, Unprocessable, job_not_found
+from ..executors.base import Executor, JobDataError, ModelUnavailableError
+from ..metrics import Metrics
+from ..settings import Settings
+from ..store import Store, decode_cursor, encode_cursor
+from ..views import job_status
+from .events import JobEvents, SharedEvent, Subscription
+from .outcomes import announce_end
+
+#: How often a waiter re-reads the store, in case the change happened in another process.
+STORE_RECHECK_SECONDS = 2.0
+
+
+def request_fingerprint(req: JobSubmitRequest | dict[str, Any]) -> str:
+    """A stable hash of a submission, to tell a retry from another request reusing its key.
+    Takes the request or its ``model_dump(mode="json")``."""
+    plain = req if isinstance(req, dict) else req.model_dump(mode="json")
+    canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class JobService:
+    """The engine as the doors see it (``Engine`` is this class)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        executors: Mapping[str, Executor],
+        hub: JobEvents,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.executors = dict(executors)
+        self.hub = hub
+        self.metrics = metrics or Metrics()
+        self._started = False
+        self._stopping = False
+
+    def open(self) -> None:
+        """Start taking submissions (once the store is open and the executors started)."""
+        self._started = True
+
+    def close(self) -> None:
+        """Refuse new submissions (``shutting_down``); reads go on."""
+        self._stopping = True
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._stopping
+
+    def describe(self) -> dict[str, Any]:
+        return {t: e.describe() for t, e in self.executors.items()}
+
+    async def submit(
+        self, tenant_id: str, req: JobSubmitRequest, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Validate and store a job; returns ``(job, created)``. A replayed idempotency key
+        returns the first job with ``created = False``."""
+        if self._stopping:
+            raise Unavailable("the server is shutting down", type="shutting_down")
+        plain = req.model_dump(mode="json")
+        nul_at = find_nul(plain, ("body",))
+        if nul_at is not None:
+            raise Unprocessable(
+                "strings must not contain the NUL character (\\u0000)",
+                details=[{"loc": list(nul_at), "msg": "contains U+0000"}],
+            )
+        executor = self.executors.get(req.job_type)
+        if executor is None:
+            known = ", ".join(sorted(self.executors))
+            raise Unprocessable(
+                f"unknown job_type {req.job_type!r}; this server runs: {known}",
+                type="unknown_job_type",
+                details=[{"loc": ["body", "job_type"], "msg": f"must be one of: {known}"}],
+            )
+        if req.timeout > self.settings.max_timeout:
+            raise Unprocessable(
+                f"timeout {req.timeout} s is over this server's maximum of "
+                f"{self.settings.max_timeout} s",
+                details=[
+                    {"loc": ["body", "timeout"], "msg": f"must be <= {self.settings.max_timeout}"}
+                ],
+            )
+        try:
+            data = executor.validate(req.data, req.timeout)
+            await executor.admit(data)
+        except JobDataError as exc:
+            raise Unprocessable(
+                exc.message,
+                type="model_unavailable"
+                if isinstance(exc, ModelUnavailableError)
+                else "invalid_job_data",
+                details=exc.details,
+            ) from exc
+        fingerprint = request_fingerprint(plain)
+        new = NewJob(
+            tenant_id=tenant_id,
+            name=req.name,
+            job_type=req.job_type,
+            data=data,
+            timeout=req.timeout,
+            priority=req.priority,
+            tags=tuple(dict.fromkeys(req.tags)),
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+        job, created = await self.store.create_job(new, utcnow())
+        if not created and job.fingerprint != fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request; "
+                "use a new key for a new job",
+                type="idempotency_conflict",
+                details={"job_id": job.id},
+            )
+        if created:
+            self.metrics.jobs_submitted.labels(job.job_type).inc()
+            self.hub.notify_submitted(job.job_type)
+        return job, created
+
+    async def get(self, tenant_id: str, job_id: str) -> Job:
+        job = await self.store.get_job(job_id, tenant_id)
+        if job is None:
+            raise job_not_found(job_id)
+        return job
+
+    async def status_json(self, tenant_id: str, job_id: str) -> tuple[bytes, bool]:
+        """The job's status body and whether it is terminal (``Store.get_status_json``)."""
+        found = await self.store.get_status_json(job_id, tenant_id)
+        if found is None:
+            raise job_not_found(job_id)
+        return found
+
+    async def wait(self, tenant_id: str, job_id: str, timeout: float) -> Job:
+        """The job once it is terminal, or as it is after ``timeout`` seconds. Woken by the
+        job's status changes only, never by its progress or output."""
+        with self.hub.subscribe(job_id, tenant_id=tenant_id, statuses_only=True) as sub:
+            job = await self.get(tenant_id, job_id)
+            return await self._wait_terminal(job, sub, timeout)
+
+    async def _wait_terminal(self, job: Job, sub: Subscription, timeout: float) -> Job:
+        deadline = time.monotonic() + timeout
+        while not job.is_terminal:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await sub.get(min(remaining, STORE_RECHECK_SECONDS))
+            refreshed = await self.store.get_job(job.id, job.tenant_id)
+            if refreshed is None:  # deleted under us; report what we had
+                break
+            job = refreshed
+        return job
+
+    async def cancel(self, tenant_id: str, job_id: str, reason: str | None) -> Job:
+        """Cancel a job. Pending: CANCELED now. Running: the runner is told, and this waits up
+        to ``cancel_wait_seconds`` for it to stop. Already ended: ``Conflict``."""
+        if reason is not None and "\x00" in reason:
+            raise Unprocessable(
+                "the reason must not contain the NUL character (\\u0000)",
+                details=[{"loc": ["body", "reason"], "msg": "contains U+0000"}],
+            )
+        now = utcnow()
+        # Not counted against the tenant's listeners: a cancel must always get through.
+        with self.hub.subscribe(job_id, statuses_only=True) as sub:
+            job = await self.store.request_cancel(job_id, tenant_id, reason, now)
+            if job is None:
+                raise job_not_found(job_id)
+            if job.is_terminal:
+                if job.status == JobStatus.CANCELED and job.cancel_requested_at == now:
+                    # It was pending: canceled by this very request.
+                    announce_end(job, self.hub, self.metrics)
+                    return job
+                raise Conflict(
+                    f"job {job_id} already ended ({job.status}); only PENDING or RUNNING "
+                    "jobs can be canceled",
+                    type="job_not_cancelable",
+                    details={"status": str(job.status)},
+                )
+            self.hub.notify_cancel(job_id)
+            return await self._wait_terminal(job, sub, self.settings.cancel_wait_seconds)
+
+    async def list_jobs(
+        self, tenant_id: str, flt: JobFilter, limit: int, cursor: str | None
+    ) -> tuple[list[JobSummary], str | None]:
+        after = None
+        if cursor:
+            try:
+                after = decode_cursor(cursor)
+            except ValueError:
+                raise Unprocessable(
+                    "invalid cursor: pass back the next_cursor of a previous page",
+                    details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
+                ) from None
+        jobs = await self.store.list_jobs(tenant_id, flt, limit + 1, after)
+        next_cursor = None
+        if len(jobs) > limit:
+            jobs = jobs[:limit]
+            next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id)
+        return jobs, next_cursor
+
+    async def events(
+        self, tenant_id: str, job_id: str, idle: float = 15.0
+    ) -> AsyncGenerator[SharedEvent | None, None]:
+        """The job's events: its current status first, then live events, ending with a
+        terminal status. Yields None after ``idle`` seconds of silence (for keep-alives).
+        The first step subscribes and reads the job: ``NotFound`` or ``TooManyRequests``
+        come from it, before anything is yielded."""
+        with self.hub.subscribe(job_id, tenant_id=tenant_id) as sub:
+            # Taken with the subscription, before any await: what was published before it is
+            # in the replay, what comes after reaches the subscription; nothing twice.
+            replay = self.hub.replay(job_id)
+            job = await self.get(tenant_id, job_id)
+            yield SharedEvent(MCPJobEvent(type="status", job_id=job.id, job=job_status(job)))
+            if not job.is_terminal:
+                for event in replay:
+                    yield SharedEvent(event)
+            last_seen = time.monotonic()
+            while not job.is_terminal:
+                shared = await sub.get(min(idle, STORE_RECHECK_SECONDS))
+                if shared is not None:
+                    last_seen = time.monotonic()
+                    yield shared
+                    ended = shared.event.job
+                    if shared.event.type == "status" and ended is not None and ended.is_terminal:
+                        return
+                    continue
+                refreshed = await self.store.get_job(job.id, tenant_id)
+                if refreshed is None:
+                    return
+                if refreshed.is_terminal or refreshed.status != job.status:
+                    job = refreshed
+                    status = MCPJobEvent(type="status", job_id=job.id, job=job_status(job))
+                    yield SharedEvent(status)
+                    continue
+                if time.monotonic() - last_seen >= idle:
+                    last_seen = time.monotonic()
+                    yield None
