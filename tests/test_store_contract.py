@@ -39,6 +39,7 @@ from deepexec_server.domain import (
     JobSummary,
     NewJob,
 )
+from deepexec_server.errors import ServiceError, StoreError
 from deepexec_server.store import Store, decode_cursor, encode_cursor, open_store
 from deepexec_server.store._codec import (
     migrations,
@@ -833,6 +834,40 @@ async def test_opening_is_idempotent_and_concurrent_first_opens_agree(backend: B
     await asyncio.gather(*(s.open() for s in twins))
     made, _ = await twins[1].create_job(new(), at(0))
     assert await twins[3].get_job(made.id) == made
+
+
+async def test_a_driver_error_reaches_callers_as_the_store_error(backend: Backend) -> None:
+    # The jobs table goes away under an open store (an operator's mistake): what callers get
+    # is the project's StoreError (a 500 internal_error at the API), the driver's own error
+    # its cause, on every backend.
+    import sqlite3
+
+    s = await backend.open(fresh=True)
+    if isinstance(s, PostgresStore):
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP TABLE {}.jobs").format(sql.Identifier(s.schema)))
+    else:
+        assert isinstance(s, SQLiteStore)
+        with sqlite3.connect(s.path, isolation_level=None) as raw:
+            raw.execute("DROP TABLE jobs")
+        raw.close()
+    reads_and_writes = [
+        lambda: s.get_job("job_x"),
+        lambda: s.get_status_json("job_x", "tenant-a"),
+        lambda: s.list_jobs("tenant-a", JobFilter(), 10),
+        lambda: s.create_job(new("lost"), at(0)),
+        lambda: s.claim_next([CODE], "runner-1", at(60), at(1)),
+        lambda: s.reap_running(at(100), at(100)),
+    ]
+    for call in reads_and_writes:
+        with pytest.raises(StoreError) as info:
+            await call()
+        assert isinstance(info.value, ServiceError) and info.value.status_code == 500
+        assert isinstance(info.value.__cause__, sqlite3.Error | psycopg.Error)
+    # What the driver did not fail on is unchanged: keys still work.
+    await s.create_api_key(ApiKey("key_9", "tenant-a", "k", "f" * 64, at(1)))
+    with pytest.raises(ValueError, match="already exists"):
+        await s.create_api_key(ApiKey("key_9", "tenant-a", "k", "f" * 64, at(1)))
 
 
 async def test_a_closed_store_refuses_work(backend: Backend) -> None:

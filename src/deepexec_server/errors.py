@@ -12,6 +12,7 @@ into a door (a job's error, an MCP error, the CLI's message):
     ├── BackendError          a model backend failed; the job's error (executors/llm_backends)
     ├── JobOpsError           an MCP job operation was refused; an MCP error (mcp/jobs.py)
     └── ServiceError
+        ├── StoreError            500  internal_error (the database failed)
         ├── BadRequest            400  invalid_json, unsupported_protocol, invalid_request
         ├── Unauthorized          401  authentication_required, invalid_api_key
         ├── NotFound              404  job_not_found, not_found
@@ -95,6 +96,14 @@ class TooManyRequests(ServiceError):
 class Unavailable(ServiceError):
     status_code = 503
     default_type = "not_ready"
+
+
+class StoreError(ServiceError):
+    """The database failed: a driver's error (sqlite3's, psycopg's), translated at the store's
+    boundary; the driver's exception is its ``__cause__``, and the store logged it."""
+
+    def __init__(self, message: str = "the job store failed; the server log has the details"):
+        super().__init__(message)
 
 
 def job_not_found(job_id: str) -> NotFound:

@@ -5,10 +5,14 @@ this protocol and pass one contract test suite (tests/test_store_contract.py).
 
 Every state change is one atomic, conditional update, so concurrent runners, reapers and API
 calls can never move a job along a transition ``domain.TRANSITIONS`` forbids.
+
+The driver's exceptions (sqlite3's, psycopg's) do not leave a store: each becomes
+``errors.StoreError`` (``driver_failure``), logged with the driver's message.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,6 +20,9 @@ from typing import Any, Protocol
 from deepexec_sdk.types import JobStatus
 
 from ..domain import ApiKey, Job, JobError, JobFilter, JobSummary, NewJob
+from ..errors import StoreError
+
+logger = logging.getLogger("deepexec_server.store")
 
 
 class Store(Protocol):
@@ -148,3 +155,10 @@ def interrupted_error() -> JobError:
         message="the runner executing this job stopped (server crash or restart); "
         "the job was not retried, so its code ran at most once",
     )
+
+
+def driver_failure(store: object, exc: Exception) -> StoreError:
+    """The ``StoreError`` to raise (``from exc``) for the driver's ``exc``; logs it, since the
+    error reaching callers says no more than that the store failed."""
+    logger.error("%r failed: %s: %s", store, type(exc).__name__, exc, exc_info=exc)
+    return StoreError()

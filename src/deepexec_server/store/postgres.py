@@ -8,9 +8,9 @@ other and never take the same job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Collection, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,11 +33,10 @@ from ..domain import (
     check_transition,
     new_job_id,
 )
+from ..errors import StoreError
 from ._batch import GroupCommit
 from ._codec import (
     API_KEY_COLUMNS,
-    JOB_COLUMNS,
-    JOB_SUMMARY_COLUMNS,
     api_key_from_fields,
     as_utc,
     job_from_fields,
@@ -47,101 +46,24 @@ from ._codec import (
     json_text,
     migrations,
     pending,
-    status_json_select,
 )
-from .base import PURGED_DATA_KEPT_BYTES, interrupted_error
+from ._postgres_sql import (
+    CANCEL,
+    CLAIM,
+    FINISH,
+    INSERT_JOB,
+    INSERT_KEY,
+    JSON_COLUMNS,
+    PURGE_BEFORE,
+    PURGE_OVER,
+    REAP,
+    SCHEMA_VERSION,
+    STATUS_JSON,
+    SUMMARY_COLUMNS,
+)
+from .base import driver_failure, interrupted_error
 
 Conn = AsyncConnection[DictRow]
-
-_JSON = frozenset({"data", "result", "error"})
-
-_INSERT_JOB = (
-    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(JOB_COLUMNS))}) "
-    "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-    "RETURNING id"
-)
-#: A list reads the summary columns only: results and input data can be megabytes each.
-_SUMMARY_COLUMNS = ", ".join(JOB_SUMMARY_COLUMNS)
-_INSERT_KEY = (
-    f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(API_KEY_COLUMNS))})"
-)
-#: The status body (see ``_codec.STATUS_JSON_FIELDS``): timestamps written as the API writes them,
-#: in UTC with microseconds; the object as text, not parsed by the driver.
-_STATUS_JSON = (
-    status_json_select(
-        "json_build_object",
-        {"time": """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""},
-        "{}::text",
-    )
-    + " WHERE id = %s AND tenant_id = %s"
-)
-_CLAIM = """
-WITH next AS (
-    SELECT id FROM jobs
-    WHERE status = 'PENDING' AND cancel_requested_at IS NULL AND job_type = ANY(%s)
-    ORDER BY priority DESC, created_at ASC, id ASC
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs
-SET status = 'RUNNING', started_at = %s, updated_at = %s, lease_owner = %s, lease_expires_at = %s
-FROM next
-WHERE jobs.id = next.id
-RETURNING jobs.*
-"""
-# One statement for both cases; every expression reads the row as it was before. A repeated
-# request keeps the first time and reason.
-_CANCEL = """
-UPDATE jobs SET
-    status = CASE WHEN status = 'PENDING' THEN 'CANCELED' ELSE status END,
-    finished_at = CASE WHEN status = 'PENDING' THEN %(now)s ELSE finished_at END,
-    cancel_reason = CASE WHEN cancel_requested_at IS NULL THEN %(reason)s::text
-                         ELSE COALESCE(cancel_reason, %(reason)s::text) END,
-    cancel_requested_at = COALESCE(cancel_requested_at, %(now)s),
-    updated_at = %(now)s
-WHERE id = %(id)s AND tenant_id = %(tenant)s AND status IN ('PENDING', 'RUNNING')
-RETURNING *
-"""
-_FINISH = """
-UPDATE jobs SET status = %s, result = %s::jsonb, result_bytes = %s, error = %s,
-    finished_at = %s, updated_at = %s, lease_owner = NULL, lease_expires_at = NULL
-WHERE id = %s AND status = 'RUNNING'
-"""
-_REAP = """
-UPDATE jobs SET status = 'FAILED', error = %s, finished_at = %s, updated_at = %s,
-    lease_owner = NULL, lease_expires_at = NULL
-WHERE status = 'RUNNING' AND (lease_expires_at IS NULL OR lease_expires_at < %s)
-RETURNING *
-"""
-# Large input data goes too; a small one stays, for a reader's reference. ``result_bytes > 0``
-# again outside the subquery: a concurrent purge of the same rows leaves them alone.
-_PURGE = f"""
-UPDATE jobs SET result = NULL, result_bytes = 0, result_purged_at = %s, updated_at = %s,
-    data = CASE WHEN octet_length(data::text) > {PURGED_DATA_KEPT_BYTES:d} THEN '{{{{}}}}'::jsonb
-                ELSE data END
-WHERE result_bytes > 0 AND id IN ({{inner}})
-RETURNING id
-"""
-_PURGE_BEFORE = _PURGE.format(
-    inner="SELECT id FROM jobs WHERE result_bytes > 0 AND finished_at < %s "
-    "ORDER BY finished_at, id LIMIT %s"
-)
-# Per tenant, newest first, the bytes of its results up to each job: the jobs at which that
-# running total passes the cap, and all older ones, are purged.
-_PURGE_OVER = _PURGE.format(
-    inner="SELECT id FROM (SELECT id, finished_at, SUM(result_bytes) OVER ("
-    "PARTITION BY tenant_id ORDER BY finished_at DESC, id DESC) AS newer "
-    "FROM jobs WHERE result_bytes > 0) AS t WHERE newer > %s ORDER BY finished_at, id LIMIT %s"
-)
-_SCHEMA_VERSION = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    version    integer PRIMARY KEY,
-    name       text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
 
 
 def _jsonb(value: Any) -> Jsonb | None:
@@ -211,14 +133,16 @@ class PostgresStore:
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
-    async def _exec(self, query: str, params: Any) -> None:
-        async with self._connection() as conn:
-            await conn.execute(query, params)
-
-    def _connection(self) -> AbstractAsyncContextManager[Conn]:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        """A connection of the pool; psycopg's errors inside become ``StoreError``."""
         if self._pool is None:
             raise RuntimeError(f"{self!r} is not open")
-        return self._pool.connection()
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise driver_failure(self, exc) from exc
 
     async def _migrate(self, conn: Conn) -> None:
         """Create the schema and apply missing scripts in one transaction, under an advisory
@@ -230,7 +154,7 @@ class PostgresStore:
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
                 )
             await self._prepare(conn)
-            await conn.execute(_SCHEMA_VERSION)
+            await conn.execute(SCHEMA_VERSION)
             cur = await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
             row = await cur.fetchone()
             current = 0 if row is None else int(row["v"])
@@ -259,8 +183,11 @@ class PostgresStore:
             raise ConnectionError(
                 f"cannot connect to PostgreSQL at {describe(self.url)}: {exc}".strip()
             ) from exc
-        async with conn:
-            await self._migrate(conn)
+        try:
+            async with conn:
+                await self._migrate(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot migrate {self!r}: {exc}") from exc
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.url,
             min_size=self._min_size,
@@ -275,8 +202,10 @@ class PostgresStore:
         )
         try:
             await pool.open(wait=True, timeout=self._connect_timeout)
-        except BaseException:
+        except BaseException as exc:
             await pool.close()
+            if isinstance(exc, psycopg.Error):
+                raise StoreError(f"cannot open {self!r}: {exc}") from exc
             raise
         self._pool = pool
 
@@ -302,7 +231,9 @@ class PostgresStore:
 
     @staticmethod
     def _insert_values(job: Job) -> list[Any]:
-        return [_jsonb(v) if k in _JSON else _param(v) for k, v in job_to_fields(job).items()]
+        return [
+            _jsonb(v) if k in JSON_COLUMNS else _param(v) for k, v in job_to_fields(job).items()
+        ]
 
     @staticmethod
     async def _holder(conn: Conn, job: Job) -> DictRow:
@@ -318,7 +249,7 @@ class PostgresStore:
 
     async def _insert_one(self, job: Job) -> DictRow | None:
         async with self._connection() as conn:
-            cur = await conn.execute(_INSERT_JOB, self._insert_values(job))
+            cur = await conn.execute(INSERT_JOB, self._insert_values(job))
             if await cur.fetchone() is not None:
                 return None
             return await self._holder(conn, job)
@@ -327,9 +258,7 @@ class PostgresStore:
         """All of ``jobs`` in one transaction, the inserts pipelined in one round trip."""
         async with self._connection() as conn, conn.transaction():
             async with conn.pipeline():
-                cursors = [
-                    await conn.execute(_INSERT_JOB, self._insert_values(job)) for job in jobs
-                ]
+                cursors = [await conn.execute(INSERT_JOB, self._insert_values(job)) for job in jobs]
             created = [await cur.fetchone() is not None for cur in cursors]
             return [
                 None if ok else await self._holder(conn, job)
@@ -348,7 +277,7 @@ class PostgresStore:
 
     async def get_status_json(self, job_id: str, tenant_id: str) -> tuple[bytes, bool] | None:
         """See ``Store.get_status_json``."""
-        row = await self._one(_STATUS_JSON, [job_id, tenant_id])
+        row = await self._one(STATUS_JSON, [job_id, tenant_id])
         if row is None:
             return None
         return row["body"].encode(), row["status"] in TERMINAL_STATUSES
@@ -378,7 +307,7 @@ class PostgresStore:
             where.append("(created_at, id) < (%s, %s)")
             params += [as_utc(after[0]), after[1]]
         query = (
-            f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
+            f"SELECT {SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, id DESC LIMIT %s"
         )
         params.append(limit)
@@ -392,7 +321,7 @@ class PostgresStore:
         if not types:
             return None
         at = as_utc(now)
-        row = await self._one(_CLAIM, [types, at, at, owner, as_utc(lease_expires_at)])
+        row = await self._one(CLAIM, [types, at, at, owner, as_utc(lease_expires_at)])
         return None if row is None else job_from_fields(row)
 
     async def renew_leases(
@@ -427,7 +356,7 @@ class PostgresStore:
         """See ``Store.request_cancel``. A repeated request keeps the first time and reason."""
         params = {"now": as_utc(now), "reason": reason, "id": job_id, "tenant": tenant_id}
         async with self._connection() as conn:
-            cur = await conn.execute(_CANCEL, params)
+            cur = await conn.execute(CANCEL, params)
             row = await cur.fetchone()
             if row is None:
                 cur = await conn.execute(
@@ -458,7 +387,7 @@ class PostgresStore:
             at,
             job_id,
         ]
-        query = _FINISH
+        query = FINISH
         if owner is not None:
             query += " AND lease_owner = %s"
             params.append(owner)
@@ -470,7 +399,7 @@ class PostgresStore:
     ) -> list[str]:
         """See ``Store.purge_results_before``."""
         at = as_utc(now)
-        rows = await self._all(_PURGE_BEFORE, [at, at, as_utc(finished_before), limit])
+        rows = await self._all(PURGE_BEFORE, [at, at, as_utc(finished_before), limit])
         return [r["id"] for r in rows]
 
     async def purge_results_over(
@@ -478,14 +407,14 @@ class PostgresStore:
     ) -> list[str]:
         """See ``Store.purge_results_over``."""
         at = as_utc(now)
-        rows = await self._all(_PURGE_OVER, [at, at, tenant_max_bytes, limit])
+        rows = await self._all(PURGE_OVER, [at, at, tenant_max_bytes, limit])
         return [r["id"] for r in rows]
 
     async def reap_running(self, lease_expired_before: datetime, now: datetime) -> list[Job]:
         """See ``Store.reap_running``. A RUNNING job with no lease at all is reaped too."""
         at = as_utc(now)
         rows = await self._all(
-            _REAP, [_jsonb(interrupted_error().to_dict()), at, at, as_utc(lease_expired_before)]
+            REAP, [_jsonb(interrupted_error().to_dict()), at, at, as_utc(lease_expired_before)]
         )
         return sorted((job_from_fields(r) for r in rows), key=lambda j: (j.created_at, j.id))
 
@@ -502,10 +431,13 @@ class PostgresStore:
     async def create_api_key(self, key: ApiKey) -> None:
         """See ``Store.create_api_key``. Raises ``ValueError`` if its id or hash exists."""
         values = [_param(getattr(key, name)) for name in API_KEY_COLUMNS]
-        try:
-            await self._exec(_INSERT_KEY, values)
-        except psycopg.errors.UniqueViolation as exc:
-            raise ValueError(f"an API key with id {key.id!r} or this hash already exists") from exc
+        async with self._connection() as conn:
+            try:
+                await conn.execute(INSERT_KEY, values)
+            except psycopg.errors.UniqueViolation as exc:
+                raise ValueError(
+                    f"an API key with id {key.id!r} or this hash already exists"
+                ) from exc
 
     async def find_api_key(self, key_hash: str) -> ApiKey | None:
         """See ``Store.find_api_key``."""
