@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from deepexec_sdk import DeepExecClient
 
@@ -18,6 +21,8 @@ from .render import follow, print_output, print_status, table
 
 if TYPE_CHECKING:
     from .common import Subparsers
+
+M = TypeVar("M", bound=BaseModel)
 
 #: A program file's language by its suffix: each language's own (``main.c`` -> c), and a few
 #: other common ones.
@@ -150,11 +155,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+def _read(args: argparse.Namespace, fetch: Callable[[DeepExecClient], M]) -> M | None:
+    """What ``fetch`` reads from the server; None once printed as JSON (``--json``)."""
     with _client(args) as client:
-        listing = client.list_models()
+        found = fetch(client)
     if args.json:
-        print(listing.model_dump_json(indent=2))
+        print(found.model_dump_json(indent=2))
+        return None
+    return found
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    listing = _read(args, lambda client: client.list_models())
+    if listing is None:
         return 0
     rows = [
         [
@@ -171,10 +184,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_languages(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        listing = client.list_languages()
-    if args.json:
-        print(listing.model_dump_json(indent=2))
+    listing = _read(args, lambda client: client.list_languages())
+    if listing is None:
         return 0
     rows = [[lang.name, lang.version or "", lang.path or ""] for lang in listing.languages]
     table(["LANGUAGE", "VERSION", "PATH"], rows)

@@ -12,6 +12,7 @@ from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Store
 from .hub import EventHub
+from .parts import EngineParts
 from .service import JobService
 from .worker import Worker
 
@@ -36,15 +37,9 @@ class EngineRuntime:
             max_per_job=settings.max_subscribers_per_job,
             max_per_tenant=settings.max_subscribers_per_tenant,
         )
-        self.service = JobService(settings, store, self.executors, self.hub, metrics=self.metrics)
-        self.worker = Worker(
-            settings,
-            store,
-            self.executors,
-            self.hub,
-            metrics=self.metrics,
-            exclusive_store=exclusive_store,
-        )
+        parts = EngineParts(settings, store, self.executors, self.hub, self.metrics)
+        self.service = JobService(parts)
+        self.worker = Worker(parts, exclusive_store=exclusive_store)
 
     async def start(self, *, run_jobs: bool = True) -> None:
         """Reap what a crash left, start the executors, take submissions, and start the

@@ -12,20 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
 
 from ..domain import Job, JobFilter, JobSummary, NewJob, find_nul, utcnow
 from ..errors import Conflict, Unavailable, Unprocessable, job_not_found
-from ..executors.base import Executor, JobDataError, ModelUnavailableError
-from ..metrics import Metrics
-from ..settings import Settings
-from ..store import Store, decode_cursor, encode_cursor
+from ..executors.base import JobDataError, ModelUnavailableError
+from ..store import decode_cursor, encode_cursor
 from ..views import job_status
-from .events import JobEvents, SharedEvent, Subscription
+from .events import SharedEvent, Subscription
 from .outcomes import announce_end
+from .parts import EnginePart
 
 #: How often a waiter re-reads the store, in case the change happened in another process.
 STORE_RECHECK_SECONDS = 2.0
@@ -39,25 +38,11 @@ def request_fingerprint(req: JobSubmitRequest | dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class JobService:
+class JobService(EnginePart):
     """The engine as the doors see it (``Engine`` is this class)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        executors: Mapping[str, Executor],
-        hub: JobEvents,
-        *,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.executors = dict(executors)
-        self.hub = hub
-        self.metrics = metrics or Metrics()
-        self._started = False
-        self._stopping = False
+    _started = False
+    _stopping = False
 
     def open(self) -> None:
         """Start taking submissions (once the store is open and the executors started)."""

@@ -15,19 +15,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from deepexec_sdk.types import MCPJobEvent
 
 from ..domain import ErrorType, Job, JobError, utcnow
-from ..executors.base import Executor, Outcome
-from ..metrics import Metrics
-from ..settings import Settings
-from ..store import Store
+from ..executors.base import Outcome
 from ..views import job_status
-from .events import JobEvents
-from .outcomes import decide_status, finish_attempts
+from .outcomes import announce_end, decide_status, finish_attempts
+from .parts import EnginePart, EngineParts
 from .running import RunContext
 
 logger = logging.getLogger("deepexec_server.engine")
@@ -42,25 +39,12 @@ PURGE_BATCH = 200
 SWEEP_SECONDS = 1.0
 
 
-class Worker:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        executors: Mapping[str, Executor],
-        hub: JobEvents,
-        *,
-        metrics: Metrics | None = None,
-        exclusive_store: bool = False,
-    ) -> None:
+class Worker(EnginePart):
+    def __init__(self, parts: EngineParts, *, exclusive_store: bool = False) -> None:
         """``exclusive_store``: this is the only process using the store (the embedded SQLite
         mode), so at start every RUNNING job is an orphan of a crash and is reaped at once
         instead of after its lease expires."""
-        self.settings = settings
-        self.store = store
-        self.executors = dict(executors)
-        self.hub = hub
-        self.metrics = metrics or Metrics()
+        super().__init__(parts)
         self.exclusive_store = exclusive_store
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._running: dict[str, RunContext] = {}
@@ -77,7 +61,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._scheduling = False
         self._paused = False
-        hub.listen(self)
+        self.hub.listen(self)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -300,8 +284,7 @@ class Worker:
         self._finished(finished)
 
     def _finished(self, job: Job) -> None:
-        self.metrics.jobs_finished.labels(job.job_type, str(job.status)).inc()
-        self.hub.publish(MCPJobEvent(type="status", job_id=job.id, job=job_status(job)))
+        announce_end(job, self.hub, self.metrics)
 
     async def _lease_loop(self) -> None:
         interval = self.settings.lease_seconds / 3
