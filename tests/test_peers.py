@@ -71,7 +71,7 @@ async def store() -> AsyncIterator[PostgresStore]:
 
 
 async def peers(store: PostgresStore) -> tuple[PgPeers, Received]:
-    bus = PgEventBus(PG_URL, store._connection, channel=channel_name(store.schema))
+    bus = PgEventBus(PG_URL, store.connection, channel=channel_name(store.schema))
     got = Received()
     p = PgPeers(bus)
     await p.start(got.handlers())

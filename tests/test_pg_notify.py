@@ -63,7 +63,7 @@ async def store() -> AsyncIterator[PostgresStore]:
 def new_bus(store: PostgresStore) -> PgEventBus:
     return PgEventBus(
         PG_URL,
-        store._connection,
+        store.connection,
         channel=channel_name(store.schema),
         connect_timeout=5,
     )
@@ -111,7 +111,7 @@ async def test_big_messages_go_through_the_table_and_keep_their_order(
         assert [m["seq"] for m in inbox.messages] == list(range(6))
         assert [len(m["text"]) for m in inbox.messages] == [5, len(big)] * 3
         # Only the big ones were stored.
-        async with store._connection() as conn:
+        async with store.connection() as conn:
             cur = await conn.execute("SELECT count(*) AS n FROM event_payloads")
             row = await cur.fetchone()
         assert row is not None and row["n"] == 3
@@ -150,7 +150,7 @@ async def test_a_killed_listener_reconnects_and_says_so(store: PostgresStore) ->
 async def test_start_fails_clearly_when_the_database_is_unreachable(
     store: PostgresStore,
 ) -> None:
-    bus = PgEventBus("postgresql://postgres@127.0.0.1:1/test", store._connection, connect_timeout=1)
+    bus = PgEventBus("postgresql://postgres@127.0.0.1:1/test", store.connection, connect_timeout=1)
     with pytest.raises(ConnectionError, match="cannot listen"):
         await bus.start(lambda m: None, Inbox().reconnected)
     assert bus.listener_pid is None

@@ -60,6 +60,9 @@ class WorkerNotices(Protocol):
 
 
 class JobEvents(Protocol):
+    #: Whether the news crosses processes at once (else the workers sweep the store often).
+    pushes_between_processes: bool
+
     # --- what workers publish -------------------------------------------------------------------
 
     def publish(self, event: MCPJobEvent) -> None:

@@ -85,6 +85,9 @@ class EventHub:
     """Subscriptions per job. ``max_per_job`` and ``max_per_tenant`` bound the subscriptions
     made on behalf of a tenant (those given a ``tenant_id``); 0 means no bound."""
 
+    #: In-process only: other processes sharing the store learn of changes by sweeping it.
+    pushes_between_processes = False
+
     def __init__(self, *, max_per_job: int = 0, max_per_tenant: int = 0) -> None:
         self.max_per_job = max_per_job
         self.max_per_tenant = max_per_tenant

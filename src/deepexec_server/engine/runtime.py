@@ -11,8 +11,12 @@ from ..executors.base import Executor
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Store
+from ..store.pg_notify import PgEventBus
+from ..store.postgres import PostgresStore
 from .hub import EventHub
 from .parts import EngineParts
+from .peers import PgPeers
+from .pg_events import PgJobEvents
 from .service import JobService
 from .worker import Worker
 
@@ -33,19 +37,20 @@ class EngineRuntime:
         self.store = store
         self.executors = dict(executors)
         self.metrics = metrics or Metrics()
-        self.hub = EventHub(
-            max_per_job=settings.max_subscribers_per_job,
-            max_per_tenant=settings.max_subscribers_per_tenant,
-        )
+        self.hub = events_for(store, settings)
         parts = EngineParts(settings, store, self.executors, self.hub, self.metrics)
         self.service = JobService(parts)
         self.worker = Worker(parts, exclusive_store=exclusive_store)
 
     async def start(self, *, run_jobs: bool = True) -> None:
-        """Reap what a crash left, start the executors, take submissions, and start the
-        worker: its scheduler and runners only if ``run_jobs`` (a server without them only
-        serves the API, and reaps). The store must be open."""
+        """Reap what a crash left, listen to the other processes sharing the store (on
+        PostgreSQL), start the executors, take submissions, and start the worker: its
+        scheduler and runners only if ``run_jobs`` (a server without them only serves the API,
+        and reaps). The store must be open."""
         await self.worker.reap_orphans()
+        if isinstance(self.hub, PgJobEvents):
+            self.hub.on_resync(self.worker.resync)
+            await self.hub.start()
         for executor in self.executors.values():
             await executor.start()
         self.service.open()
@@ -56,6 +61,8 @@ class EngineRuntime:
         close the executors."""
         self.service.close()
         await self.worker.stop()
+        if isinstance(self.hub, PgJobEvents):
+            await self.hub.stop()
         for executor in self.executors.values():
             with contextlib.suppress(Exception):
                 await executor.close()
@@ -70,3 +77,16 @@ class EngineRuntime:
         finally:
             await self.stop()
             await self.store.close()
+
+
+def events_for(store: Store, settings: Settings) -> EventHub:
+    """The process's ``JobEvents``: in-process alone on SQLite, with LISTEN/NOTIFY between the
+    processes sharing a PostgreSQL store."""
+    caps = {
+        "max_per_job": settings.max_subscribers_per_job,
+        "max_per_tenant": settings.max_subscribers_per_tenant,
+    }
+    if isinstance(store, PostgresStore):
+        bus = PgEventBus(store.url, store.connection, schema=store.schema)
+        return PgJobEvents(PgPeers(bus), **caps)
+    return EventHub(**caps)

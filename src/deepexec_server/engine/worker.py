@@ -35,8 +35,10 @@ EXECUTOR_GRACE_SECONDS = 5.0
 #: Most results purged in one store call (one transaction); more go in further calls.
 PURGE_BATCH = 200
 #: How often an idle scheduler claims anyway, for jobs other processes sharing the store
-#: submitted.
+#: submitted: without news from them (``JobEvents.pushes_between_processes`` false), and as a
+#: safety net when they push their news.
 SWEEP_SECONDS = 1.0
+PUSHED_SWEEP_SECONDS = 15.0
 
 
 class Worker(EnginePart):
@@ -61,6 +63,9 @@ class Worker(EnginePart):
         self._tasks: list[asyncio.Task[None]] = []
         self._scheduling = False
         self._paused = False
+        self._sweep_seconds = (
+            PUSHED_SWEEP_SECONDS if self.hub.pushes_between_processes else SWEEP_SECONDS
+        )
         self.hub.listen(self)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -196,7 +201,7 @@ class Worker(EnginePart):
             # another process sharing the store.
             self._parked.set()
             try:
-                await asyncio.wait_for(self._wake.wait(), SWEEP_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), self._sweep_seconds)
             except TimeoutError:
                 self._claimable.update(self.executors)
             finally:
@@ -290,24 +295,35 @@ class Worker(EnginePart):
         interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            # Only jobs whose run task is alive: a lease renewed for a task that ended would
-            # keep its job RUNNING forever.
-            live = [
-                job_id
-                for job_id, ctx in self._running.items()
-                if ctx.task is None or not ctx.task.done()
-            ]
-            if not live:
-                continue
-            try:
-                canceled = await self.store.renew_leases(self.owner, live, self._lease_until())
-            except Exception:
-                logger.exception("could not renew job leases")
-                continue
-            for job_id in canceled:  # canceled through another process sharing the store
-                ctx = self._running.get(job_id)
-                if ctx is not None:
-                    ctx.cancel_requested.set()
+            await self._renew_leases()
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of the jobs running here; stop those canceled meanwhile."""
+        # Only jobs whose run task is alive: a lease renewed for a task that ended would
+        # keep its job RUNNING forever.
+        live = [
+            job_id
+            for job_id, ctx in self._running.items()
+            if ctx.task is None or not ctx.task.done()
+        ]
+        if not live:
+            return
+        try:
+            canceled = await self.store.renew_leases(self.owner, live, self._lease_until())
+        except Exception:
+            logger.exception("could not renew job leases")
+            return
+        for job_id in canceled:  # canceled through another process sharing the store
+            ctx = self._running.get(job_id)
+            if ctx is not None:
+                ctx.cancel_requested.set()
+
+    async def resync(self) -> None:
+        """After news from other processes may have been lost: claim (jobs submitted
+        meanwhile) and stop the running jobs whose cancel was asked for meanwhile."""
+        self._claimable.update(self.executors)
+        self._wake.set()
+        await self._renew_leases()
 
     async def _reap_loop(self) -> None:
         while True:

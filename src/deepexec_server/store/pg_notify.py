@@ -37,6 +37,8 @@ from psycopg.rows import DictRow
 
 from deepexec_sdk.retry import RetryPolicy
 
+from ..errors import StoreError
+
 log = logging.getLogger("deepexec_server.store.pg_notify")
 
 Conn = AsyncConnection[DictRow]
@@ -57,7 +59,7 @@ _REF = "ref"
 
 def channel_name(schema: str | None) -> str:
     """The channel of a store: one per schema (PostgreSQL identifiers are at most 63 bytes)."""
-    return "deepexec" if schema is None else f"deepexec_{schema}"[:63]
+    return "deepexec" if schema in (None, "public") else f"deepexec_{schema}"[:63]
 
 
 class PgEventBus:
@@ -72,11 +74,14 @@ class PgEventBus:
         conninfo: str,
         connection: Callable[[], AbstractAsyncContextManager[Conn]],
         *,
-        channel: str = "deepexec",
+        schema: str | None = None,
+        channel: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
+        """``channel``: the channel's name; by default the store's (``channel_name`` of
+        ``schema``, or of the connections' current schema when ``schema`` is None)."""
         self.conninfo = conninfo
-        self.channel = channel
+        self.channel = channel or (channel_name(schema) if schema is not None else "")
         self.origin = uuid.uuid4().hex[:16]
         self._connection = connection
         self._connect_timeout = connect_timeout
@@ -105,6 +110,11 @@ class PgEventBus:
         connection cannot be made within the connect timeout."""
         if self._tasks:
             raise RuntimeError("the event bus is already started")
+        if not self.channel:
+            async with self._connection() as conn:
+                cur = await conn.execute("SELECT current_schema() AS schema")
+                row = await cur.fetchone()
+            self.channel = channel_name(row["schema"] if row is not None else None)
         self._tasks = [
             asyncio.create_task(self._listen(on_reconnect), name="pg-listen"),
             asyncio.create_task(self._deliver(on_message), name="pg-deliver"),
@@ -224,7 +234,7 @@ class PgEventBus:
             async with self._connection() as conn:
                 cur = await conn.execute("SELECT body FROM event_payloads WHERE id = %s", [ref])
                 row = await cur.fetchone()
-        except psycopg.Error as exc:
+        except (psycopg.Error, StoreError) as exc:
             log.warning("cannot read stored message %s: %s", ref, exc)
             return None
         if row is None:

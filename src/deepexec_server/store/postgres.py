@@ -133,6 +133,11 @@ class PostgresStore:
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
+    def connection(self) -> contextlib.AbstractAsyncContextManager[Conn]:
+        """A connection of the pool, in the store's schema (the event bus between processes
+        sends through it: ``pg_notify``)."""
+        return self._connection()
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:
         """A connection of the pool; psycopg's errors inside become ``StoreError``."""
