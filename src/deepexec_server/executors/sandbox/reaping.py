@@ -117,7 +117,10 @@ async def reap_sandbox_init(pid: int, within: float = REAP_WINDOW_S) -> bool:
             done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
         except ChildProcessError:
             done = 0
-            # Not (yet) adopted: only possible while the outer bwrap is still exiting.
+            # Not (yet) adopted: only possible while the outer bwrap is still exiting. When
+            # the run was killed, the outer bwrap often reaps it itself: then it is gone.
+            if not _exists(pid):
+                return True
         if done == pid:
             return True
         if time.monotonic() >= deadline:
@@ -125,6 +128,17 @@ async def reap_sandbox_init(pid: int, within: float = REAP_WINDOW_S) -> bool:
         # Usually ready within a millisecond or two: poll finely first, then back off.
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.008)
+
+
+def _exists(pid: int) -> bool:
+    """Whether ``pid`` is a process, a zombie included."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def reap_sandbox_init_blocking(pid: int, within: float = REAP_WINDOW_S) -> bool:
