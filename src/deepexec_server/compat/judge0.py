@@ -116,22 +116,20 @@ class _Routes:
         out = j0.submission(job_status(job), job.data, _languages(svc), fields, encoded=encoded)
         return _answer(201, out)
 
-    async def read(self, request: Request) -> Response:
+    async def read(self, request: Request, token: str) -> Response:
         svc = self.svc(request)
         tenant = await _tenant(request, svc)
         fields = j0.parse_fields(request.query_params.get("fields"))
-        token = request.path_params["token"]
         found = await _read(svc, tenant, token, fields, _flag(request, "base64_encoded"))
         if found is None:
             return _answer(404, {"error": f"submission {token} not found"})
         return _answer(200, found)
 
-    async def cancel(self, request: Request) -> Response:
+    async def cancel(self, request: Request, token: str) -> Response:
         """Judge0 deletes a finished submission; DeepExec keeps its jobs and cancels an
         unfinished one instead (Judge0 cannot stop a running submission). Always base64."""
         svc = self.svc(request)
         tenant = await _tenant(request, svc)
-        token = request.path_params["token"]
         fields = j0.parse_fields(request.query_params.get("fields"))
         before = await _read(svc, tenant, token, ["status"], False)
         if before is None:
@@ -229,13 +227,12 @@ class _Routes:
         rows = [{**lang.row(), "is_archived": False} for lang in _languages(svc)]
         return _answer(200, rows)
 
-    async def language(self, request: Request) -> Response:
+    async def language(self, request: Request, language_id: str) -> Response:
         svc = self.svc(request)
         await _tenant(request, svc)
-        wanted = request.path_params["language_id"]
-        lang = next((lang for lang in _languages(svc) if str(lang.id) == wanted), None)
+        lang = next((lang for lang in _languages(svc) if str(lang.id) == language_id), None)
         if lang is None:
-            return _answer(404, {"error": f"language with id {wanted} doesn't exist"})
+            return _answer(404, {"error": f"language with id {language_id} doesn't exist"})
         return _answer(200, lang.row(full=True))
 
     async def statuses(self, request: Request) -> Response:
@@ -269,14 +266,15 @@ class _Routes:
 
 
 def _judge0_shapes(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """Errors in Judge0's shapes: its field hash or ``{"error"}``, and a 401 without a body."""
+    handler: Callable[..., Awaitable[Response]],
+) -> Callable[..., Awaitable[Response]]:
+    """Errors in Judge0's shapes: its field hash or ``{"error"}``, and a 401 without a body.
+    (The handler's own signature, path parameters included, is what the API schema shows.)"""
 
     @functools.wraps(handler)
-    async def answer(request: Request) -> Response:
+    async def answer(request: Request, **path: str) -> Response:
         try:
-            return await handler(request)
+            return await handler(request, **path)
         except j0.Judge0Error as exc:
             return _answer(exc.status, exc.body())
         except Unauthorized:
