@@ -4,13 +4,17 @@ import os
 import pwd
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from deepexec_sdk import DeepExecClient
+from deepexec_server.store.postgres import PostgresStore
 from tests.serverproc import ServerProcess
+
+PG_URL = os.environ.get("DEEPEXEC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="session")
@@ -134,3 +138,20 @@ def run_script(
         timeout=timeout,
         cwd=cwd or server.home,
     )
+
+
+@pytest.fixture
+async def pg_store() -> AsyncIterator[PostgresStore]:
+    """An open PostgreSQL store in a schema of its own (so its LISTEN/NOTIFY channel is its
+    own too), dropped afterwards."""
+    import psycopg
+
+    schema = f"deepexec_test_{uuid.uuid4().hex[:12]}"
+    store = PostgresStore(PG_URL, schema=schema, max_size=4)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

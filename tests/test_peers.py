@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -58,16 +56,8 @@ class Received:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[PostgresStore]:
-    schema = f"deepexec_test_{uuid.uuid4().hex[:12]}"
-    st = PostgresStore(PG_URL, schema=schema, max_size=4)
-    await st.open()
-    try:
-        yield st
-    finally:
-        await st.close()
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+def store(pg_store: PostgresStore) -> PostgresStore:
+    return pg_store
 
 
 async def peers(store: PostgresStore) -> tuple[PgPeers, Received]:

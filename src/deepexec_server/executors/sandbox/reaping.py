@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .cgroups import pid_alive
+
 #: How long to wait for the orphaned sandbox init to become reapable.
 REAP_WINDOW_S = 0.5
 PR_SET_CHILD_SUBREAPER = 36
@@ -119,7 +121,7 @@ async def reap_sandbox_init(pid: int, within: float = REAP_WINDOW_S) -> bool:
             done = 0
             # Not (yet) adopted: only possible while the outer bwrap is still exiting. When
             # the run was killed, the outer bwrap often reaps it itself: then it is gone.
-            if not _exists(pid):
+            if not pid_alive(pid):
                 return True
         if done == pid:
             return True
@@ -128,17 +130,6 @@ async def reap_sandbox_init(pid: int, within: float = REAP_WINDOW_S) -> bool:
         # Usually ready within a millisecond or two: poll finely first, then back off.
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.008)
-
-
-def _exists(pid: int) -> bool:
-    """Whether ``pid`` is a process, a zombie included."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_sandbox_init_blocking(pid: int, within: float = REAP_WINDOW_S) -> bool:
