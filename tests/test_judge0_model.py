@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from deepexec_sdk.types import JobError, JobStatus, MCPJobStatusResponse
+from deepexec_server.compat import judge0_info as info
 from deepexec_server.compat import judge0_model as j0
 
 HOST = [
@@ -17,8 +18,8 @@ HOST = [
     {"name": "cpp", "version": "g++ (Debian 12.2.0-14) 12.2.0"},
     {"name": "java", "version": "openjdk 17.0.13 2024-10-15"},
 ]
-LANGS = j0.language_table(HOST)
-MAXIMA = j0.ServerMaxima(
+LANGS = info.language_table(HOST)
+MAXIMA = info.ServerMaxima(
     cpu_time_s=60, wall_time_s=300, memory_kb=2048 * 1024, processes=512, file_size_kb=1 << 20
 )
 NO_CALLBACKS = "callbacks are not enabled on this server"
@@ -111,7 +112,7 @@ def test_base64_fields_are_decoded_and_limits_converted() -> None:
         "max_processes": 30,
         "max_file_size_mb": 2,
     }
-    assert job_request.timeout == 4 + j0.COMPILE_ALLOWANCE_S
+    assert job_request.timeout == 4 + info.COMPILE_ALLOWANCE_S
 
 
 @pytest.mark.parametrize(
@@ -132,26 +133,26 @@ def test_base64_fields_are_decoded_and_limits_converted() -> None:
 def test_invalid_submissions_get_judge0s_field_errors(
     body: dict[str, Any], errors: dict[str, list[str]]
 ) -> None:
-    with pytest.raises(j0.Judge0Error) as info:
+    with pytest.raises(j0.Judge0Error) as raised:
         j0.submission_request(body, LANGS, MAXIMA, encoded=False)
-    assert info.value.status == 422
-    assert info.value.body() == errors
+    assert raised.value.status == 422
+    assert raised.value.body() == errors
 
 
 def test_the_servers_own_maxima_cap_judge0s() -> None:
-    tight = j0.ServerMaxima(
+    tight = info.ServerMaxima(
         cpu_time_s=2, wall_time_s=300, memory_kb=1 << 20, processes=512, file_size_kb=1 << 20
     )
-    with pytest.raises(j0.Judge0Error) as info:
+    with pytest.raises(j0.Judge0Error) as raised:
         j0.submission_request(request(cpu_time_limit=3), LANGS, tight, encoded=False)
-    assert info.value.body() == {"cpu_time_limit": ["must be less than or equal to 2"]}
+    assert raised.value.body() == {"cpu_time_limit": ["must be less than or equal to 2"]}
 
 
 def test_bad_base64_is_a_400() -> None:
-    with pytest.raises(j0.Judge0Error) as info:
+    with pytest.raises(j0.Judge0Error) as raised:
         j0.submission_request(request(source_code="%%%"), LANGS, MAXIMA, encoded=True)
-    assert info.value.status == 400
-    assert info.value.body() == {"error": "source_code is not valid base64 of UTF-8 text"}
+    assert raised.value.status == 400
+    assert raised.value.body() == {"error": "source_code is not valid base64 of UTF-8 text"}
 
 
 @pytest.mark.parametrize(
@@ -211,15 +212,18 @@ def test_default_fields_and_base64_answers() -> None:
 
 
 def test_an_unknown_field_is_judge0s_400() -> None:
-    with pytest.raises(j0.Judge0Error) as info:
+    with pytest.raises(j0.Judge0Error) as raised:
         j0.parse_fields("token,nope,status,bad")
-    assert (info.value.status, info.value.body()) == (400, {"error": "invalid fields: [nope, bad]"})
+    assert (raised.value.status, raised.value.body()) == (
+        400,
+        {"error": "invalid fields: [nope, bad]"},
+    )
 
 
 def test_the_official_client_parses_the_configuration_and_languages() -> None:
     """judge0 0.0.8's own models accept /config_info and /languages as this server answers."""
     base_types = pytest.importorskip("judge0.base_types")
-    config = base_types.Config(**j0.config_info(MAXIMA))
-    assert config.max_submission_batch_size == j0.MAX_BATCH
-    assert set(j0.config_info(MAXIMA)) == set(base_types.Config.model_fields)
+    config = base_types.Config(**info.config_info(MAXIMA))
+    assert config.max_submission_batch_size == info.MAX_BATCH
+    assert set(info.config_info(MAXIMA)) == set(base_types.Config.model_fields)
     assert [base_types.Language(**lang.row()).id for lang in LANGS] == [52, 53, 54, 62, 71]

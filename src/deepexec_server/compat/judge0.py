@@ -29,6 +29,7 @@ from ..domain import JobFilter
 from ..errors import ServiceError, Unauthorized
 from ..views import job_status
 from ..web.services import Services
+from . import judge0_info as info
 from . import judge0_model as j0
 
 #: How long ``wait=true`` waits beyond the job's own time limit (it may queue behind others).
@@ -57,14 +58,14 @@ async def _tenant(request: Request, svc: Services) -> str:
     return await svc.auth.tenant_for(header)
 
 
-def _languages(svc: Services) -> list[j0.Language]:
+def _languages(svc: Services) -> list[info.Language]:
     described = svc.engine.describe().get("code_execution") or {}
-    return j0.language_table(described.get("languages") or [])
+    return info.language_table(described.get("languages") or [])
 
 
-def _maxima(svc: Services) -> j0.ServerMaxima:
+def _maxima(svc: Services) -> info.ServerMaxima:
     limits = svc.settings.code_limits_max
-    return j0.ServerMaxima(
+    return info.ServerMaxima(
         cpu_time_s=limits["cpu_time_s"],
         wall_time_s=svc.settings.max_timeout,
         memory_kb=limits["memory_mb"] * 1024,
@@ -88,7 +89,7 @@ async def _read(
         job = await svc.engine.get(tenant, token)
     except ServiceError:
         return None
-    if j0.TAG not in job.tags:
+    if info.TAG not in job.tags:
         return None
     return j0.submission(job_status(job), job.data, _languages(svc), fields, encoded=encoded)
 
@@ -153,7 +154,7 @@ class _Routes:
         jobs: list[Any] = []
         for _ in range(page):
             jobs, cursor = await svc.engine.list_jobs(
-                tenant, JobFilter(tags=(j0.TAG,)), per_page, cursor
+                tenant, JobFilter(tags=(info.TAG,)), per_page, cursor
             )
             if cursor is None:
                 break
@@ -184,9 +185,9 @@ class _Routes:
         items = body.get("submissions") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
             raise j0.Judge0Error(400, "submissions must be a non-empty array")
-        if len(items) > j0.MAX_BATCH:
+        if len(items) > info.MAX_BATCH:
             raise j0.Judge0Error(
-                400, f"number of submissions in a batch cannot exceed {j0.MAX_BATCH}"
+                400, f"number of submissions in a batch cannot exceed {info.MAX_BATCH}"
             )
         langs, maxima = _languages(svc), _maxima(svc)
         out: list[dict[str, Any]] = []
@@ -209,8 +210,8 @@ class _Routes:
         tokens = [t.strip() for t in raw.split(",") if t.strip()]
         if not tokens:
             raise j0.Judge0Error(400, "tokens are required")
-        if len(tokens) > j0.MAX_BATCH:
-            raise j0.Judge0Error(400, f"number of tokens cannot exceed {j0.MAX_BATCH}")
+        if len(tokens) > info.MAX_BATCH:
+            raise j0.Judge0Error(400, f"number of tokens cannot exceed {info.MAX_BATCH}")
         fields = j0.parse_fields(request.query_params.get("fields"))
         encoded = _flag(request, "base64_encoded")
         found = await asyncio.gather(*(_read(svc, tenant, t, fields, encoded) for t in tokens))
@@ -237,15 +238,15 @@ class _Routes:
 
     async def statuses(self, request: Request) -> Response:
         await _tenant(request, self.svc(request))
-        return _answer(200, [{"id": i, "description": d} for i, d in j0.STATUSES])
+        return _answer(200, [{"id": i, "description": d} for i, d in info.STATUSES])
 
     async def about(self, request: Request) -> Response:
-        return _answer(200, j0.about())
+        return _answer(200, info.about())
 
     async def config_info(self, request: Request) -> Response:
         svc = self.svc(request)
         await _tenant(request, svc)
-        return _answer(200, j0.config_info(_maxima(svc)))
+        return _answer(200, info.config_info(_maxima(svc)))
 
     async def system_info(self, request: Request) -> Response:
         svc = self.svc(request)

@@ -14,96 +14,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import math
 import shlex
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
 from ..errors import DeepExecError
-
-#: The version ``/about`` reports: the ids below are 1.13.1's, which self-hosted clients
-#: hard-code (the official Python client picks its language table by this string).
-VERSION = "1.13.1"
-#: Tag on every job this API submits.
-TAG = "judge0"
-MAX_BATCH = 20
-#: Judge0's defaults and maxima (``config.rb``), in its units; the server's own maxima cap them.
-DEFAULTS: Mapping[str, float] = {
-    "cpu_time_limit": 5.0,
-    "cpu_extra_time": 1.0,
-    "wall_time_limit": 10.0,
-    "memory_limit": 128_000,
-    "stack_limit": 64_000,
-    "max_processes_and_or_threads": 60,
-    "max_file_size": 1024,
-    "number_of_runs": 1,
-}
-MAXIMA: Mapping[str, float] = {
-    "cpu_time_limit": 15.0,
-    "cpu_extra_time": 5.0,
-    "wall_time_limit": 20.0,
-    "memory_limit": 512_000,
-    "stack_limit": 128_000,
-    "max_processes_and_or_threads": 120,
-    "max_file_size": 4096,
-    "number_of_runs": 20,
-}
-MINIMA: Mapping[str, float] = {"wall_time_limit": 1.0, "memory_limit": 2048}
-#: Extra wall-clock seconds a compiled language's job gets for its compile step.
-COMPILE_ALLOWANCE_S = 20
-
-STATUSES: Sequence[tuple[int, str]] = (
-    (1, "In Queue"),
-    (2, "Processing"),
-    (3, "Accepted"),
-    (4, "Wrong Answer"),
-    (5, "Time Limit Exceeded"),
-    (6, "Compilation Error"),
-    (7, "Runtime Error (SIGSEGV)"),
-    (8, "Runtime Error (SIGXFSZ)"),
-    (9, "Runtime Error (SIGFPE)"),
-    (10, "Runtime Error (SIGABRT)"),
-    (11, "Runtime Error (NZEC)"),
-    (12, "Runtime Error (Other)"),
-    (13, "Internal Error"),
-    (14, "Exec Format Error"),
+from .judge0_info import (
+    COMPILE_ALLOWANCE_S,
+    COMPILED_LANGUAGES,
+    DEFAULTS,
+    MAXIMA,
+    MINIMA,
+    STATUS_BY_SIGNAL,
+    STATUS_TEXT,
+    TAG,
+    Language,
+    ServerMaxima,
 )
-STATUS_TEXT = dict(STATUSES)
-_BY_SIGNAL = {"SIGSEGV": 7, "SIGXFSZ": 8, "SIGFPE": 9, "SIGABRT": 10}
-
-#: Judge0 1.13.1 language id -> (DeepExec language, Judge0's name without its version). The
-#: GCC ids of one language all run this host's GCC.
-LANGUAGE_IDS: Mapping[int, tuple[str, str]] = {
-    46: ("bash", "Bash ({v})"),
-    48: ("c", "C (GCC {v})"),
-    49: ("c", "C (GCC {v})"),
-    50: ("c", "C (GCC {v})"),
-    52: ("cpp", "C++ (GCC {v})"),
-    53: ("cpp", "C++ (GCC {v})"),
-    54: ("cpp", "C++ (GCC {v})"),
-    60: ("go", "Go ({v})"),
-    62: ("java", "Java (OpenJDK {v})"),
-    63: ("javascript", "JavaScript (Node.js {v})"),
-    71: ("python", "Python ({v})"),
-    73: ("rust", "Rust ({v})"),
-}
-#: Source file names and commands as ``/languages/{id}`` shows them.
-_FILES: Mapping[str, tuple[str, str | None, str]] = {
-    "bash": ("script.sh", None, "/bin/bash script.sh"),
-    "c": ("main.c", "gcc %s main.c", "./a.out"),
-    "cpp": ("main.cpp", "g++ %s main.cpp", "./a.out"),
-    "go": ("main.go", "go build %s main.go", "./main"),
-    "java": ("Main.java", "javac %s Main.java", "java Main"),
-    "javascript": ("script.js", None, "node script.js"),
-    "python": ("script.py", None, "python3 script.py"),
-    "rust": ("main.rs", "rustc %s main.rs", "./main"),
-}
-_COMPILED = frozenset({"c", "cpp", "go", "java", "rust"})
 
 #: Every field of a submission in 1.13.1 (``fields=*``: exactly these, in this order).
 ALL_FIELDS: Sequence[str] = (
@@ -156,40 +88,6 @@ def _invalid(field: str, message: str) -> Judge0Error:
     return Judge0Error(422, errors={field: [message]})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Language:
-    """A Judge0 language id this host runs."""
-
-    id: int
-    name: str
-    language: str
-
-    def row(self, full: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "name": self.name}
-        if full:
-            source, compile_cmd, run_cmd = _FILES[self.language]
-            out.update(
-                is_archived=False, source_file=source, compile_cmd=compile_cmd, run_cmd=run_cmd
-            )
-        return out
-
-
-def language_table(languages: Iterable[Mapping[str, Any]]) -> list[Language]:
-    """The Judge0 ids of the host's languages (``GET /v1/languages`` rows), by id."""
-    versions = {str(row.get("name")): _short_version(row.get("version")) for row in languages}
-    return [
-        Language(lang_id, label.format(v=versions[name]), name)
-        for lang_id, (name, label) in sorted(LANGUAGE_IDS.items())
-        if name in versions
-    ]
-
-
-def _short_version(version: object) -> str:
-    words = str(version or "").split()
-    found = next((w for w in words if w[:1].isdigit()), "")
-    return found.split("-")[0].split("+")[0] or "?"
-
-
 # --- requests ---------------------------------------------------------------------------------
 
 
@@ -230,26 +128,6 @@ def _number(body: Mapping[str, Any], field: str, server_max: float | None) -> fl
 
 def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ServerMaxima:
-    """The server's limits in Judge0's units (they cap Judge0's own maxima)."""
-
-    cpu_time_s: float
-    wall_time_s: float
-    memory_kb: float
-    processes: float
-    file_size_kb: float
-
-    def of(self, field: str) -> float | None:
-        return {
-            "cpu_time_limit": self.cpu_time_s,
-            "wall_time_limit": self.wall_time_s,
-            "memory_limit": self.memory_kb,
-            "max_processes_and_or_threads": self.processes,
-            "max_file_size": self.file_size_kb,
-        }.get(field)
 
 
 def submission_request(
@@ -297,7 +175,7 @@ def submission_request(
     if limits:
         data["limits"] = limits
     wall = values["wall_time_limit"] or DEFAULTS["wall_time_limit"]
-    allowance = COMPILE_ALLOWANCE_S if language.language in _COMPILED else 0
+    allowance = COMPILE_ALLOWANCE_S if language.language in COMPILED_LANGUAGES else 0
     return JobSubmitRequest(
         name=f"judge0 {language.id}",
         job_type="code_execution",
@@ -385,7 +263,7 @@ def status_of(job: MCPJobStatusResponse) -> int:
     if verdict in ("runtime_error", "memory_limit"):
         sig = test.get("signal")
         if sig:
-            return _BY_SIGNAL.get(str(sig), 12)
+            return STATUS_BY_SIGNAL.get(str(sig), 12)
         return 11 if test.get("exit_code") not in (None, 0) else 12
     return 13
 
@@ -503,62 +381,3 @@ def _language_id(job: MCPJobStatusResponse) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-# --- information routes -----------------------------------------------------------------------
-
-
-def config_info(maxima: ServerMaxima) -> dict[str, Any]:
-    """``GET /config_info``: every key of 1.13.1's, this server's values."""
-    return {
-        "maintenance_mode": False,
-        "enable_wait_result": True,
-        "enable_compiler_options": False,
-        "allowed_languages_for_compile_options": [],
-        "enable_command_line_arguments": True,
-        "enable_submission_delete": True,
-        "enable_callbacks": False,
-        "callbacks_max_tries": 3,
-        "callbacks_timeout": 5.0,
-        "enable_additional_files": False,
-        "max_queue_size": 10_000,
-        "cpu_time_limit": DEFAULTS["cpu_time_limit"],
-        "max_cpu_time_limit": min(MAXIMA["cpu_time_limit"], maxima.cpu_time_s),
-        "cpu_extra_time": DEFAULTS["cpu_extra_time"],
-        "max_cpu_extra_time": MAXIMA["cpu_extra_time"],
-        "wall_time_limit": DEFAULTS["wall_time_limit"],
-        "max_wall_time_limit": min(MAXIMA["wall_time_limit"], maxima.wall_time_s),
-        "memory_limit": int(DEFAULTS["memory_limit"]),
-        "max_memory_limit": int(min(MAXIMA["memory_limit"], maxima.memory_kb)),
-        "stack_limit": int(DEFAULTS["stack_limit"]),
-        "max_stack_limit": int(MAXIMA["stack_limit"]),
-        "max_processes_and_or_threads": int(DEFAULTS["max_processes_and_or_threads"]),
-        "max_max_processes_and_or_threads": int(
-            min(MAXIMA["max_processes_and_or_threads"], maxima.processes)
-        ),
-        "enable_per_process_and_thread_time_limit": False,
-        "allow_enable_per_process_and_thread_time_limit": False,
-        "enable_per_process_and_thread_memory_limit": False,
-        "allow_enable_per_process_and_thread_memory_limit": False,
-        "max_file_size": int(DEFAULTS["max_file_size"]),
-        "max_max_file_size": int(min(MAXIMA["max_file_size"], maxima.file_size_kb)),
-        "number_of_runs": 1,
-        "max_number_of_runs": int(MAXIMA["number_of_runs"]),
-        "redirect_stderr_to_stdout": False,
-        "max_extract_size": 0,
-        "enable_batched_submissions": True,
-        "max_submission_batch_size": MAX_BATCH,
-        "submission_cache_duration": 0.0,
-        "use_docs_as_homepage": False,
-        "allow_enable_network": False,
-        "enable_network": False,
-    }
-
-
-def about() -> dict[str, Any]:
-    return {
-        "version": VERSION,
-        "homepage": "/docs",
-        "source_code": "DeepExec (a Judge0 CE 1.13.1-compatible API over its code jobs)",
-        "maintainer": "this server's operator",
-    }

@@ -23,29 +23,35 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse, MCPJobSummary
+from deepexec_sdk.types import JobSubmitRequest, MCPJobStatusResponse, MCPJobSummary
 
 from ..auth import hash_key
-from ..domain import JobFilter
 from ..errors import DeepExecError, ServiceError
 from ..views import job_list_item, job_status
 from ..web.services import Services
+from .forms import (
+    JOB_TYPES,
+    LIST_FILTERS,
+    STATUSES,
+    bulk_notice,
+    list_query,
+    read_form,
+    read_form_lists,
+    submit_request,
+)
 from .session import COOKIE, CSRF_FIELD, CSRF_HEADER, MAX_AGE_S, Sessions, same_origin
 
 logger = logging.getLogger("deepexec_server.ui")
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
-#: Job types and statuses offered as filters.
-JOB_TYPES = ("code_execution", "text_generation")
-STATUSES = tuple(s.value for s in JobStatus)
 
 
 class SignInRequired(DeepExecError):
@@ -79,35 +85,6 @@ def output_span(stream: str, text: str) -> str:
     return f'<span class="{html.escape(stream)}">{html.escape(text)}</span>'
 
 
-#: The jobs list's filters, as URL parameters.
-LIST_FILTERS = ("status", "type", "tag", "name")
-
-
-def list_query(params: Mapping[str, str]) -> tuple[JobFilter, dict[str, str]]:
-    """The jobs list's filter from its URL parameters, and the parameters kept for links."""
-    status = params.get("status") or None
-    kept = {k: params[k] for k in LIST_FILTERS if params.get(k)}
-    flt = JobFilter(
-        status=JobStatus(status) if status in STATUSES else None,
-        tags=(params["tag"],) if params.get("tag") else (),
-        name=params.get("name") or None,
-    )
-    return flt, kept
-
-
-def bulk_notice(params: Mapping[str, str]) -> str | None:
-    """What a bulk cancel did, from the parameters it redirected with."""
-    try:
-        canceled = int(params.get("canceled", ""))
-        not_canceled = int(params.get("not_canceled", "0"))
-    except ValueError:
-        return None
-    text = f"{canceled} job{'s' if canceled != 1 else ''} cancelled"
-    if not_canceled:
-        text += f"; {not_canceled} had already ended"
-    return text + "."
-
-
 class Dashboard:
     """The dashboard's routes, bound to one server's services and session secret."""
 
@@ -133,7 +110,7 @@ class Dashboard:
     async def action(self, request: Request) -> tuple[str, dict[str, str]]:
         """The tenant and form of a state-changing request that passed ``check_post``."""
         tenant = await self.tenant(request)
-        form = await _form(request)
+        form = await read_form(request)
         if not self.check_post(request, form):
             raise CrossSiteRequest
         return tenant, form
@@ -160,7 +137,7 @@ class Dashboard:
         return self.render(request, "login.html", error=None)
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         origin_ok = same_origin(
             request.headers.get("origin"), request.headers.get("host"), request.url.scheme
         )
@@ -184,7 +161,7 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         if not self.check_post(request, form):
             return HTMLResponse("cross-site request refused", status_code=403)
         response = RedirectResponse("/ui/login", status_code=303)
@@ -303,7 +280,7 @@ class Dashboard:
     async def cancel_many(self, request: Request) -> Response:
         """Cancel the jobs ticked in the list; back to the list with what happened."""
         tenant = await self.tenant(request)
-        form = await _form_lists(request)
+        form = await read_form_lists(request)
         if not self.check_post(request, {k: v[-1] for k, v in form.items()}):
             raise CrossSiteRequest
         ids = list(dict.fromkeys(form.get("job", [])))[:PAGE_SIZE]
@@ -407,37 +384,6 @@ class Dashboard:
         return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
 
-def submit_request(form: Mapping[str, str]) -> JobSubmitRequest:
-    """The job the submit form describes; ``ValueError`` names a malformed field."""
-
-    def integer(name: str, default: int) -> int:
-        raw = form.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number") from None
-
-    tags = [t.strip() for t in form.get("tags", "").split(",") if t.strip()]
-    common: dict[str, Any] = {
-        "timeout": integer("timeout", 60),
-        "priority": integer("priority", 0),
-        "tags": tags,
-        "name": form.get("name") or "dashboard",
-    }
-    if form.get("kind") == "text":
-        data: dict[str, Any] = {"prompt": form.get("prompt", ""), "max_tokens": 256}
-        if form.get("model"):
-            data["model"] = form["model"]
-        data["max_tokens"] = integer("max_tokens", 256)
-        return JobSubmitRequest(job_type="text_generation", data=data, **common)
-    data = {"code": form.get("code", ""), "language": form.get("language") or "python"}
-    if form.get("stdin"):
-        data["stdin"] = form["stdin"]
-    return JobSubmitRequest(job_type="code_execution", data=data, **common)
-
-
 async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
     """``first``, then ``rest``; closing this closes ``rest`` (and its subscription) too."""
     try:
@@ -446,17 +392,6 @@ async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterat
             yield chunk
     finally:
         await rest.aclose()
-
-
-async def _form_lists(request: Request) -> dict[str, list[str]]:
-    """A urlencoded form body (the dashboard's forms post nothing else), every value kept."""
-    raw = (await request.body()).decode("utf-8", errors="replace")
-    return parse_qs(raw, keep_blank_values=True)
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """A urlencoded form body, the last value of each field."""
-    return {k: v[-1] for k, v in (await _form_lists(request)).items()}
 
 
 def router(services: Services, sessions: Sessions) -> APIRouter:
