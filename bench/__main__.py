@@ -1,5 +1,6 @@
 """``python -m bench [--quick] [--only 1,3] [--results FILE]``: run the benchmarks, print each
-table, optionally write the markdown report (``bench/RESULTS.md`` for a full run)."""
+table, optionally write the markdown report (``--results bench/RESULTS.md`` replaces the sections
+of the benchmarks that ran and keeps the others: see ``report``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from .b5_backlog import drain_verdict
 from .common import RunConfig
 from .harness import machine_facts
+from .report import Run, render
 from .stats import Outcome, Verdict
 
 Runner = Callable[[RunConfig], Awaitable[Outcome | list[Outcome]]]
@@ -60,25 +62,6 @@ def parse_only(text: str | None, known: list[int]) -> list[int]:
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {known}")
     return picked
-
-
-def report(outcomes: list[Outcome], facts: dict[str, str], cfg: RunConfig, argv: str) -> str:
-    """The markdown report of a run."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "# DeepExec benchmark results",
-        "",
-        f"Run: {now}, `{argv}`{' (QUICK: figures not meaningful)' if cfg.quick else ''}.",
-        "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".",
-        "",
-        "## Targets",
-        "",
-    ]
-    lines += [f"- [{o.number}] {v.line()}" for o in outcomes for v in o.verdicts]
-    lines += ["", "## Tables", ""]
-    lines += [o.markdown() for o in outcomes]
-    return "\n".join(lines)
 
 
 async def _run_all(numbers: list[int], cfg: RunConfig) -> tuple[list[Outcome], bool]:
@@ -133,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     facts["loadavg after"] = machine_facts()["loadavg"]
     if args.results:
         command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.results.write_text(report(outcomes, facts, cfg, command.strip()))
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        machine = ", ".join(f"{k} {v}" for k, v in facts.items())
+        run = Run(now, command.strip(), machine, cfg.quick)
+        previous = args.results.read_text() if args.results.exists() else None
+        args.results.write_text(render(outcomes, run, previous))
     print("\n## Targets")
     for o in outcomes:
         for v in o.verdicts:

@@ -18,7 +18,8 @@ from bench.b5_backlog import finished_completed
 from bench.diagnose import http_limit
 from bench.load import parse_wrk
 from bench.profile import categorise, parse_collapsed, summarise
-from bench.stats import Summary, Table, Verdict, percentile, ratio
+from bench.report import Run, parse, render
+from bench.stats import Outcome, Summary, Table, Verdict, percentile, ratio
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,3 +132,30 @@ def test_profile_samples_go_to_the_leaf_most_subsystem() -> None:
 def test_a_slow_healthz_is_reported_as_a_tcp_stall() -> None:
     assert "TCP stall" in http_limit(44.0, "app work")
     assert http_limit(2.0, "app work") == "app work"
+
+
+def _outcome(number: int, name: str, met: bool, figure: str) -> Outcome:
+    out = Outcome(number, name, f"python -m bench --only {number}")
+    out.tables.append(Table("A table", ["what", "value"], [["x", figure]]))
+    out.verdicts.append(Verdict(f"target {number}", met, figure))
+    return out
+
+
+def test_a_partial_run_replaces_its_sections_and_keeps_the_others() -> None:
+    first = Run("2026-01-01 00:00 UTC", "python -m bench", "nproc 2", quick=False)
+    outcomes = [_outcome(1, "one", True, "1.0"), _outcome(2, "two", False, "2.0")]
+    outcomes += [_outcome(8, "eight (a)", True, "8a"), _outcome(8, "eight (b)", True, "8b")]
+    full = render(outcomes, first)
+    full += "\n## Findings (written by hand)\n\nKept as written.\n"
+    second = Run("2026-01-02 00:00 UTC", "python -m bench --only 2", "nproc 2", quick=False)
+    merged = render([_outcome(2, "two", True, "2.5")], second, full)
+    parsed = parse(merged)
+    assert sorted(parsed.sections) == [1, 2, 8]
+    assert "2.5" in parsed.sections[2] and "2.0" not in merged
+    assert "2026-01-02" in parsed.sections[2] and "2026-01-01" in parsed.sections[1]
+    assert parsed.sections[8].count("### 8.") == 2 and "8b" in parsed.sections[8]
+    assert parsed.targets[1] == ["- [1] **MET**: target 1 (measured: 1.0)"]
+    assert parsed.targets[2] == ["- [2] **MET**: target 2 (measured: 2.5)"]
+    assert parsed.findings.endswith("Kept as written.")
+    # Merging again with the same run changes nothing.
+    assert render([_outcome(2, "two", True, "2.5")], second, merged) == merged
