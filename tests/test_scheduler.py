@@ -112,3 +112,50 @@ async def test_burst_mode_runs_until_the_queue_is_idle(
     t0 = time.monotonic()
     await asyncio.wait_for(worker.run_until_idle(), 5)
     assert time.monotonic() - t0 < 0.5
+
+
+class CancelDuringClaimStore(SQLiteStore):
+    """The real SQLite store; once a claim has committed, and before the worker sees its
+    answer, the job's cancel is asked for and its notice delivered, as another request (or
+    another process) could do at that moment."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.runtime: EngineRuntime | None = None
+        self.crossed: list[str] = []
+
+    async def claim_next(
+        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+    ) -> Job | None:
+        claimed = await super().claim_next(job_types, owner, lease_expires_at, now)
+        if claimed is not None and self.runtime is not None:
+            await self.request_cancel(claimed.id, claimed.tenant_id, "crossed the claim", now)
+            self.runtime.hub.notify_cancel(claimed.id)
+            self.crossed.append(claimed.id)
+        return claimed
+
+
+async def test_a_cancel_that_crosses_the_claim_stops_the_job_at_once(tmp_path: Path) -> None:
+    # Leases renewed every 20 s: a cancel heard only at a renewal would leave the job running.
+    settings = Settings(data_dir=tmp_path, concurrency={"code_execution": 1}, lease_seconds=60)
+    store = CancelDuringClaimStore(tmp_path / "jobs.db")
+    await store.open()
+    runtime = build_engine(
+        settings,
+        store=store,
+        executors={"code_execution": CodeExecutor(settings)},
+        exclusive_store=True,
+    )
+    store.runtime = runtime
+    await runtime.start()
+    try:
+        submitted, _ = await runtime.service.submit("t1", job("import time; time.sleep(30)"))
+        final = await runtime.service.wait("t1", submitted.id, timeout=10)
+        assert store.crossed == [submitted.id]
+        assert final.status == "CANCELED", final
+        assert final.cancel_reason == "crossed the claim"
+        assert final.finished_at is not None and final.started_at is not None
+        assert (final.finished_at - final.started_at).total_seconds() < 5
+    finally:
+        await runtime.stop()
+        await store.close()

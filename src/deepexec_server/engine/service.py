@@ -147,15 +147,23 @@ class JobService(EnginePart):
 
     async def _wait_terminal(self, job: Job, sub: Subscription, timeout: float) -> Job:
         deadline = time.monotonic() + timeout
+        stale = False
         while not job.is_terminal:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await sub.get(min(remaining, STORE_RECHECK_SECONDS))
+            shared = await sub.get(min(remaining, STORE_RECHECK_SECONDS))
+            if shared is not None and _not_an_end(shared.event):
+                # The job started: nothing to answer yet. The store is read once it ends
+                # (or at the deadline), not for every step on the way.
+                stale = True
+                continue
             refreshed = await self.store.get_job(job.id, job.tenant_id)
             if refreshed is None:  # deleted under us; report what we had
-                break
-            job = refreshed
+                return job
+            job, stale = refreshed, False
+        if stale:
+            job = await self.store.get_job(job.id, job.tenant_id) or job
         return job
 
     async def cancel(self, tenant_id: str, job_id: str, reason: str | None) -> Job:
@@ -242,3 +250,8 @@ class JobService(EnginePart):
                 if time.monotonic() - last_seen >= idle:
                     last_seen = time.monotonic()
                     yield None
+
+
+def _not_an_end(event: MCPJobEvent) -> bool:
+    """A status event that says the job is not over (it was claimed)."""
+    return event.type == "status" and event.job is not None and not event.job.is_terminal

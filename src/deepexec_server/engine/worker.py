@@ -39,6 +39,8 @@ PURGE_BATCH = 200
 #: safety net when they push their news.
 SWEEP_SECONDS = 1.0
 PUSHED_SWEEP_SECONDS = 15.0
+#: Cancels remembered for jobs that do not run here (yet): see ``Worker.on_cancel_requested``.
+EARLY_CANCELS_MAX = 1024
 
 
 class Worker(EnginePart):
@@ -50,6 +52,8 @@ class Worker(EnginePart):
         self.exclusive_store = exclusive_store
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._running: dict[str, RunContext] = {}
+        #: Cancels heard for jobs not running here, oldest first (bounded).
+        self._early_cancels: dict[str, None] = {}
         self._wake = asyncio.Event()
         #: Set while the scheduler waits for a wake, having claimed all it could.
         self._parked = asyncio.Event()
@@ -126,9 +130,18 @@ class Worker(EnginePart):
         self._wake.set()
 
     def on_cancel_requested(self, job_id: str) -> None:
+        """Stop the job if it runs here. A cancel can cross the job's claim: asked once the
+        claim committed (the claim's row said "not canceled") and heard before the run is
+        registered here. So a cancel for a job not running here is remembered (the latest
+        ``EARLY_CANCELS_MAX``) and ``_launch`` honours it; otherwise it would wait for the next
+        lease renewal."""
         ctx = self._running.get(job_id)
         if ctx is not None:
             ctx.cancel_requested.set()
+            return
+        self._early_cancels[job_id] = None
+        if len(self._early_cancels) > EARLY_CANCELS_MAX:
+            del self._early_cancels[next(iter(self._early_cancels))]
 
     # --- burst mode -----------------------------------------------------------------------------
 
@@ -199,9 +212,12 @@ class Worker(EnginePart):
                 await asyncio.sleep(1.0)
             # Woken by a submit or a finished job; the timeout catches jobs submitted through
             # another process sharing the store.
+            # A timeout scope, not ``wait_for``: Python 3.11's ``wait_for`` swallows a cancel
+            # that lands as the wake does, and ``stop`` would wait for this loop forever.
             self._parked.set()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._sweep_seconds)
+                async with asyncio.timeout(self._sweep_seconds):
+                    await self._wake.wait()
             except TimeoutError:
                 self._claimable.update(self.executors)
             finally:
@@ -210,6 +226,8 @@ class Worker(EnginePart):
     def _launch(self, job: Job) -> None:
         ctx = RunContext(job, self.settings, self.store, self.hub)
         self._running[job.id] = ctx
+        if self._early_cancels.pop(job.id, False) is None:
+            ctx.cancel_requested.set()
         self.metrics.running_jobs.labels(job.job_type).inc()
         if job.started_at is not None:
             self.metrics.job_queue_seconds.labels(job.job_type).observe(
