@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from deepexec_sdk import DeepExecAsyncClient
 
@@ -34,6 +35,9 @@ TRIVIAL = "print(1)"
 PRINTS_THEN_WAITS = "import time; print(time.time(), flush=True); time.sleep(120)"
 #: How long the client waits for that line over SSE before calling it not seen.
 LINE_WAIT_S = 10.0
+#: What ``deepexec worker`` logs (level info) once its scheduler runs, and how long to wait for it.
+READY_LINE = "running jobs from"
+WORKER_START_S = 60.0
 
 
 @contextlib.contextmanager
@@ -41,14 +45,16 @@ def workers(server: Server, database_url: str, slots: list[int]) -> Iterator[Non
     """``deepexec worker`` processes (one per entry of ``slots``, with that many code slots)
     beside ``server``, on its database; stopped on exit."""
     procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
     try:
         for n in slots:
-            log = open(server.home / f"worker-{len(procs)}.log", "ab")  # noqa: SIM115
+            logs.append(server.home / f"worker-{len(procs)}.log")
+            log = open(logs[-1], "ab")  # noqa: SIM115
             procs.append(
                 subprocess.Popen(
                     [
                         DEEPEXEC, "worker", "--database-url", database_url,
-                        "--concurrency", f"code_execution={n}", "--log-level", "warning",
+                        "--concurrency", f"code_execution={n}", "--log-level", "info",
                     ],
                     env=server.env,
                     stdout=log,
@@ -57,6 +63,7 @@ def workers(server: Server, database_url: str, slots: list[int]) -> Iterator[Non
                 )
             )  # fmt: skip
             log.close()
+        wait_ready(procs, logs)
         yield
     finally:
         for proc in procs:
@@ -68,6 +75,22 @@ def workers(server: Server, database_url: str, slots: list[int]) -> Iterator[Non
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+
+
+def wait_ready(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+    """Wait until every worker says it runs jobs (a worker still starting would make a
+    two-worker figure a one-worker one)."""
+    deadline = time.monotonic() + WORKER_START_S
+    waiting = dict(zip(logs, procs, strict=True))
+    while waiting:
+        for log, proc in list(waiting.items()):
+            if READY_LINE in log.read_text(errors="replace"):
+                del waiting[log]
+            elif proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}: {log.read_text()[-2000:]}")
+        if waiting and time.monotonic() > deadline:
+            raise RuntimeError(f"{len(waiting)} worker(s) not running after {WORKER_START_S} s")
+        time.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
