@@ -1,7 +1,8 @@
 """The worker's scheduler in process, on a real SQLite store and the real sandbox: it claims
 in priority order when a slot is free, does not ask the store for a job type that has
 nothing queued each time another type's submit wakes it, and in burst mode runs until the
-queue is idle."""
+queue is idle. Two races, interleaved into the real store at the exact point: a cancel that
+crosses the claim, and a job that ends while a waiter subscribes."""
 
 from __future__ import annotations
 
@@ -156,6 +157,58 @@ async def test_a_cancel_that_crosses_the_claim_stops_the_job_at_once(tmp_path: P
         assert final.cancel_reason == "crossed the claim"
         assert final.finished_at is not None and final.started_at is not None
         assert (final.finished_at - final.started_at).total_seconds() < 5
+    finally:
+        await runtime.stop()
+        await store.close()
+
+
+class SlowFirstReadStore(SQLiteStore):
+    """The real SQLite store; the first read of ``slow_id`` returns the row as it was, but
+    only once the job has ended: a waiter's read that raced the job's end."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.slow_id = ""
+        self.stale_reads: list[str] = []
+        self.stale_read_at = 0.0
+
+    async def get_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
+        row = await super().get_job(job_id, tenant_id)
+        if job_id != self.slow_id or row is None or row.is_terminal:
+            return row
+        self.slow_id = ""
+        deadline = time.monotonic() + 20
+        while not (now := await super().get_job(job_id, tenant_id)) or not now.is_terminal:
+            assert time.monotonic() < deadline, "the job never ended"
+            await asyncio.sleep(0.01)
+        self.stale_reads.append(str(row.status))
+        self.stale_read_at = time.monotonic()
+        return row
+
+
+async def test_a_job_that_ends_while_a_waiter_subscribes_wakes_it(tmp_path: Path) -> None:
+    """The waiter subscribes before it reads: an end that lands between the two still wakes
+    it at once, not at its store re-check."""
+    from deepexec_server.engine.service import STORE_RECHECK_SECONDS
+
+    settings = Settings(data_dir=tmp_path, concurrency={"code_execution": 1})
+    store = SlowFirstReadStore(tmp_path / "jobs.db")
+    await store.open()
+    runtime = build_engine(
+        settings,
+        store=store,
+        executors={"code_execution": CodeExecutor(settings)},
+        exclusive_store=True,
+    )
+    await runtime.start()
+    try:
+        submitted, _ = await runtime.service.submit("t1", job("print(1)"))
+        store.slow_id = submitted.id
+        final = await runtime.service.wait("t1", submitted.id, timeout=30)
+        woken_after = time.monotonic() - store.stale_read_at
+        assert len(store.stale_reads) == 1 and store.stale_reads[0] in ("PENDING", "RUNNING")
+        assert final.status == "COMPLETED", final
+        assert woken_after < STORE_RECHECK_SECONDS / 2, woken_after
     finally:
         await runtime.stop()
         await store.close()
