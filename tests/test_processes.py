@@ -1,7 +1,8 @@
 """Several real processes on one PostgreSQL store, every change pushed between them over
-LISTEN/NOTIFY: two API processes (``serve --no-runners``) and two worker processes of one slot
-each. A job submitted to one API process runs on a worker; its live output, progress and end
-reach watchers in both API processes; a cancel reaches the worker at once; a killed listening
+LISTEN/NOTIFY: two API processes (``serve --no-runners``) and three worker processes of one
+slot each. A job submitted to one API process runs on a worker; its live output, progress and
+end reach watchers in both API processes; a burst submitted to both runs each job once, spread
+over the workers; cancels sent as the jobs are claimed stop them at once; a killed listening
 connection loses no wake-up; a killed worker's job ends ``interrupted`` for every waiter."""
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ pytestmark = [
 ]
 
 SLEEPER = {"code": "import time; print('up', flush=True); time.sleep(120)"}
+WORKERS = 3
 
 
 class Cluster:
-    """Two API processes and two workers on one fresh schema; stopped by ``stop``."""
+    """Two API processes and three workers on one fresh schema; stopped by ``stop``."""
 
     def __init__(self, root: Path, url: str) -> None:
         env = {"DEEPEXEC_LEASE_SECONDS": "3"}
@@ -46,7 +48,7 @@ class Cluster:
             for i in range(2)
         ]
         self.env = {**self.api[0].env, "DEEPEXEC_LEASE_SECONDS": "3"}
-        self.logs = [open(root / f"worker{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+        self.logs = [open(root / f"worker{i}.log", "wb") for i in range(WORKERS)]  # noqa: SIM115
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> Cluster:
@@ -63,7 +65,17 @@ class Cluster:
                     start_new_session=True,
                 )
             )  # fmt: skip
+        self.wait_ready()
         return self
+
+    def wait_ready(self, within: float = 60) -> None:
+        """Until every worker logs that it runs jobs (its scheduler and listener are up)."""
+        deadline = time.monotonic() + within
+        for log, worker in zip(self.logs, self.workers, strict=True):
+            while "running jobs from" not in Path(log.name).read_text(errors="replace"):
+                assert worker.poll() is None, Path(log.name).read_text()
+                assert time.monotonic() < deadline, "a worker did not start"
+                time.sleep(0.05)
 
     def client(self, i: int) -> DeepExecClient:
         # One tenant: the first API process provisioned the key; the database is shared.
@@ -171,9 +183,52 @@ def test_a_cancel_reaches_the_worker_at_once(cluster: Cluster) -> None:
         assert final.status == "CANCELED" and final.cancel_reason == "from the other API process"
 
 
+def test_a_burst_to_both_api_processes_runs_each_job_once_over_the_workers(
+    cluster: Cluster,
+) -> None:
+    with cluster.client(0) as a, cluster.client(1) as b:
+        jobs = [
+            (a if i % 2 else b).submit_mcp_job(
+                f"burst{i}", "code_execution", {"code": f"import time; time.sleep(0.3); print({i})"}
+            )
+            for i in range(12)
+        ]
+        finals = [
+            (b if i % 2 else a).wait_for_mcp_job_completion(j.job_id, max_wait_time=60)
+            for i, j in enumerate(jobs)
+        ]
+    for i, final in enumerate(finals):
+        assert final.status == "COMPLETED", final
+        assert final.result is not None and final.result["stdout"] == f"{i}\n"
+    # Each worker has one slot: jobs whose runs overlap ran on different workers. 12 jobs of
+    # 0.3 s over three workers: at most three overlap, and more than one do.
+    spans = [(f.started_at, f.finished_at) for f in finals]
+    bounds = [(s, e) for s, e in spans if s is not None and e is not None]
+    assert len(bounds) == len(finals), spans
+    at_once = max(len([1 for s, e in bounds if s <= t < e]) for t, _ in bounds)
+    assert 2 <= at_once <= WORKERS, spans
+
+
+def test_cancels_sent_as_jobs_are_claimed_stop_them_at_once(cluster: Cluster) -> None:
+    """Each job is canceled from the other API process right after its submit, so the cancel
+    lands before, during or just after a worker's claim: every one ends CANCELED within the
+    cancel call (which waits for a running job to stop), none runs to its end."""
+    with cluster.client(0) as a, cluster.client(1) as b:
+        for i in range(8):
+            job = a.submit_mcp_job(f"race{i}", "code_execution", SLEEPER)
+            if i % 2:
+                time.sleep(0.05 * i)  # later into the claim and the start
+            answer = b.cancel_mcp_job(job.job_id, "race")
+            assert answer.status == "CANCELED", (i, answer)
+            final = a.wait_for_mcp_job_completion(job.job_id, max_wait_time=5)
+            assert final.status == "CANCELED" and final.cancel_reason == "race"
+        # The workers are free again: a job runs at once.
+        assert a.execute_code_and_wait("print(2)", max_wait_time=30).status == "COMPLETED"
+
+
 def test_a_pending_job_is_canceled_and_never_runs(cluster: Cluster) -> None:
     with cluster.client(0) as a:
-        busy = [a.submit_mcp_job(f"busy{i}", "code_execution", SLEEPER) for i in range(2)]
+        busy = [a.submit_mcp_job(f"busy{i}", "code_execution", SLEEPER) for i in range(WORKERS)]
         for job in busy:
             wait_running(a, job.job_id)
         queued = a.submit_mcp_job("queued", "code_execution", {"code": "print(1)"})
@@ -195,7 +250,7 @@ def test_killed_listener_connections_lose_no_wake_up(cluster: Cluster) -> None:
     """Every process's listening connection is terminated, and a job is submitted at once:
     the workers reconnect, re-read the queue, and run it long before their safety sweep."""
     before = listener_pids()
-    assert len(before) >= 4  # two API processes and two workers
+    assert len(before) >= 2 + WORKERS  # two API processes and the workers
     with psycopg.connect(PG, autocommit=True) as conn:
         for pid in before:
             conn.execute("SELECT pg_terminate_backend(%s)", [pid])
