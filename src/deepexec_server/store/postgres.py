@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
+import weakref
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -65,6 +67,9 @@ from .base import driver_failure, interrupted_error
 
 Conn = AsyncConnection[DictRow]
 
+#: A pooled connection idle longer than this is checked (one round trip) before it is used.
+CHECK_IDLE_SECONDS = 1.0
+
 
 def _jsonb(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value, dumps=json_text)
@@ -110,6 +115,8 @@ class PostgresStore:
         self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._pool: AsyncConnectionPool[Conn] | None = None
+        #: When each pooled connection was last given back (see ``_check``).
+        self._used_at: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
         self._inserts = GroupCommit(self._insert_many, self._insert_one)
 
     def __repr__(self) -> str:
@@ -145,9 +152,21 @@ class PostgresStore:
             raise RuntimeError(f"{self!r} is not open")
         try:
             async with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._used_at[conn] = time.monotonic()
         except psycopg.Error as exc:
             raise driver_failure(self, exc) from exc
+
+    async def _check(self, conn: Conn) -> None:
+        """The pool's check before it hands ``conn`` out: a round trip, so only for a
+        connection idle more than ``CHECK_IDLE_SECONDS`` (a server restart breaks idle
+        connections; one used a moment ago is very likely fine, and if it is not, the call
+        fails with a retryable ``StoreError`` and the pool replaces it)."""
+        used = self._used_at.get(conn)
+        if used is None or time.monotonic() - used > CHECK_IDLE_SECONDS:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def _migrate(self, conn: Conn) -> None:
         """Create the schema and apply missing scripts in one transaction, under an advisory
@@ -203,7 +222,7 @@ class PostgresStore:
             kwargs={"autocommit": True, "row_factory": dict_row},
             configure=self._prepare,
             # A connection broken by a server restart is replaced, not handed out.
-            check=AsyncConnectionPool.check_connection,
+            check=self._check,
         )
         try:
             await pool.open(wait=True, timeout=self._connect_timeout)
