@@ -83,6 +83,7 @@ class PgEventBus:
         self.conninfo = conninfo
         self.channel = channel or (channel_name(schema) if schema is not None else "")
         self.origin = uuid.uuid4().hex[:16]
+        self._own_prefix = f'{{"{_ORIGIN}":"{self.origin}"'
         self._connection = connection
         self._connect_timeout = connect_timeout
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
@@ -145,7 +146,8 @@ class PgEventBus:
     async def publish(self, message: Message) -> None:
         """Send ``message`` to every other listening process (delivered after the sender's
         transaction, here a single autocommitted statement)."""
-        payload = json.dumps({**message, _ORIGIN: self.origin}, separators=(",", ":"))
+        # The origin first: a listener drops its own messages by their prefix, unparsed.
+        payload = json.dumps({_ORIGIN: self.origin, **message}, separators=(",", ":"))
         async with self._connection() as conn:
             if len(payload.encode()) >= MAX_NOTIFY_BYTES:
                 payload = await self._store(conn, payload)
@@ -163,7 +165,7 @@ class PgEventBus:
                 "DELETE FROM event_payloads WHERE created_at < now() - make_interval(secs => %s)",
                 [PAYLOAD_TTL_S],
             )
-        return json.dumps({_ORIGIN: self.origin, _REF: row["id"]})
+        return json.dumps({_ORIGIN: self.origin, _REF: row["id"]}, separators=(",", ":"))
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -206,6 +208,8 @@ class PgEventBus:
         return attempt + 1
 
     def _received(self, payload: str) -> None:
+        if payload.startswith(self._own_prefix):
+            return  # this process's own message (a worker's events come back to it)
         try:
             message = json.loads(payload)
         except ValueError:
