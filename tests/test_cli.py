@@ -87,6 +87,36 @@ def test_submit_a_file_by_suffix(server: ServerProcess, tmp_path: object) -> Non
         assert "hello from c" in server.cli("submit", "--wait", str(program)).stdout
 
 
+def test_submit_with_a_tests_directory_prints_a_verdict_per_test(
+    server: ServerProcess, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    program = root / "double.py"
+    program.write_text("print(2 * int(input()))\n")
+    tests = root / "tests"
+    tests.mkdir()
+    for n, (given, want) in enumerate([("1", "2"), ("5", "10"), ("3", "7")], 1):
+        (tests / f"{n}.in").write_text(given + "\n")
+        (tests / f"{n}.out").write_text(want + "\n")
+    (tests / "10.in").write_text("4\n")  # no .out: passes when the program runs cleanly
+    res = server.cli("submit", "--wait", str(program), "--tests", str(tests))
+    lines = res.stdout.splitlines()
+    assert lines[:4] == [line for line in lines if line.startswith("test ")], (
+        res.stdout
+    )  # in order: 1, 2, 3, 10
+    assert [ln.split()[1] for ln in lines[:4]] == ["1:", "2:", "3:", "10:"]
+    assert [ln.split()[2] for ln in lines[:4]] == [
+        "accepted", "accepted", "wrong_answer", "accepted",
+    ]  # fmt: skip
+    assert "passed 3/4" in res.stdout
+    empty = root / "empty"
+    empty.mkdir()
+    bad = server.cli("submit", str(program), "--tests", str(empty), check=False)
+    assert bad.returncode != 0 and "NAME.in" in bad.stderr
+
+
 def test_unknown_job_gives_a_clear_error(server: ServerProcess) -> None:
     res = server.cli("status", "job_doesnotexist", check=False)
     assert res.returncode == 1

@@ -1,7 +1,7 @@
 """The Judge0 CE API on the real server: its information routes, authentication, field
 errors, batches and cancel, and the official ``judge0`` PyPI client (0.0.8, unmodified)
-connecting to it. (Running submissions to their verdicts needs the code executor's test cases:
-see ``executors/multitest.py``.)"""
+connecting to it. (Submissions run to their verdicts through the official client:
+see test_judge0_client.py.)"""
 
 from __future__ import annotations
 

@@ -85,6 +85,11 @@ def test_every_tool_has_a_description_and_an_object_schema() -> None:
         assert tool.execution is None
     assert defs["execute_code"].input_schema["required"] == ["code"]
     assert defs["wait_job"].input_schema["required"] == ["job_id"]
+    props = defs["execute_code"].input_schema["properties"]
+    assert props["compare"]["enum"] == ["exact", "trailing_whitespace", "tokens", "float"]
+    assert {"tests", "float_tolerance", "stop_on_failure"} <= set(props)
+    case = defs["execute_code"].input_schema["$defs"]["TestCase"]["properties"]
+    assert set(case) == {"stdin", "expected_output", "name"}
 
 
 def test_schemas_carry_the_hosts_languages_models_and_longest_timeout() -> None:

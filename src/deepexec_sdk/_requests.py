@@ -72,6 +72,10 @@ def code_execution_data(
     args: Sequence[str] | None,
     files: Mapping[str, str] | None,
     env: Mapping[str, str] | None,
+    tests: Sequence[Mapping[str, Any]] | None = None,
+    compare: str | None = None,
+    float_tolerance: float | None = None,
+    stop_on_failure: bool | None = None,
 ) -> dict[str, Any]:
     """The ``data`` of a ``code_execution`` job (``CodeExecutionData``): the parameters are its
     fields."""

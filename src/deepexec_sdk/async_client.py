@@ -164,6 +164,10 @@ class DeepExecAsyncClient(_BaseClient):
         args: Sequence[str] | None = None,
         files: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        tests: Sequence[Mapping[str, Any]] | None = None,
+        compare: str | None = None,
+        float_tolerance: float | None = None,
+        stop_on_failure: bool | None = None,
         timeout: int = 60,
         priority: int = 0,
         tags: Sequence[str] | None = None,
@@ -172,8 +176,13 @@ class DeepExecAsyncClient(_BaseClient):
         max_wait_time: float | None = None,
     ) -> MCPJobStatusResponse:
         """Run ``code`` in the sandbox and return the job's terminal status (a failed program
-        is a FAILED status with ``error`` and ``result``, not an exception)."""
-        data = code_execution_data(code, language, stdin=stdin, args=args, files=files, env=env)
+        is a FAILED status with ``error`` and ``result``, not an exception). With ``tests``
+        (``[{"stdin", "expected_output", "name"}]``) the program is compiled once and run per
+        test; ``result["tests"]`` holds a verdict each and ``result["summary"]`` the counts."""
+        data = code_execution_data(
+            code, language, stdin=stdin, args=args, files=files, env=env, tests=tests,
+            compare=compare, float_tolerance=float_tolerance, stop_on_failure=stop_on_failure,
+        )  # fmt: skip
         job = await self.submit_mcp_job(
             name or f"{language} code", "code_execution", data, timeout, priority, tags
         )

@@ -44,6 +44,12 @@ _ENV_NAME = re.compile(ENV_NAME_PATTERN)
 MAX_INPUT_FILES = 100
 MAX_FILE_PATH_CHARS = 255
 DEFAULT_LANGUAGE = "python"
+#: Test cases of one job, and the bytes of all their stdin and expected outputs together.
+MAX_TESTS = 500
+MAX_TESTS_BYTES = 8 * 1024 * 1024
+Compare = Literal["exact", "trailing_whitespace", "tokens", "float"]
+COMPARE_MODES: tuple[str, ...] = get_args(Compare)
+DEFAULT_FLOAT_TOLERANCE = 1e-6
 
 # --- text_generation --------------------------------------------------------------------------
 
@@ -198,6 +204,46 @@ class CodeLimits(BaseModel):
 LIMIT_NAMES = tuple(CodeLimits.model_fields)
 
 
+def _number_in(low: float, high: float, *, low_open: bool = False) -> BeforeValidator:
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _problem("number", "must be a number")
+        if not math.isfinite(value):
+            raise _problem("number", "must be a number")
+        if value > high or value < low or (low_open and value == low):
+            bracket = "(" if low_open else "["
+            raise _problem("number_range", f"must be in {bracket}{low:g}, {high:g}]")
+        return float(value)
+
+    return BeforeValidator(check)
+
+
+class TestCase(BaseModel):
+    """One test of a multi-test job: the program's stdin and, optionally, its expected output
+    (without one, the test passes when the program runs cleanly)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stdin: Annotated[str, _none_is(str), _text(MAX_STDIN_BYTES)] = Field(
+        default="", description="Text the program reads on stdin in this test."
+    )
+    expected_output: Annotated[str, _text(MAX_STDIN_BYTES)] | None = Field(
+        default=None, description="What the program must print (compared by 'compare')."
+    )
+    name: Annotated[str, Field(max_length=200)] | None = Field(
+        default=None, description="A label for this test, echoed in its result."
+    )
+
+
+def _tests_size(tests: list[TestCase] | None) -> list[TestCase] | None:
+    total = sum(_utf8_len(t.stdin) + _utf8_len(t.expected_output or "") for t in tests or [])
+    if total > MAX_TESTS_BYTES:
+        raise _problem(
+            "too_long", f"stdin and expected outputs total more than {MAX_TESTS_BYTES} bytes"
+        )
+    return tests
+
+
 class CodeExecutionData(BaseModel):
     """The ``data`` of a ``code_execution`` job. The server also checks that ``language`` is
     installed, ``limits`` are within its maxima and ``files`` within its body size."""
@@ -227,6 +273,28 @@ class CodeExecutionData(BaseModel):
         description='Input files written to the work dir first: {"rel/path": "text" | '
         '{"content": base64, "encoding": "base64"}}.',
     )
+    tests: (
+        Annotated[
+            list[TestCase], Field(min_length=1, max_length=MAX_TESTS), AfterValidator(_tests_size)
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Test cases: the program is compiled once and run once per test, each in a "
+        "fresh sandbox, with the test's stdin; the result lists a verdict per test.",
+    )
+    compare: Compare = Field(
+        default="trailing_whitespace",
+        description="How outputs are compared with expected_output: exact, trailing_whitespace "
+        "(trailing spaces and blank lines around do not count), tokens, float.",
+    )
+    float_tolerance: Annotated[float, Field(ge=0, le=1), _number_in(0.0, 1.0)] = Field(
+        default=DEFAULT_FLOAT_TOLERANCE,
+        description="compare=float: absolute or relative difference two numbers may have.",
+    )
+    stop_on_failure: bool = Field(
+        default=False, description="Stop at the first test that is not accepted."
+    )
 
 
 # --- text_generation --------------------------------------------------------------------------
@@ -243,20 +311,6 @@ def _int_in(low: int, high: int) -> BeforeValidator:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise _problem("int_range", f"must be an integer from {low} to {high}")
         return value
-
-    return BeforeValidator(check)
-
-
-def _number_in(low: float, high: float, *, low_open: bool = False) -> BeforeValidator:
-    def check(value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _problem("number", "must be a number")
-        if not math.isfinite(value):
-            raise _problem("number", "must be a number")
-        if value > high or value < low or (low_open and value == low):
-            bracket = "(" if low_open else "["
-            raise _problem("number_range", f"must be in {bracket}{low:g}, {high:g}]")
-        return float(value)
 
     return BeforeValidator(check)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from deepexec_sdk import DeepExecClient
+from deepexec_sdk.job_data import COMPARE_MODES
 
 from ..executors.languages import LANGUAGES
 from .common import CliError, client_opts
@@ -37,6 +38,28 @@ LANGUAGE_BY_SUFFIX = {
 
 def _client(args: argparse.Namespace) -> DeepExecClient:
     return DeepExecClient(base_url=args.url, api_key=args.api_key)
+
+
+def load_tests(directory: str) -> list[dict[str, Any]]:
+    """The test cases of a directory: each ``NAME.in`` is a test's stdin and the ``NAME.out``
+    beside it (if any) its expected output; in order of NAME (numbers by value: 2 before 10)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise CliError(f"--tests {directory}: not a directory")
+    inputs = sorted(
+        root.glob("*.in"),
+        key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.stem),
+    )
+    if not inputs:
+        raise CliError(f"--tests {directory}: no NAME.in files (each test is NAME.in, NAME.out)")
+    tests = []
+    for path in inputs:
+        test: dict[str, Any] = {"name": path.stem, "stdin": path.read_text(encoding="utf-8")}
+        out = path.with_suffix(".out")
+        if out.is_file():
+            test["expected_output"] = out.read_text(encoding="utf-8")
+        tests.append(test)
+    return tests
 
 
 def _submission(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
@@ -65,6 +88,10 @@ def _submission(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
     data = {"code": code, "language": language}
     if args.stdin_file:
         data["stdin"] = Path(args.stdin_file).read_text(encoding="utf-8")
+    if args.tests:
+        data.update(tests=load_tests(args.tests), compare=args.compare)
+        if args.stop_on_failure:
+            data["stop_on_failure"] = True
     return "code_execution", data, f"cli {language}"
 
 
@@ -256,6 +283,23 @@ def _add_submit(sub: Subparsers) -> None:
         + " where installed (default: from the file's suffix, else python)",
     )
     p.add_argument("--stdin-file", help="file whose contents the program reads on stdin")
+    p.add_argument(
+        "--tests",
+        metavar="DIR",
+        help="run the program once per test: DIR holds NAME.in (stdin) and NAME.out (expected "
+        "output) pairs; compiled once, a verdict per test",
+    )
+    p.add_argument(
+        "--compare",
+        choices=COMPARE_MODES,
+        default="trailing_whitespace",
+        help="with --tests: how outputs are compared (default trailing_whitespace)",
+    )
+    p.add_argument(
+        "--stop-on-failure",
+        action="store_true",
+        help="with --tests: stop at the first failing test",
+    )
     p.add_argument("--prompt", "-p", help="generate text from this prompt instead")
     p.add_argument("--model", "-m", help="model for --prompt (default: the embedded model)")
     p.add_argument("--max-tokens", type=int, default=256)

@@ -19,9 +19,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def print_tests(tests: list[Any], summary: dict[str, Any]) -> None:
+    """One line per test (its name or number, verdict, time), then the counts."""
+    for index, test in enumerate(tests, 1):
+        if isinstance(test, dict):
+            ms = test.get("wall_time_ms")
+            took = f"  {ms} ms" if ms is not None else ""
+            print(f"test {test.get('name', index)}: {test.get('verdict')}{took}")
+    print(f"passed {summary.get('passed')}/{summary.get('of', summary.get('total'))}")
+
+
 def print_output(result: dict[str, Any]) -> None:
     if isinstance(result.get("text"), str):
         print(result["text"])
+        return
+    if isinstance(result.get("tests"), list) and isinstance(result.get("summary"), dict):
+        print_tests(result["tests"], result["summary"])
         return
     for key, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         value = result.get(key)

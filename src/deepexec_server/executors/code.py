@@ -45,6 +45,7 @@ from .base import ExecutionContext, Outcome
 from .code_data import encode_files, validate_code_data, validate_files, validate_limits
 from .code_files import OUTPUTS_DIR, OutputFiles, collect_output_files
 from .limits import COMPILE_LIMITS, JobLimits, LimitPolicy
+from .multitest import Case, CaseRun, Judging, compile_error_tests, run_tests
 from .sandbox import (
     NOT_STARTED,
     CgroupError,
@@ -352,12 +353,61 @@ class _Steps:
             compile_output = (build.stdout + build.stderr)[: COMPILE_LIMITS.max_output_bytes]
             failed = compile_failure(build, build.stats, compile_timeout)
             if failed is not None:
-                return _compile_error(build, language.name, self.limits, compile_output, failed)
+                outcome = _compile_error(build, language.name, self.limits, compile_output, failed)
+                if self.data.get("tests") and outcome.result is not None:
+                    outcome.result.update(compile_error_tests(len(self.data["tests"])))
+                return outcome
+        if self.data.get("tests"):
+            return await self.run_tests(language, interp, files, compile_output)
         timeout = max(0.1, ctx.timeout - (time.monotonic() - self.started))
         command = language.argv(interp.path, self.data.get("args", []), interp.runtime)
         stdin = str(self.data.get("stdin", "")).encode("utf-8", errors="replace")
         program = self._program(command, timeout, files, stdin=stdin, on_output=ctx.emit_output)
         return await sandbox.run(program, self.limits), compile_output
+
+    async def run_tests(
+        self,
+        language: langs.Language,
+        interp: langs.Interpreter,
+        files: Mapping[str, bytes],
+        compile_output: str | None,
+    ) -> Outcome:
+        """Run the (compiled) program once per test, each run in a fresh sandbox, and judge
+        each (``multitest.run_tests``); the job completes whatever the verdicts."""
+        sandbox, ctx = self.host.sandbox, self.ctx
+        command = language.argv(interp.path, self.data.get("args", []), interp.runtime)
+        pending = dict(files)  # written by the first run; later runs find them in the dir
+
+        async def run_one(case: Case) -> CaseRun:
+            timeout = max(0.1, ctx.timeout - (time.monotonic() - self.started))
+            stdin = case.stdin.encode("utf-8", errors="replace")
+            program = self._program(command, timeout, dict(pending), stdin=stdin)
+            pending.clear()
+            run = await sandbox.run(program, self.limits)
+            judged = decide_outcome(
+                run, language.name, timeout, Collected(run.stats, limits=self.limits)
+            )
+            stats = run.stats
+            return CaseRun(
+                run.stdout, run.stderr, run.exit_code, run.signal, run.wall_time_ms,
+                judged.error.type if judged.error else None,
+                judged.error.message if judged.error else None,
+                stats.cpu_time_ms if stats else None, stats.memory_peak_kb if stats else None,
+                run.stdout_truncated, run.stderr_truncated,
+            )  # fmt: skip
+
+        cases = [Case.from_data(t) for t in self.data["tests"]]
+        judged = await run_tests(
+            cases, run_one, Judging.from_data(self.data), ctx.report_progress,
+            ctx.cancel_requested.is_set,
+        )  # fmt: skip
+        result = {
+            "language": language.name,
+            "compile_output": compile_output,
+            "compiled": 1 if language.compiled else 0,
+            **judged,
+        }
+        return Outcome(result, canceled=ctx.cancel_requested.is_set())
 
 
 def _compile_error(

@@ -132,7 +132,7 @@ def validate_code_data(
     files = _decode(parsed.files, max_files_bytes)
     if language.filename in files:
         raise bad(["files", language.filename], "is the program's own file name")
-    return {
+    normal: dict[str, Any] = {
         "code": parsed.code,
         "language": language.name,
         "stdin": parsed.stdin,
@@ -141,3 +141,11 @@ def validate_code_data(
         "limits": limits.to_dict(),
         "files": encode_files(files),
     }
+    if parsed.tests is not None:
+        normal.update(
+            tests=[t.model_dump() for t in parsed.tests],
+            compare=parsed.compare,
+            float_tolerance=parsed.float_tolerance,
+            stop_on_failure=parsed.stop_on_failure,
+        )
+    return normal

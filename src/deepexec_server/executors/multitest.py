@@ -6,7 +6,7 @@ program with a test's stdin; this module orders the runs, reports progress (test
 total), stops at the first failure when asked, bounds what each test keeps of its output, and
 builds the result's ``tests`` list and ``summary``.
 
-Job data (validated in ``code_data``)::
+Job data (declared in ``deepexec_sdk.job_data.CodeExecutionData``)::
 
     {"code": ..., "language": ..., "tests": [{"stdin": "1 2", "expected_output": "3"}, ...],
      "compare": "trailing_whitespace", "float_tolerance": 1e-6, "stop_on_failure": false}
@@ -143,4 +143,14 @@ async def run_tests(
     return {
         "tests": entries,
         "summary": {**summary(verdicts), "run": len(entries), "of": len(tests)},
+    }
+
+
+def compile_error_tests(n_tests: int) -> dict[str, Any]:
+    """The ``tests`` and ``summary`` of a job whose program did not compile: no test ran, each
+    has the verdict ``compile_error``."""
+    verdicts = [Verdict.COMPILE_ERROR] * n_tests
+    return {
+        "tests": [{"verdict": v.value} for v in verdicts],
+        "summary": {**summary(verdicts), "run": 0, "of": n_tests},
     }
