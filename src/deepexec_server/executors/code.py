@@ -317,6 +317,8 @@ class _Steps:
     limits: JobLimits
     gauge: DiskGauge = dataclasses.field(init=False)
     started: float = dataclasses.field(init=False)
+    #: Compile steps run so far (a multi-test job's result reports it: one for all tests).
+    compiles: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.gauge = DiskGauge(self.job)
@@ -349,6 +351,7 @@ class _Steps:
                 self._program(language.compile_argv(interp.path), compile_timeout, files),
                 COMPILE_LIMITS,
             )
+            self.compiles += 1
             files = {}
             compile_output = (build.stdout + build.stderr)[: COMPILE_LIMITS.max_output_bytes]
             failed = compile_failure(build, build.stats, compile_timeout)
@@ -404,7 +407,7 @@ class _Steps:
         result = {
             "language": language.name,
             "compile_output": compile_output,
-            "compiled": 1 if language.compiled else 0,
+            "compiled": self.compiles,
             **judged,
         }
         return Outcome(result, canceled=ctx.cancel_requested.is_set())
