@@ -128,3 +128,13 @@ def test_error_handling_example_ends_without_unexpected_exception(
     assert code == 0, err
     assert "Unexpected error" not in out, out
     assert "Traceback" not in err, err
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="needs g++")
+def test_judging_example_prints_a_verdict_per_test(server: ServerProcess) -> None:
+    run = TimedRun(server, example("Judging a program against test cases"))
+    code, out, err = run.finish(timeout=120)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["accepted", "accepted"], out
+    assert "'passed': 2" in lines[2] and "'total': 2" in lines[2], out

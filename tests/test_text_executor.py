@@ -933,7 +933,9 @@ async def test_cancel_during_backoff_ends_the_job_promptly(
     assert time.monotonic() - cancelled_at < 0.2
     assert out.canceled and out.result is not None and out.result["text"] == ""
     await asyncio.sleep(1.0)
-    assert len(upstream.times("down below")) == 1  # no retry after the cancel
+    # No retry after the cancel (the full-jitter backoff may retry once before it lands).
+    times = upstream.times("down below")
+    assert times and all(t <= cancelled_at for t in times), (times, cancelled_at)
 
 
 async def test_cancel_mid_stream_closes_the_upstream_request(
