@@ -37,6 +37,9 @@ from .parts import EnginePart
 
 #: How often a waiter re-reads the store, in case the change happened in another process.
 STORE_RECHECK_SECONDS = 2.0
+#: After the first of the jobs a ``wait_jobs`` names has ended, how long it gathers others
+#: that end before answering.
+WAIT_GATHER_SECONDS = 0.05
 #: Bytes of results one answer of ``wait_jobs`` carries at most (at least one job, whatever
 #: its size): the others are left for the next call.
 WAIT_ANSWER_MAX_BYTES = 8 * 1024 * 1024
@@ -276,8 +279,9 @@ class BatchOps(EnginePart):
         *,
         every: bool,
     ) -> None:
-        """Wait until every one (``every``) or any one of ``open_ids`` has ended, or
-        ``timeout`` seconds; ``open_ids`` loses each that ended. Woken by status events; the
+        """Wait until every one (``every``) or any one of ``open_ids`` has ended (then up to
+        ``WAIT_GATHER_SECONDS`` more for others), or ``timeout`` seconds; ``open_ids`` loses
+        each that ended. Woken by status events; the
         store is read again every ``STORE_RECHECK_SECONDS`` in case an event was missed."""
         deadline = time.monotonic() + timeout
         while open_ids:
@@ -296,4 +300,7 @@ class BatchOps(EnginePart):
                 shared = await sub.get(0)  # what else has queued, without waiting
             open_ids -= ended
             if ended and not every:
-                return
+                # Others often end moments later (a batch's jobs end in waves): gather them
+                # into this answer, rather than one request per job.
+                deadline = min(deadline, time.monotonic() + WAIT_GATHER_SECONDS)
+                every = True
