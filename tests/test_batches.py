@@ -121,9 +121,10 @@ def test_a_thousand_trivial_jobs_in_one_request_all_run(srv: ServerProcess) -> N
         assert [s.job_id for s in done] == batch.job_ids
         assert all(s.status == "COMPLETED" for s in done), {s.status for s in done}
         assert [s.result["stdout"] for s in done if s.result] == [f"{i}\n" for i in range(1000)]
-        # Waiting is one long-poll for many jobs at a time, not a request per job: an answer
-        # gathers the jobs that end within WAIT_GATHER_SECONDS of the first.
-        assert waits <= waited / WAIT_GATHER_SECONDS + 10, (waits, waited)
+        # Waiting is one long-poll for many jobs at a time, not a request per job: a held
+        # answer gathers the jobs that end within WAIT_GATHER_SECONDS of the first (an answer
+        # is immediate only when jobs ended between two requests).
+        assert waits <= 2 * waited / WAIT_GATHER_SECONDS + 10, (waits, waited)
         progress = client.get_mcp_batch_status(batch.batch_id)
         assert progress.done and progress.total == 1000 and progress.finished == 1000
         assert progress.counts["COMPLETED"] == 1000
