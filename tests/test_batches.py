@@ -303,7 +303,6 @@ def test_another_tenant_never_sees_a_batch(srv: ServerProcess) -> None:
         ):
             r = httpx.request(method, srv.base_url + path, json=body, headers=headers(other))
             assert r.status_code == 404, (path, r.text)
-            assert bid not in r.text or "no batch" in r.text
         with pytest.raises(MCPJobNotFoundError):
             other.get_mcp_batch_status(bid)
         with pytest.raises(MCPJobNotFoundError):
