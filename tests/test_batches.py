@@ -209,16 +209,17 @@ def test_every_bad_item_is_named_with_its_field_and_nothing_is_stored(srv: Serve
             {**trivial(5), "colour": "blue"},
             trivial(6, idempotency_key="twice"),
             trivial(7, idempotency_key="twice"),
+            "not a job",
         ]
         with pytest.raises(MCPValidationError) as info:
-            client.submit_mcp_jobs(items)
+            client.submit_mcp_jobs(items[:-1])  # the SDK itself refuses the string
         r = httpx.post(
             f"{srv.base_url}/v1/jobs/batch", json={"jobs": items}, headers=headers(client)
         )
         assert r.status_code == 422
         error = r.json()["error"]
         assert error["type"] == "invalid_batch"
-        assert "5 of 8 jobs are invalid, so none was stored" in error["message"]
+        assert "6 of 9 jobs are invalid, so none was stored" in error["message"]
         named = [(d["index"], d["loc"][3:], d["type"]) for d in error["details"]]
         assert named == [
             (1, ["timeout"], "greater_than_equal"),
@@ -226,6 +227,7 @@ def test_every_bad_item_is_named_with_its_field_and_nothing_is_stored(srv: Serve
             (4, ["job_type"], "unknown_job_type"),
             (5, ["colour"], "extra_forbidden"),
             (7, ["idempotency_key"], "duplicate_idempotency_key"),
+            (8, [], "model_type"),
         ]
         assert "jobs[1].timeout" in str(info.value)
         assert all_jobs(client) == []

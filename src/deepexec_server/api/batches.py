@@ -40,7 +40,8 @@ class _Envelope(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    jobs: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    #: Anything: an item that is not even an object is named by the engine, as the others.
+    jobs: list[Any] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
 
 
 _ENVELOPE = TypeAdapter(_Envelope)
@@ -48,7 +49,7 @@ _ENVELOPE = TypeAdapter(_Envelope)
 router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
-def parse_batch(body: bytes) -> list[dict[str, Any]]:
+def parse_batch(body: bytes) -> list[Any]:
     """The items of a batch submit's body, each still to validate (by the engine, which
     names every bad item at once), or the 400/422 of a body that is not ``{"jobs": [...]}``
     with 1 to 1,000 objects."""

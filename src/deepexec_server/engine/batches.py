@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -85,7 +85,7 @@ class BatchOps(EnginePart):
     _stopping = False
 
     async def submit_batch(
-        self, tenant_id: str, items: Sequence[Mapping[str, Any]], idempotency_key: str | None
+        self, tenant_id: str, items: Sequence[Any], idempotency_key: str | None
     ) -> CreatedBatch:
         """Validate every item (each the JSON of a ``BatchJobRequest``) and store them all in
         one transaction, or raise ``Unprocessable`` (``invalid_batch``) listing every bad
@@ -133,7 +133,7 @@ class BatchOps(EnginePart):
         return made
 
     async def _admit_items(
-        self, tenant_id: str, items: Sequence[Mapping[str, Any]]
+        self, tenant_id: str, items: Sequence[Any]
     ) -> tuple[list[NewJob], list[dict[str, Any]], list[dict[str, Any]]]:
         """Each item's job and its JSON (what the batch's fingerprint hashes); or the
         problems of every bad item."""
