@@ -35,6 +35,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         b8_postgres,
         b10_noisy_neighbour,
         b11_processes,
+        b12_batch,
         profile,
     )
 
@@ -50,6 +51,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         9: ("profile", profile.run),
         10: ("another tenant during a progress flood", b10_noisy_neighbour.run),
         11: ("several processes on PostgreSQL", b11_processes.run),
+        12: ("batch submit vs single submits", b12_batch.run),
     }
 
 

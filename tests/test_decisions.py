@@ -11,9 +11,9 @@ import pytest
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
 from deepexec_server.domain import TRANSITIONS, InvalidTransition, JobError, check_transition
+from deepexec_server.engine.admission import request_fingerprint
 from deepexec_server.engine.hub import QUEUE_SIZE, EventHub
 from deepexec_server.engine.outcomes import clamp_progress, decide_status
-from deepexec_server.engine.service import request_fingerprint
 from deepexec_server.errors import TooManyRequests
 from deepexec_server.executors.base import Outcome
 from deepexec_server.settings import Settings, SettingsError

@@ -161,8 +161,8 @@ class Backend:
             self.emptied = True
             async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
                 await conn.execute(
-                    sql.SQL("TRUNCATE {}.jobs, {}.api_keys").format(
-                        sql.Identifier(self.pg.main), sql.Identifier(self.pg.main)
+                    sql.SQL("TRUNCATE {}.jobs, {}.api_keys, {}.batches, {}.batch_jobs").format(
+                        *[sql.Identifier(self.pg.main)] * 4
                     )
                 )
         return store

@@ -28,8 +28,8 @@ from ._answers import (
     transport_error,
     validation_problem,
 )
-from ._follow import STREAM_READ_TIMEOUT, EventStreamState, WaitClock
-from ._requests import Call, RequestSpec, format_seconds, omit_none
+from ._follow import STREAM_READ_TIMEOUT, EventStreamState, JobsWait, WaitClock
+from ._requests import Call, RequestSpec, batch_items, format_seconds, omit_none
 from ._version import __version__
 from .config import ENV_API_KEY, credentials_path, resolve
 from .errors import DeepExecError
@@ -40,10 +40,14 @@ from .types import (
     PROTOCOL_VERSION,
     JobStatus,
     LanguageListResponse,
+    MCPBatchCancelResponse,
+    MCPBatchResponse,
+    MCPBatchStatusResponse,
     MCPCancelJobResponse,
     MCPJobListResponse,
     MCPJobResponse,
     MCPJobStatusResponse,
+    MCPJobsWaitResponse,
     ModelListResponse,
 )
 
@@ -152,6 +156,64 @@ class _BaseClient:
             "POST", self._url(), httpx.Timeout(self._timeout), headers=headers, json=body
         )
         return Call(spec, MCPJobResponse)
+
+    def _submit_batch_call(
+        self, jobs: Sequence[Mapping[str, Any]], idempotency_key: str | None
+    ) -> Call[MCPBatchResponse]:
+        headers = self._headers()
+        # As for one submit: the keys (the batch's and each job's) are made once per logical
+        # call and sent again on every retry, so a retried batch creates nothing twice.
+        headers[IDEMPOTENCY_HEADER] = idempotency_key or f"sdk-{uuid.uuid4()}"
+        spec = RequestSpec(
+            "POST",
+            self._url("batch"),
+            httpx.Timeout(self._timeout),
+            headers=headers,
+            json={"jobs": batch_items(jobs)},
+        )
+        return Call(spec, MCPBatchResponse)
+
+    def _wait_jobs_call(self, job_ids: Sequence[str], wait: float) -> Call[MCPJobsWaitResponse]:
+        spec = RequestSpec(
+            "POST",
+            self._url("wait"),
+            # The server holds the answer up to ``wait`` seconds: the read must outlast it.
+            httpx.Timeout(self._timeout, read=self._timeout + wait),
+            headers=self._headers(),
+            json={"job_ids": list(job_ids), "wait": round(wait, 3)},
+        )
+        return Call(spec, MCPJobsWaitResponse)
+
+    def _jobs_wait(
+        self, job_ids: Sequence[str], poll_interval: float, max_wait_time: float | None
+    ) -> JobsWait:
+        if isinstance(job_ids, str):
+            raise TypeError("job_ids must be a sequence of job ids, not one string")
+        return JobsWait(
+            list(dict.fromkeys(job_ids)), self._wait_clock(poll_interval, max_wait_time)
+        )
+
+    def _batch_url(self, batch_id: str, *rest: str) -> str:
+        if not batch_id:
+            raise ValueError("batch_id must be a non-empty string")
+        path = "/".join(quote(s, safe="") for s in (batch_id, *rest))
+        return f"{self._base_url}/v1/batches/{path}"
+
+    def _batch_status_call(self, batch_id: str) -> Call[MCPBatchStatusResponse]:
+        spec = RequestSpec(
+            "GET", self._batch_url(batch_id), httpx.Timeout(self._timeout), headers=self._headers()
+        )
+        return Call(spec, MCPBatchStatusResponse)
+
+    def _batch_cancel_call(self, batch_id: str, reason: str | None) -> Call[MCPBatchCancelResponse]:
+        spec = RequestSpec(
+            "POST",
+            self._batch_url(batch_id, "cancel"),
+            httpx.Timeout(self._timeout),
+            headers=self._headers(),
+            json=omit_none(reason=reason),
+        )
+        return Call(spec, MCPBatchCancelResponse)
 
     def _status_call(self, job_id: str, wait: float = 0.0) -> Call[MCPJobStatusResponse]:
         params: list[tuple[str, str]] = []

@@ -16,7 +16,7 @@ from ._requests import RequestSpec
 from .errors import JobWaitTimeoutError, MCPConnectionError, MCPProtocolError
 from .retry import RetryPolicy
 from .streaming import ServerSentEvent, SSEDecoder
-from .types import MCPJobEvent, MCPJobStatusResponse
+from .types import MAX_BATCH_JOBS, MCPJobEvent, MCPJobStatusResponse, MCPJobsWaitResponse
 
 logger = logging.getLogger("deepexec_sdk")
 
@@ -84,6 +84,44 @@ class WaitClock:
             job_id=job_id,
             last_status=last,
         )
+
+
+@dataclasses.dataclass
+class JobsWait:
+    """Paces a wait on many jobs (``iter_mcp_jobs_as_completed``): each request names the
+    jobs still pending (the first ``MAX_BATCH_JOBS`` of them) and long-polls until one has
+    ended; an answer that brought ended jobs is followed at once by the next request."""
+
+    pending: list[str]
+    clock: WaitClock
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def next_ids(self) -> list[str]:
+        return self.pending[:MAX_BATCH_JOBS]
+
+    def take(self, answer: MCPJobsWaitResponse) -> list[MCPJobStatusResponse]:
+        """The ended jobs of ``answer``, which are no longer pending."""
+        ended = [job for job in answer.jobs if job.is_terminal]
+        gone = {job.job_id for job in ended}
+        self.pending = [i for i in self.pending if i not in gone]
+        return ended
+
+    def pause(self, brought: bool, sent: float, now: float) -> float:
+        """Sleep before the next request; raises ``JobWaitTimeoutError`` past the deadline
+        (only after an answer that brought nothing: ended jobs are always handed over)."""
+        if brought or self.done:
+            return 0.0
+        if self.clock.expired(now):
+            raise JobWaitTimeoutError(
+                f"{len(self.pending)} job(s) did not finish within {self.clock.max_wait_time} s "
+                f"(the first: {self.pending[0]})",
+                job_id=self.pending[0],
+                pending=list(self.pending),
+            )
+        return self.clock.pause(sent, now)
 
 
 # --- event streams ----------------------------------------------------------------------------

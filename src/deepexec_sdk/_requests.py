@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -10,6 +11,7 @@ import httpx
 from pydantic import BaseModel
 
 from .job_data import CodeExecutionData, TextGenerationData
+from .types import MAX_BATCH_JOBS
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -34,6 +36,25 @@ class Call(Generic[T]):
 
     spec: RequestSpec
     model: type[T]
+
+
+def batch_items(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The items of a batch submit: each job's fields as given (``name``, ``job_type``,
+    ``data`` and optionally ``timeout``, ``priority``, ``tags``, ``idempotency_key``; the
+    server validates them), with an idempotency key made for each that has none."""
+    if isinstance(jobs, Mapping | str) or not isinstance(jobs, Sequence):
+        raise TypeError("jobs must be a list of job mappings (name, job_type, data, ...)")
+    if not 0 < len(jobs) <= MAX_BATCH_JOBS:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH_JOBS} jobs, got {len(jobs)}")
+    items = []
+    for index, job in enumerate(jobs):
+        if not isinstance(job, Mapping):
+            raise TypeError(f"jobs[{index}] must be a mapping, got {type(job).__name__}")
+        item = {k: _plain(v) for k, v in job.items()}
+        if item.get("idempotency_key") is None:
+            item["idempotency_key"] = f"sdk-{uuid.uuid4()}"
+        items.append(item)
+    return items
 
 
 def format_seconds(seconds: float) -> str:

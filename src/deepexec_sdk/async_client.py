@@ -18,6 +18,9 @@ from ._requests import Call, RequestSpec, code_execution_data, text_generation_d
 from .types import (
     JobStatus,
     LanguageListResponse,
+    MCPBatchCancelResponse,
+    MCPBatchResponse,
+    MCPBatchStatusResponse,
     MCPCancelJobResponse,
     MCPJobEvent,
     MCPJobListResponse,
@@ -222,6 +225,65 @@ class DeepExecAsyncClient(_BaseClient):
             name or "text generation", "text_generation", data, timeout, priority, tags
         )
         return await self.wait_for_mcp_job_completion(job.job_id, poll_interval, max_wait_time)
+
+    # -- batches ---------------------------------------------------------------------------
+
+    async def submit_mcp_jobs(
+        self, jobs: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> MCPBatchResponse:
+        """Submit up to 1,000 jobs in one request, stored all or none; returns the batch's id
+        and its jobs in order. Each job is a mapping of ``submit_mcp_job``'s arguments
+        (``name``, ``job_type``, ``data``, and optionally ``timeout``, ``priority``, ``tags``,
+        ``idempotency_key``). Safe to retry: the batch and each job get a key once, sent on
+        every attempt, so nothing is created twice. An invalid job raises
+        ``MCPValidationError`` whose ``details`` name every bad job (``index``) and field."""
+        return await self._call(self._submit_batch_call(jobs, idempotency_key))
+
+    async def wait_for_mcp_jobs(
+        self,
+        job_ids: Sequence[str],
+        poll_interval: float = 1.0,
+        max_wait_time: float | None = None,
+    ) -> list[MCPJobStatusResponse]:
+        """Wait until every job of ``job_ids`` has ended; their terminal statuses, in the
+        order of ``job_ids``. Raises ``JobWaitTimeoutError`` (``pending`` lists the jobs not
+        ended) after ``max_wait_time`` seconds; None waits as long as it takes."""
+        ended = {
+            job.job_id: job
+            async for job in self.iter_mcp_jobs_as_completed(job_ids, poll_interval, max_wait_time)
+        }
+        return [ended[job_id] for job_id in job_ids]
+
+    async def iter_mcp_jobs_as_completed(
+        self,
+        job_ids: Sequence[str],
+        poll_interval: float = 1.0,
+        max_wait_time: float | None = None,
+    ) -> AsyncIterator[MCPJobStatusResponse]:
+        """Each job of ``job_ids`` once it has ended (its terminal status), in the order they
+        end. One request waits on all of them (the server answers as soon as one ends),
+        asking again at least every ``poll_interval`` seconds; ``max_wait_time`` as for
+        ``wait_for_mcp_jobs``."""
+        wait = self._jobs_wait(job_ids, poll_interval, max_wait_time)
+        while not wait.done:
+            sent = time.monotonic()
+            call = self._wait_jobs_call(wait.next_ids(), wait.clock.long_poll(sent))
+            ended = wait.take(await self._call(call))
+            for job in ended:
+                yield job
+            await asyncio.sleep(wait.pause(bool(ended), sent, time.monotonic()))
+
+    async def get_mcp_batch_status(self, batch_id: str) -> MCPBatchStatusResponse:
+        """A batch's progress: how many of its jobs are in each status, and whether all
+        have ended."""
+        return await self._call(self._batch_status_call(batch_id))
+
+    async def cancel_mcp_batch(
+        self, batch_id: str, reason: str | None = None
+    ) -> MCPBatchCancelResponse:
+        """Cancel every pending job of a batch and ask its running ones to stop; jobs that
+        already ended keep their status."""
+        return await self._call(self._batch_cancel_call(batch_id, reason))
 
     # -- the server's offer ---------------------------------------------------------------
 

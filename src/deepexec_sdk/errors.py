@@ -105,16 +105,26 @@ class MCPServerError(MCPExecutionError):
 
 
 class JobWaitTimeoutError(DeepExecError, TimeoutError):
-    """``wait_for_mcp_job_completion`` reached ``max_wait_time`` before the job ended.
+    """``wait_for_mcp_job_completion`` (or ``wait_for_mcp_jobs``) reached ``max_wait_time``
+    before the job (every job) ended.
 
     A subclass of the built-in ``TimeoutError``, so ``except TimeoutError`` catches it.
-    ``last_status`` holds the job's state when waiting stopped.
+    ``last_status`` holds the job's state when waiting stopped; after a wait on many jobs,
+    ``pending`` lists those that had not ended (``job_id`` is the first of them).
     """
 
-    def __init__(self, message: str, *, job_id: str, last_status: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str,
+        last_status: Any = None,
+        pending: list[str] | None = None,
+    ) -> None:
         super().__init__(message, error_type="wait_timeout")
         self.job_id = job_id
         self.last_status = last_status
+        self.pending = pending if pending is not None else [job_id]
 
 
 __all__ = [

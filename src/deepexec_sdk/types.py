@@ -21,6 +21,12 @@ REQUEST_ID_HEADER = "X-Request-Id"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 MAX_TAGS = 32
+#: Most jobs one ``POST /v1/jobs/batch`` (``submit_mcp_jobs``) may carry, and most job ids one
+#: ``POST /v1/jobs/wait`` may name.
+MAX_BATCH_JOBS = 1000
+#: Longest hold of a long-poll (``wait`` of a status read, a batch or ``POST /v1/jobs/wait``).
+MAX_WAIT_SECONDS = 60
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
 MAX_TAG_LENGTH = 64
 MAX_NAME_LENGTH = 200
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/=+-]*$"
@@ -131,6 +137,52 @@ class MCPJobListResponse(_Response):
     next_cursor: str | None = None
 
 
+class MCPBatchJob(MCPJobResponse):
+    """One job of a submitted batch. ``created`` is False when the item's idempotency key
+    named a job submitted before (that job is returned, no new one is made)."""
+
+    created: bool = True
+
+
+class MCPBatchResponse(_Response):
+    """What ``submit_mcp_jobs`` returns: the batch's id and its jobs, in request order."""
+
+    batch_id: str
+    created_at: datetime
+    jobs: list[MCPBatchJob]
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.job_id for job in self.jobs]
+
+
+class MCPBatchStatusResponse(_Response):
+    """A batch's progress: how many of its jobs are in each status. ``done``: every one of
+    them has ended (COMPLETED, FAILED or CANCELED)."""
+
+    batch_id: str
+    created_at: datetime
+    total: int
+    counts: dict[JobStatus, int]
+    finished: int
+    done: bool
+
+
+class MCPBatchCancelResponse(MCPBatchStatusResponse):
+    """What canceling a batch returns: its progress, and how many of its jobs this request
+    canceled (pending ones) or asked to stop (running ones)."""
+
+    canceled: int
+
+
+class MCPJobsWaitResponse(_Response):
+    """``POST /v1/jobs/wait``: the named jobs that have ended, in full, and the ids of the
+    others (still running, or left for the next call to keep the answer bounded)."""
+
+    jobs: list[MCPJobStatusResponse]
+    pending: list[str]
+
+
 EventType = Literal["status", "progress", "output"]
 
 
@@ -231,3 +283,40 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=1000)
+
+
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=IDEMPOTENCY_KEY_PATTERN)
+]
+
+
+class BatchJobRequest(JobSubmitRequest):
+    """One item of ``POST /v1/jobs/batch``: ``POST /v1/jobs``'s body, plus the item's own
+    optional ``idempotency_key`` (the same key returns the same job, within and across
+    batches and single submits)."""
+
+    idempotency_key: IdempotencyKey | None = None
+
+
+class BatchSubmitRequest(BaseModel):
+    """Body of ``POST /v1/jobs/batch``: 1 to ``MAX_BATCH_JOBS`` jobs, stored all or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[BatchJobRequest] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+
+
+class JobsWaitRequest(BaseModel):
+    """Body of ``POST /v1/jobs/wait``: answered once one of ``job_ids`` has ended, or after
+    ``wait`` seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
+        min_length=1, max_length=MAX_BATCH_JOBS
+    )
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS)
+
+
+class BatchCancelRequest(CancelRequest):
+    """Body of ``POST /v1/batches/{batch_id}/cancel`` (optional)."""

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 from deepexec_sdk import __version__
 
 from . import ui
-from .api import middleware
+from .api import batches, middleware
 from .api.errors import install_error_handlers
 from .api.routes import declare_bearer_auth, health, router
 from .auth import Authenticator, provision_local_key
@@ -146,6 +146,7 @@ def create_app(
     mcp_lifespan = install_mcp(app, services)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(batches.router)
     app.include_router(health)
     app.include_router(piston.router())
     app.include_router(judge0.router())
@@ -155,7 +156,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = declare_bearer_auth(_openapi())
+            app.openapi_schema = declare_bearer_auth(batches.declare_batch_body(_openapi()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -70,6 +70,11 @@ def new_job_id() -> str:
     return "job_" + secrets.token_hex(16)
 
 
+def new_batch_id() -> str:
+    """An unguessable batch id, as ``new_job_id``."""
+    return "bat_" + secrets.token_hex(16)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobError:
     """Why a job failed. ``type`` is one of the documented error types (see ``ErrorType``)."""
@@ -208,3 +213,47 @@ class ApiKey:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewBatch:
+    """Validated submissions to store together, in request order."""
+
+    tenant_id: str
+    jobs: tuple[NewJob, ...]
+    idempotency_key: str | None = None
+    #: Hash of the whole request, to tell a retry from a different batch reusing its key.
+    fingerprint: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch as stored: its jobs are listed by position (``Store.list_batch_jobs``)."""
+
+    id: str
+    tenant_id: str
+    size: int
+    created_at: datetime
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreatedBatch:
+    """What storing a batch gave: the batch and its jobs in request order, and per job
+    whether this call created it (False: an item's idempotency key named an earlier job).
+    ``replayed``: the batch's own key named an earlier batch, which is returned as it is."""
+
+    batch: Batch
+    jobs: tuple[Job, ...]
+    created: tuple[bool, ...]
+    replayed: bool = False
+
+
+class IdempotencyConflicts(DeepExecError):
+    """Items of a batch whose idempotency keys already name jobs submitted with other
+    requests; nothing of the batch was stored. ``items``: (position, the holder's job id)."""
+
+    def __init__(self, items: list[tuple[int, str]]) -> None:
+        super().__init__(f"{len(items)} idempotency key(s) already used for other requests")
+        self.items = items

@@ -15,11 +15,11 @@ into a door (a job's error, an MCP error, the CLI's message):
         ├── StoreError            500  internal_error (the database failed)
         ├── BadRequest            400  invalid_json, unsupported_protocol, invalid_request
         ├── Unauthorized          401  authentication_required, invalid_api_key
-        ├── NotFound              404  job_not_found, not_found
+        ├── NotFound              404  job_not_found, batch_not_found, not_found
         ├── Conflict              409  job_not_cancelable, idempotency_conflict
         ├── PayloadTooLarge       413  body_too_large
         ├── UnsupportedMediaType  415  unsupported_media_type
-        ├── Unprocessable         422  validation_error, unknown_job_type, invalid_job_data, ...
+        ├── Unprocessable         422  validation_error, invalid_batch, unknown_job_type, ...
         ├── TooManyRequests       429  too_many_subscribers
         └── Unavailable           503  not_ready, shutting_down
 """
@@ -108,3 +108,7 @@ class StoreError(ServiceError):
 
 def job_not_found(job_id: str) -> NotFound:
     return NotFound(f"no job {job_id!r} for this API key", type="job_not_found")
+
+
+def batch_not_found(batch_id: str) -> NotFound:
+    return NotFound(f"no batch {batch_id!r} for this API key", type="batch_not_found")

@@ -198,6 +198,8 @@ class Settings(BaseSettings):
     #: How long POST .../cancel waits for a running job to stop before answering.
     cancel_wait_seconds: float = 2.0
     max_body_bytes: int = 2 * 1024 * 1024
+    #: The cap on the body of a batch submit (``POST /v1/jobs/batch``, up to 1,000 jobs).
+    max_batch_body_bytes: int = 32 * 1024 * 1024
     #: Runner slots per job type on this server.
     concurrency: Pairs = Field(default_factory=lambda: {"code_execution": 2, "text_generation": 1})
     #: A running job's lease; renewed every third of it. A runner silent this long is dead.
@@ -413,8 +415,9 @@ class Settings(BaseSettings):
             raise SettingsError(
                 f"purge_interval_seconds must be > 0, got {self.purge_interval_seconds}"
             )
-        if self.max_body_bytes < 1024:
-            raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        for name in ("max_body_bytes", "max_batch_body_bytes"):
+            if getattr(self, name) < 1024:
+                raise SettingsError(f"{name} must be >= 1024, got {getattr(self, name)}")
         for job_type, n in self.concurrency.items():
             if n < 1:
                 raise SettingsError(f"concurrency for {job_type} must be >= 1, got {n}")

@@ -9,12 +9,15 @@ from deepexec_sdk.types import (
 )
 from deepexec_sdk.types import (
     JobStatus,
+    MCPBatchJob,
+    MCPBatchResponse,
+    MCPBatchStatusResponse,
     MCPJobResponse,
     MCPJobStatusResponse,
     MCPJobSummary,
 )
 
-from .domain import Job, JobSummary
+from .domain import Batch, CreatedBatch, Job, JobSummary
 
 
 def _state(job: Job | JobSummary) -> dict[str, Any]:
@@ -55,14 +58,44 @@ def job_list_item(job: JobSummary) -> MCPJobSummary:
     return MCPJobSummary(**_state(job))
 
 
+def _summary(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "name": job.name,
+        "job_type": job.job_type,
+        "priority": job.priority,
+        "timeout": job.timeout,
+        "tags": list(job.tags),
+        "created_at": job.created_at,
+    }
+
+
 def job_summary(job: Job) -> MCPJobResponse:
-    return MCPJobResponse(
-        job_id=job.id,
-        status=job.status,
-        name=job.name,
-        job_type=job.job_type,
-        priority=job.priority,
-        timeout=job.timeout,
-        tags=list(job.tags),
-        created_at=job.created_at,
+    return MCPJobResponse(**_summary(job))
+
+
+def batch_answer(made: CreatedBatch) -> MCPBatchResponse:
+    """A stored batch as its submit answers: its jobs in request order."""
+    return MCPBatchResponse(
+        batch_id=made.batch.id,
+        created_at=made.batch.created_at,
+        jobs=[
+            MCPBatchJob(**_summary(job), created=created)
+            for job, created in zip(made.jobs, made.created, strict=True)
+        ],
+    )
+
+
+def batch_status(batch: Batch, counts: dict[JobStatus, int]) -> MCPBatchStatusResponse:
+    """A batch's progress: its jobs counted by status."""
+    finished = sum(n for status, n in counts.items() if status.is_terminal)
+    total = sum(counts.values())
+    return MCPBatchStatusResponse(
+        batch_id=batch.id,
+        created_at=batch.created_at,
+        total=total,
+        counts={status: counts.get(status, 0) for status in JobStatus},
+        finished=finished,
+        done=finished == total,
     )

@@ -29,6 +29,19 @@ REFERENCE_METHODS = {
     "close",
 }
 
+#: Batches: many jobs submitted in one request, waited on together.
+BATCH_METHODS = {
+    "submit_mcp_jobs",
+    "wait_for_mcp_jobs",
+    "iter_mcp_jobs_as_completed",
+    "get_mcp_batch_status",
+    "cancel_mcp_batch",
+}
+
+#: Methods that hand over items as they come: a generator on the sync client, an async
+#: generator on the async one.
+STREAMS = {"stream_mcp_job_events", "iter_mcp_jobs_as_completed"}
+
 
 def public(cls: type) -> dict[str, object]:
     return {
@@ -49,7 +62,7 @@ def normalized(sig: inspect.Signature) -> list[tuple[str, object, object, str]]:
 
 def test_both_clients_have_the_same_public_methods() -> None:
     sync, async_ = public(DeepExecClient), public(DeepExecAsyncClient)
-    assert set(sync) >= REFERENCE_METHODS
+    assert set(sync) >= REFERENCE_METHODS | BATCH_METHODS
     assert set(async_) == set(sync) | ASYNC_ONLY
     assert not set(sync) & ASYNC_ONLY
 
@@ -59,9 +72,9 @@ def test_signatures_match(name: str) -> None:
     sync = inspect.signature(getattr(DeepExecClient, name))
     async_ = inspect.signature(getattr(DeepExecAsyncClient, name))
     assert normalized(sync) == normalized(async_)
-    if name == "stream_mcp_job_events":
-        assert sync.return_annotation == "Iterator[MCPJobEvent]"
-        assert async_.return_annotation == "AsyncIterator[MCPJobEvent]"
+    if name in STREAMS:
+        assert sync.return_annotation.startswith("Iterator[")
+        assert async_.return_annotation == "Async" + sync.return_annotation
     elif name != "__init__":
         assert sync.return_annotation == async_.return_annotation
 
@@ -69,7 +82,7 @@ def test_signatures_match(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(public(DeepExecAsyncClient)))
 def test_async_methods_are_coroutines_and_the_stream_an_async_generator(name: str) -> None:
     method = getattr(DeepExecAsyncClient, name)
-    if name == "stream_mcp_job_events":
+    if name in STREAMS:
         assert inspect.isasyncgenfunction(method)
         assert inspect.isgeneratorfunction(getattr(DeepExecClient, name))
     else:
@@ -116,6 +129,11 @@ def test_package_exports() -> None:
         "MCPRateLimitError",
         "MCPServerError",
         "JobWaitTimeoutError",
+        "MCPBatchResponse",
+        "MCPBatchJob",
+        "MCPBatchStatusResponse",
+        "MCPBatchCancelResponse",
+        "MCPJobsWaitResponse",
     }
     assert expected <= set(deepexec_sdk.__all__)
     assert deepexec_sdk.__all__ == sorted(deepexec_sdk.__all__)

@@ -52,14 +52,20 @@ async def submit_body(
     svc: Services, tenant_id: str, req: JobSubmitRequest, idempotency_key: str | None
 ) -> tuple[int, bytes]:
     """Submit a job: 201 and its summary, or 200 and the first job for a replayed key."""
+    check_idempotency_key(idempotency_key)
+    job, created = await svc.engine.submit(tenant_id, req, idempotency_key)
+    return 201 if created else 200, job_summary(job).model_dump_json().encode()
+
+
+def check_idempotency_key(idempotency_key: str | None) -> None:
+    """Raise ``BadRequest`` unless the ``Idempotency-Key`` header is absent or 1-200
+    printable ASCII characters."""
     if idempotency_key is not None and not (
         0 < len(idempotency_key) <= 200
         and idempotency_key.isprintable()
         and idempotency_key.isascii()
     ):
         raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1-200 printable ASCII characters")
-    job, created = await svc.engine.submit(tenant_id, req, idempotency_key)
-    return 201 if created else 200, job_summary(job).model_dump_json().encode()
 
 
 def parse_submission(body: bytes) -> JobSubmitRequest:

@@ -11,7 +11,7 @@ their leases (see docs/architecture.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from deepexec_sdk.types import MCPJobEvent
@@ -81,6 +81,9 @@ class JobEvents(Protocol):
         self, job_id: str, *, tenant_id: str | None = None, statuses_only: bool = False
     ) -> Subscription:
         """Subscribe to a job's events (its status changes alone if ``statuses_only``)."""
+
+    def subscribe_many(self, job_ids: Sequence[str], *, tenant_id: str) -> Subscription:
+        """Subscribe to the status changes of all of ``job_ids`` at once (a batch's)."""
 
     def replay(self, job_id: str) -> list[MCPJobEvent]:
         """The latest output of a job that runs, as output events, for a watcher arriving

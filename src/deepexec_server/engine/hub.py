@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections import defaultdict
+from collections.abc import Sequence
 
 from deepexec_sdk.types import MCPJobEvent
 
@@ -36,10 +37,16 @@ SUBSCRIBER_RETRY_AFTER = 1.0
 
 class Subscription:
     def __init__(
-        self, hub: EventHub, job_id: str, tenant_id: str | None, statuses_only: bool
+        self,
+        hub: EventHub,
+        job_ids: tuple[str, ...],
+        tenant_id: str | None,
+        statuses_only: bool,
     ) -> None:
         self._hub = hub
-        self.job_id = job_id
+        #: The jobs whose events this subscription receives: one, or a batch's (a waiter on
+        #: many jobs counts once against its tenant's cap, not once per job).
+        self.job_ids = job_ids
         self.tenant_id = tenant_id
         self.statuses_only = statuses_only
         self.queue: asyncio.Queue[SharedEvent] = asyncio.Queue(QUEUE_SIZE)
@@ -109,7 +116,7 @@ class EventHub:
         the tenant has as many subscribers as allowed."""
         if tenant_id is not None:
             self._check_caps(job_id, tenant_id)
-        sub = Subscription(self, job_id, tenant_id, statuses_only)
+        sub = Subscription(self, (job_id,), tenant_id, statuses_only)
         self._subs[job_id].add(sub)
         if not statuses_only:
             self._full[job_id].add(sub)
@@ -118,8 +125,22 @@ class EventHub:
             self._per_tenant[tenant_id] += 1
         return sub
 
-    def _check_caps(self, job_id: str, tenant_id: str) -> None:
-        if self.max_per_job and self._per_job.get(job_id, 0) >= self.max_per_job:
+    def subscribe_many(self, job_ids: Sequence[str], *, tenant_id: str) -> Subscription:
+        """One subscription to the status changes of all of ``job_ids``: one listener of the
+        tenant's (``TooManyRequests`` at its cap), none of any job's."""
+        self._check_caps(None, tenant_id)
+        sub = Subscription(self, tuple(dict.fromkeys(job_ids)), tenant_id, statuses_only=True)
+        for job_id in sub.job_ids:
+            self._subs[job_id].add(sub)
+        self._per_tenant[tenant_id] += 1
+        return sub
+
+    def _check_caps(self, job_id: str | None, tenant_id: str) -> None:
+        if (
+            job_id is not None
+            and self.max_per_job
+            and self._per_job.get(job_id, 0) >= self.max_per_job
+        ):
             raise TooManyRequests(
                 f"job {job_id} already has {self.max_per_job} listeners (waits and event "
                 "streams), the most this server allows per job "
@@ -139,14 +160,16 @@ class EventHub:
             )
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        for table in (self._subs, self._full):
-            subs = table.get(sub.job_id)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del table[sub.job_id]
+        for job_id in sub.job_ids:
+            for table in (self._subs, self._full):
+                subs = table.get(job_id)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del table[job_id]
         if sub.tenant_id is not None:
-            _decrement(self._per_job, sub.job_id)
+            if len(sub.job_ids) == 1:
+                _decrement(self._per_job, sub.job_ids[0])
             _decrement(self._per_tenant, sub.tenant_id)
 
     def publish(self, event: MCPJobEvent) -> None:

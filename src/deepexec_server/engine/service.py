@@ -9,40 +9,26 @@ service may run in a process without workers (``deepexec serve --no-runners``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
 
-from ..domain import Job, JobFilter, JobSummary, NewJob, find_nul, utcnow
+from ..domain import Job, JobFilter, JobSummary, utcnow
 from ..errors import Conflict, Unavailable, Unprocessable, job_not_found
-from ..executors.base import JobDataError, ModelUnavailableError
 from ..store import decode_cursor, encode_cursor
 from ..views import job_status
+from .admission import admit
+from .batches import STORE_RECHECK_SECONDS, BatchOps
 from .events import SharedEvent, Subscription
 from .outcomes import announce_end
-from .parts import EnginePart
-
-#: How often a waiter re-reads the store, in case the change happened in another process.
-STORE_RECHECK_SECONDS = 2.0
 
 
-def request_fingerprint(req: JobSubmitRequest | dict[str, Any]) -> str:
-    """A stable hash of a submission, to tell a retry from another request reusing its key.
-    Takes the request or its ``model_dump(mode="json")``."""
-    plain = req if isinstance(req, dict) else req.model_dump(mode="json")
-    canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-class JobService(EnginePart):
+class JobService(BatchOps):
     """The engine as the doors see it (``Engine`` is this class)."""
 
     _started = False
-    _stopping = False
 
     def open(self) -> None:
         """Start taking submissions (once the store is open and the executors started)."""
@@ -66,52 +52,8 @@ class JobService(EnginePart):
         returns the first job with ``created = False``."""
         if self._stopping:
             raise Unavailable("the server is shutting down", type="shutting_down")
-        plain = req.model_dump(mode="json")
-        nul_at = find_nul(plain, ("body",))
-        if nul_at is not None:
-            raise Unprocessable(
-                "strings must not contain the NUL character (\\u0000)",
-                details=[{"loc": list(nul_at), "msg": "contains U+0000"}],
-            )
-        executor = self.executors.get(req.job_type)
-        if executor is None:
-            known = ", ".join(sorted(self.executors))
-            raise Unprocessable(
-                f"unknown job_type {req.job_type!r}; this server runs: {known}",
-                type="unknown_job_type",
-                details=[{"loc": ["body", "job_type"], "msg": f"must be one of: {known}"}],
-            )
-        if req.timeout > self.settings.max_timeout:
-            raise Unprocessable(
-                f"timeout {req.timeout} s is over this server's maximum of "
-                f"{self.settings.max_timeout} s",
-                details=[
-                    {"loc": ["body", "timeout"], "msg": f"must be <= {self.settings.max_timeout}"}
-                ],
-            )
-        try:
-            data = executor.validate(req.data, req.timeout)
-            await executor.admit(data)
-        except JobDataError as exc:
-            raise Unprocessable(
-                exc.message,
-                type="model_unavailable"
-                if isinstance(exc, ModelUnavailableError)
-                else "invalid_job_data",
-                details=exc.details,
-            ) from exc
-        fingerprint = request_fingerprint(plain)
-        new = NewJob(
-            tenant_id=tenant_id,
-            name=req.name,
-            job_type=req.job_type,
-            data=data,
-            timeout=req.timeout,
-            priority=req.priority,
-            tags=tuple(dict.fromkeys(req.tags)),
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-        )
+        new = await admit(self, tenant_id, req, idempotency_key, req.model_dump(mode="json"))
+        fingerprint = new.fingerprint
         job, created = await self.store.create_job(new, utcnow())
         if not created and job.fingerprint != fingerprint:
             raise Conflict(

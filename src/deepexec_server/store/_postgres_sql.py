@@ -3,11 +3,40 @@ write, for ``postgres.PostgresStore``."""
 
 from __future__ import annotations
 
-from ._codec import API_KEY_COLUMNS, JOB_COLUMNS, JOB_SUMMARY_COLUMNS, status_json_select
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from ..domain import Job
+from ._codec import (
+    API_KEY_COLUMNS,
+    JOB_COLUMNS,
+    JOB_SUMMARY_COLUMNS,
+    as_utc,
+    job_to_fields,
+    json_text,
+    status_json_select,
+)
 from .base import PURGED_DATA_KEPT_BYTES
 
 #: The columns of ``jobs`` that hold JSON (``jsonb``).
 JSON_COLUMNS = frozenset({"data", "result", "error"})
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value, dumps=json_text)
+
+
+def param(value: Any) -> Any:
+    """A plain value as a query parameter; datetimes must be aware (naive ones are refused)."""
+    return as_utc(value) if isinstance(value, datetime) else value
+
+
+def insert_values(job: Job) -> list[Any]:
+    """A job's column values, in ``INSERT_JOB``'s order."""
+    return [jsonb(v) if k in JSON_COLUMNS else param(v) for k, v in job_to_fields(job).items()]
+
 
 INSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) "
@@ -47,15 +76,25 @@ RETURNING jobs.*
 """
 # One statement for both cases; every expression reads the row as it was before. A repeated
 # request keeps the first time and reason.
-CANCEL = """
-UPDATE jobs SET
+CANCEL_SET = """
     status = CASE WHEN status = 'PENDING' THEN 'CANCELED' ELSE status END,
     finished_at = CASE WHEN status = 'PENDING' THEN %(now)s ELSE finished_at END,
     cancel_reason = CASE WHEN cancel_requested_at IS NULL THEN %(reason)s::text
                          ELSE COALESCE(cancel_reason, %(reason)s::text) END,
     cancel_requested_at = COALESCE(cancel_requested_at, %(now)s),
     updated_at = %(now)s
+"""
+CANCEL = f"""
+UPDATE jobs SET {CANCEL_SET}
 WHERE id = %(id)s AND tenant_id = %(tenant)s AND status IN ('PENDING', 'RUNNING')
+RETURNING *
+"""
+#: ``CANCEL`` for the jobs of a batch that are pending, or running with no cancel asked yet.
+CANCEL_BATCH = f"""
+UPDATE jobs SET {CANCEL_SET}
+WHERE tenant_id = %(tenant)s
+    AND (status = 'PENDING' OR (status = 'RUNNING' AND cancel_requested_at IS NULL))
+    AND id IN (SELECT job_id FROM batch_jobs WHERE batch_id = %(batch)s)
 RETURNING *
 """
 FINISH = """

@@ -19,7 +19,17 @@ from typing import Any, Protocol
 
 from deepexec_sdk.types import JobStatus
 
-from ..domain import ApiKey, Job, JobError, JobFilter, JobSummary, NewJob
+from ..domain import (
+    ApiKey,
+    Batch,
+    CreatedBatch,
+    Job,
+    JobError,
+    JobFilter,
+    JobSummary,
+    NewBatch,
+    NewJob,
+)
 from ..errors import StoreError
 
 logger = logging.getLogger("deepexec_server.store")
@@ -129,6 +139,50 @@ class Store(Protocol):
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         """Number of jobs per status, across tenants (for /metrics)."""
+
+    # --- batches --------------------------------------------------------------------------------
+
+    async def create_batch(self, new: NewBatch, now: datetime) -> CreatedBatch:
+        """Store a batch and its jobs (PENDING, fresh ids) in one transaction. An item whose
+        idempotency key the tenant already holds takes that job instead, if its fingerprint
+        matches; if any does not, raise ``IdempotencyConflicts`` and store nothing. If
+        ``new.idempotency_key`` names a batch of the tenant, store nothing and return that
+        batch (``replayed``); the caller compares fingerprints."""
+
+    async def batch_progress(
+        self, batch_id: str, tenant_id: str
+    ) -> tuple[Batch, dict[JobStatus, int]] | None:
+        """The tenant's batch and its jobs' number per status (every status, zero included);
+        None if the tenant has no such batch."""
+
+    async def batch_job_ids(self, batch_id: str, tenant_id: str) -> list[str] | None:
+        """The ids of the batch's jobs by position; None if the tenant has no such batch."""
+
+    async def list_batch_jobs(
+        self,
+        batch_id: str,
+        tenant_id: str,
+        status: JobStatus | None,
+        limit: int,
+        after: int | None = None,
+    ) -> list[tuple[int, JobSummary]] | None:
+        """Up to ``limit`` of the batch's jobs (with ``status`` if given) by position, each with
+        its position; only positions after ``after``. None if the tenant has no such batch."""
+
+    async def cancel_batch(
+        self, batch_id: str, tenant_id: str, reason: str | None, now: datetime
+    ) -> list[Job] | None:
+        """``request_cancel`` for every job of the batch that is PENDING, or RUNNING with no
+        cancel requested yet, in one statement. Returns those jobs as changed; None if the
+        tenant has no such batch."""
+
+    async def job_states(
+        self, job_ids: Collection[str], tenant_id: str
+    ) -> dict[str, tuple[JobStatus, int]]:
+        """Status and stored result bytes of those of ``job_ids`` the tenant has."""
+
+    async def get_jobs(self, job_ids: Collection[str], tenant_id: str) -> list[Job]:
+        """Those of ``job_ids`` the tenant has, in full, in no particular order."""
 
     # --- API keys -------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from deepexec_sdk.types import TERMINAL_STATUSES, JobStatus
@@ -44,24 +43,26 @@ from ._codec import (
     job_from_fields,
     job_from_new,
     job_summary_from_fields,
-    job_to_fields,
     json_text,
     migrations,
     pending,
 )
+from ._postgres_batches import PostgresBatches
 from ._postgres_sql import (
     CANCEL,
     CLAIM,
     FINISH,
     INSERT_JOB,
     INSERT_KEY,
-    JSON_COLUMNS,
     PURGE_BEFORE,
     PURGE_OVER,
     REAP,
     SCHEMA_VERSION,
     STATUS_JSON,
     SUMMARY_COLUMNS,
+    insert_values,
+    jsonb,
+    param,
 )
 from .base import driver_failure, interrupted_error
 
@@ -69,15 +70,6 @@ Conn = AsyncConnection[DictRow]
 
 #: A pooled connection idle longer than this is checked (one round trip) before it is used.
 CHECK_IDLE_SECONDS = 1.0
-
-
-def _jsonb(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value, dumps=json_text)
-
-
-def _param(value: Any) -> Any:
-    """A plain value as a query parameter; datetimes must be aware (naive ones are refused)."""
-    return as_utc(value) if isinstance(value, datetime) else value
 
 
 def _advisory_key(schema: str | None) -> int:
@@ -95,7 +87,7 @@ def describe(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
-class PostgresStore:
+class PostgresStore(PostgresBatches):
     """A ``Store`` in a PostgreSQL database, optionally in its own schema."""
 
     def __init__(
@@ -254,12 +246,6 @@ class PostgresStore:
         return job_from_fields(existing), False
 
     @staticmethod
-    def _insert_values(job: Job) -> list[Any]:
-        return [
-            _jsonb(v) if k in JSON_COLUMNS else _param(v) for k, v in job_to_fields(job).items()
-        ]
-
-    @staticmethod
     async def _holder(conn: Conn, job: Job) -> DictRow:
         """The job that holds ``job``'s idempotency key (ON CONFLICT waited for its commit)."""
         cur = await conn.execute(
@@ -273,7 +259,7 @@ class PostgresStore:
 
     async def _insert_one(self, job: Job) -> DictRow | None:
         async with self._connection() as conn:
-            cur = await conn.execute(INSERT_JOB, self._insert_values(job))
+            cur = await conn.execute(INSERT_JOB, insert_values(job))
             if await cur.fetchone() is not None:
                 return None
             return await self._holder(conn, job)
@@ -282,7 +268,7 @@ class PostgresStore:
         """All of ``jobs`` in one transaction, the inserts pipelined in one round trip."""
         async with self._connection() as conn, conn.transaction():
             async with conn.pipeline():
-                cursors = [await conn.execute(INSERT_JOB, self._insert_values(job)) for job in jobs]
+                cursors = [await conn.execute(INSERT_JOB, insert_values(job)) for job in jobs]
             created = [await cur.fetchone() is not None for cur in cursors]
             return [
                 None if ok else await self._holder(conn, job)
@@ -406,7 +392,7 @@ class PostgresStore:
             str(status),
             text,
             0 if text is None else len(text.encode("utf-8")),
-            _jsonb(None if error is None else error.to_dict()),
+            jsonb(None if error is None else error.to_dict()),
             at,
             at,
             job_id,
@@ -438,7 +424,7 @@ class PostgresStore:
         """See ``Store.reap_running``. A RUNNING job with no lease at all is reaped too."""
         at = as_utc(now)
         rows = await self._all(
-            REAP, [_jsonb(interrupted_error().to_dict()), at, at, as_utc(lease_expired_before)]
+            REAP, [jsonb(interrupted_error().to_dict()), at, at, as_utc(lease_expired_before)]
         )
         return sorted((job_from_fields(r) for r in rows), key=lambda j: (j.created_at, j.id))
 
@@ -454,7 +440,7 @@ class PostgresStore:
 
     async def create_api_key(self, key: ApiKey) -> None:
         """See ``Store.create_api_key``. Raises ``ValueError`` if its id or hash exists."""
-        values = [_param(getattr(key, name)) for name in API_KEY_COLUMNS]
+        values = [param(getattr(key, name)) for name in API_KEY_COLUMNS]
         async with self._connection() as conn:
             try:
                 await conn.execute(INSERT_KEY, values)

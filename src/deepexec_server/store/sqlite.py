@@ -31,24 +31,19 @@ from ..domain import (
 from ._batch import GroupCommit
 from ._codec import (
     API_KEY_COLUMNS,
-    JOB_COLUMNS,
     JOB_SUMMARY_COLUMNS,
     api_key_from_fields,
     job_from_fields,
     job_from_new,
     job_summary_from_fields,
-    job_to_fields,
     json_text,
     status_json_select,
     ts_to_text,
 )
-from ._sqlite_db import SQLiteDatabase, chunks, fetch_one, from_db, marks, size_of, to_db
+from ._sqlite_batches import CANCEL_SET, SQLiteBatches, cancel_params, insert_job, job_values
+from ._sqlite_db import chunks, fetch_one, from_db, marks, size_of, to_db
 from .base import PURGED_DATA_KEPT_BYTES, interrupted_error
 
-_INSERT_JOB = (
-    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
-    "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-)
 #: The status body (see ``_codec.STATUS_JSON_FIELDS``): timestamps are kept as the API writes
 #: them, and ``json()`` marks a JSON column's text as JSON rather than a string.
 _STATUS_JSON = (
@@ -62,12 +57,7 @@ _INSERT_KEY = (
 )
 
 
-def _job_values(job: Job) -> list[Any]:
-    """A job's column values, in ``_INSERT_JOB``'s order."""
-    return list(to_db(job_to_fields(job)).values())
-
-
-class SQLiteStore(SQLiteDatabase):
+class SQLiteStore(SQLiteBatches):
     """A ``Store`` in one SQLite file (WAL mode). Safe to share between processes on one host;
     for several hosts use ``PostgresStore``."""
 
@@ -88,28 +78,17 @@ class SQLiteStore(SQLiteDatabase):
             return job, True
         return job_from_fields(from_db(existing)), False
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, job: Job, values: list[Any]) -> sqlite3.Row | None:
-        """Insert ``job``; None, or the job that already holds its idempotency key."""
-        if conn.execute(_INSERT_JOB, values).rowcount == 1:
-            return None
-        return fetch_one(
-            conn,
-            "SELECT * FROM jobs WHERE tenant_id = ? AND idempotency_key = ?",
-            [job.tenant_id, job.idempotency_key],
-        )
-
     async def _insert_one(self, job: Job) -> sqlite3.Row | None:
-        values = _job_values(job)
-        return await self._write(lambda conn: self._insert(conn, job, values), size_of(values))
+        values = job_values(job)
+        return await self._write(lambda conn: insert_job(conn, job, values), size_of(values))
 
     async def _insert_many(self, jobs: Sequence[Job]) -> list[sqlite3.Row | None]:
-        values = [_job_values(job) for job in jobs]
+        values = [job_values(job) for job in jobs]
 
         def op(conn: sqlite3.Connection) -> list[sqlite3.Row | None]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                rows = [self._insert(conn, job, v) for job, v in zip(jobs, values, strict=True)]
+                rows = [insert_job(conn, job, v) for job, v in zip(jobs, values, strict=True)]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -230,17 +209,7 @@ class SQLiteStore(SQLiteDatabase):
         self, job_id: str, tenant_id: str, reason: str | None, now: datetime
     ) -> Job | None:
         """See ``Store.request_cancel``. A repeated request keeps the first time and reason."""
-        at = ts_to_text(now)
-        # One statement for both cases; every expression reads the row as it was before.
-        set_sql = (
-            "status = CASE WHEN status = 'PENDING' THEN 'CANCELED' ELSE status END, "
-            "finished_at = CASE WHEN status = 'PENDING' THEN ? ELSE finished_at END, "
-            "cancel_reason = CASE WHEN cancel_requested_at IS NULL THEN ? "
-            "ELSE COALESCE(cancel_reason, ?) END, "
-            "cancel_requested_at = COALESCE(cancel_requested_at, ?), "
-            "updated_at = ?"
-        )
-        set_params = [at, reason, reason, at, at]
+        set_sql, set_params = CANCEL_SET, cancel_params(reason, now)
         where_sql = "id = ? AND tenant_id = ? AND status IN ('PENDING', 'RUNNING')"
 
         def op(conn: sqlite3.Connection) -> sqlite3.Row | None:

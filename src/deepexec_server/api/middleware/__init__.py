@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from ...web.asgi import ASGIApp
 from ...web.services import Services
+from ..batches import BATCH_PATH
 from ..hot_routes import HotRoutes
 from .api_key import ApiKeyMiddleware
 from .body_limit import ChunkedBodyLimit, ContentLengthLimit
@@ -50,10 +51,11 @@ def wrap(app: ASGIApp, services: Services) -> ASGIApp:
     status reads skip its whole stack (benchmarks 4 and 5), and every response, a 500
     included, gets the request id and protocol headers."""
     max_body = services.settings.max_body_bytes
+    per_path = {BATCH_PATH: services.settings.max_batch_body_bytes}
     app = HotRoutes(app, services=services)
-    app = ChunkedBodyLimit(app, max_body_bytes=max_body)
+    app = ChunkedBodyLimit(app, max_body_bytes=max_body, per_path=per_path)
     app = ApiKeyMiddleware(app, services.auth)
-    app = ContentLengthLimit(app, max_body_bytes=max_body)
+    app = ContentLengthLimit(app, max_body_bytes=max_body, per_path=per_path)
     app = NulUrlMiddleware(app)
     app = ProtocolVersionMiddleware(app)
     app = RequestIdMiddleware(app)

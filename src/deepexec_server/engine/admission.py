@@ -1,0 +1,89 @@
+"""Admission: a submission checked against this server (job type, limits, the executor's own
+validation) and made the ``NewJob`` the store takes. Shared by single submits and batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from deepexec_sdk.types import JobSubmitRequest
+
+from ..domain import NewJob, find_nul
+from ..errors import Unprocessable
+from ..executors.base import JobDataError, ModelUnavailableError
+from .parts import EnginePart
+
+
+def request_fingerprint(req: JobSubmitRequest | dict[str, Any]) -> str:
+    """A stable hash of a submission, to tell a retry from another request reusing its key.
+    Takes the request or its ``model_dump(mode="json")``."""
+    plain = req if isinstance(req, dict) else req.model_dump(mode="json")
+    canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def admit(
+    part: EnginePart,
+    tenant_id: str,
+    req: JobSubmitRequest,
+    idempotency_key: str | None,
+    plain: dict[str, Any],
+    loc: tuple[str | int, ...] = ("body",),
+) -> NewJob:
+    """The job ``req`` (whose JSON is ``plain``) becomes, or ``Unprocessable`` naming what
+    is wrong; ``loc`` prefixes the places its details name."""
+    nul_at = find_nul(plain, loc)
+    if nul_at is not None:
+        raise Unprocessable(
+            "strings must not contain the NUL character (\\u0000)",
+            details=[{"loc": list(nul_at), "msg": "contains U+0000"}],
+        )
+    executor = part.executors.get(req.job_type)
+    if executor is None:
+        known = ", ".join(sorted(part.executors))
+        raise Unprocessable(
+            f"unknown job_type {req.job_type!r}; this server runs: {known}",
+            type="unknown_job_type",
+            details=[{"loc": [*loc, "job_type"], "msg": f"must be one of: {known}"}],
+        )
+    max_timeout = part.settings.max_timeout
+    if req.timeout > max_timeout:
+        raise Unprocessable(
+            f"timeout {req.timeout} s is over this server's maximum of {max_timeout} s",
+            details=[{"loc": [*loc, "timeout"], "msg": f"must be <= {max_timeout}"}],
+        )
+    try:
+        data = executor.validate(req.data, req.timeout)
+        await executor.admit(data)
+    except JobDataError as exc:
+        details = exc.details
+        if loc != ("body",) and isinstance(details, list):
+            details = [_relocated(d, loc) for d in details]
+        raise Unprocessable(
+            exc.message,
+            type="model_unavailable"
+            if isinstance(exc, ModelUnavailableError)
+            else "invalid_job_data",
+            details=details,
+        ) from exc
+    return NewJob(
+        tenant_id=tenant_id,
+        name=req.name,
+        job_type=req.job_type,
+        data=data,
+        timeout=req.timeout,
+        priority=req.priority,
+        tags=tuple(dict.fromkeys(req.tags)),
+        idempotency_key=idempotency_key,
+        fingerprint=request_fingerprint(plain),
+    )
+
+
+def _relocated(detail: Any, loc: tuple[str | int, ...]) -> Any:
+    """An executor's detail (its ``loc`` within the job: ``["data", ...]``) moved under ``loc``."""
+    if not isinstance(detail, dict) or not isinstance(detail.get("loc"), list):
+        return detail
+    where = detail["loc"]
+    rest = where[1:] if where[:1] == ["body"] else where
+    return {**detail, "loc": [*loc, *rest]}
