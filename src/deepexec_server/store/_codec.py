@@ -15,7 +15,7 @@ from typing import Any
 
 from deepexec_sdk.types import JobStatus
 
-from ..domain import ApiKey, Job, JobError, JobSummary, NewJob
+from ..domain import ApiKey, IdempotencyConflicts, Job, JobError, JobSummary, NewJob
 
 #: Column names of the ``jobs`` table: exactly the fields of ``Job``, in order.
 JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
@@ -238,3 +238,19 @@ def pending(available: Sequence[Migration], current_version: int) -> list[Migrat
             f"understands ({latest}); upgrade DeepExec"
         )
     return [m for m in available if m.version > current_version]
+
+
+def batch_items(jobs: Sequence[Job], holders: Sequence[Job | None]) -> tuple[list[Job], list[bool]]:
+    """A batch's jobs as stored, and whether each insert created its job: ``holders[i]`` is
+    None where ``jobs[i]`` was inserted, else the earlier job holding its idempotency key.
+    Raises ``IdempotencyConflicts`` naming the items whose earlier job was submitted with
+    another request (another fingerprint)."""
+    stored: list[Job] = []
+    conflicts: list[tuple[int, str]] = []
+    for position, (job, earlier) in enumerate(zip(jobs, holders, strict=True)):
+        if earlier is not None and earlier.fingerprint != job.fingerprint:
+            conflicts.append((position, earlier.id))
+        stored.append(job if earlier is None else earlier)
+    if conflicts:
+        raise IdempotencyConflicts(conflicts)
+    return stored, [earlier is None for earlier in holders]

@@ -20,7 +20,6 @@ from deepexec_sdk.types import JobStatus
 from ..domain import (
     Batch,
     CreatedBatch,
-    IdempotencyConflicts,
     Job,
     JobSummary,
     NewBatch,
@@ -30,6 +29,7 @@ from ..domain import (
 from ._codec import (
     JOB_SUMMARY_COLUMNS,
     as_utc,
+    batch_items,
     job_from_fields,
     job_from_new,
     job_summary_from_fields,
@@ -103,19 +103,13 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[Job]) -> tuple[list[Job], list
             [jobs[0].tenant_id, keys],
         )
         holders = {r["idempotency_key"]: job_from_fields(r) for r in await cur.fetchall()}
-    stored: list[Job] = []
-    conflicts: list[tuple[int, str]] = []
-    for position, (ok, job) in enumerate(zip(created, jobs, strict=True)):
-        if ok:
-            stored.append(job)
-            continue
-        earlier = holders[str(job.idempotency_key)]
-        if earlier.fingerprint != job.fingerprint:
-            conflicts.append((position, earlier.id))
-        stored.append(earlier)
-    if conflicts:
-        raise IdempotencyConflicts(conflicts)
-    return stored, created
+    return batch_items(
+        jobs,
+        [
+            None if ok else holders[str(job.idempotency_key)]
+            for ok, job in zip(created, jobs, strict=True)
+        ],
+    )
 
 
 class PostgresBatches:

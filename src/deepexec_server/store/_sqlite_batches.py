@@ -18,7 +18,6 @@ from deepexec_sdk.types import JobStatus
 from ..domain import (
     Batch,
     CreatedBatch,
-    IdempotencyConflicts,
     Job,
     JobSummary,
     NewBatch,
@@ -29,6 +28,7 @@ from ._codec import (
     JOB_COLUMNS,
     JOB_SUMMARY_COLUMNS,
     as_utc,
+    batch_items,
     job_from_fields,
     job_from_new,
     job_summary_from_fields,
@@ -118,22 +118,10 @@ def _store_batch(
         rows = conn.execute(_BATCH_JOBS, [held.id]).fetchall()
         found = tuple(job_from_fields(from_db(r)) for r in rows)
         return CreatedBatch(held, found, (False,) * len(found), replayed=True)
-    stored: list[Job] = []
-    created: list[bool] = []
-    conflicts: list[tuple[int, str]] = []
-    for position, (job, v) in enumerate(zip(jobs, values, strict=True)):
-        holder = insert_job(conn, job, v)
-        if holder is None:
-            stored.append(job)
-            created.append(True)
-            continue
-        earlier = job_from_fields(from_db(holder))
-        if earlier.fingerprint != job.fingerprint:
-            conflicts.append((position, earlier.id))
-        stored.append(earlier)
-        created.append(False)
-    if conflicts:
-        raise IdempotencyConflicts(conflicts)
+    holders = [insert_job(conn, job, v) for job, v in zip(jobs, values, strict=True)]
+    stored, created = batch_items(
+        jobs, [None if h is None else job_from_fields(from_db(h)) for h in holders]
+    )
     conn.executemany(
         "INSERT INTO batch_jobs (batch_id, position, job_id) VALUES (?, ?, ?)",
         [(batch.id, position, job.id) for position, job in enumerate(stored)],
