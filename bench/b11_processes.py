@@ -100,23 +100,15 @@ def wait_ready(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
 async def deployment(kind: str, worker_slots: list[int]) -> AsyncIterator[DeepExecAsyncClient]:
     """A client of ``kind``: ``sqlite`` (one process), ``postgres`` (API + workers) or
     ``postgres-one`` (one process on PostgreSQL)."""
-    if kind == "postgres-one":
-        with pg_schema(PG_URL) as url, running_server(database_url=url) as server:
-            async with server.client() as client:
-                await warm(client)
-                yield client
-        return
-    if kind == "sqlite":
-        with running_server() as server:
-            async with server.client() as client:
-                await warm(client)
-                yield client
-        return
-    with (
-        pg_schema(PG_URL) as url,
-        running_server("--no-runners", database_url=url) as server,
-        workers(server, url, worker_slots),
-    ):
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            server = stack.enter_context(running_server())
+        else:
+            url = stack.enter_context(pg_schema(PG_URL))
+            front = ("--no-runners",) if kind == "postgres" else ()
+            server = stack.enter_context(running_server(*front, database_url=url))
+            if kind == "postgres":
+                stack.enter_context(workers(server, url, worker_slots))
         async with server.client() as client:
             await warm(client)
             yield client
