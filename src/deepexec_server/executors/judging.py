@@ -20,6 +20,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from deepexec_sdk.job_data import DEFAULT_FLOAT_TOLERANCE
+
 
 class Compare(enum.StrEnum):
     EXACT = "exact"
@@ -38,8 +40,6 @@ class Verdict(enum.StrEnum):
     COMPILE_ERROR = "compile_error"
     INTERNAL_ERROR = "internal_error"
 
-
-DEFAULT_FLOAT_TOLERANCE = 1e-6
 
 #: A run's ``error.type`` -> its verdict (no error: the outputs decide).
 _VERDICT_BY_ERROR: Mapping[str, Verdict] = {

@@ -20,10 +20,10 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from .judging import DEFAULT_FLOAT_TOLERANCE, Compare, Verdict, summary, verdict
+from deepexec_sdk.job_data import DEFAULT_FLOAT_TOLERANCE
 
-#: Tests one job may carry.
-MAX_TESTS = 500
+from .judging import Compare, Verdict, summary, verdict
+
 #: What all tests together keep of their outputs (each stream of each test gets an equal
 #: share, at most ``MAX_TEST_OUTPUT_BYTES``); the comparison always sees the whole output the
 #: run captured.
