@@ -116,3 +116,55 @@ def test_bad_tests_are_refused_naming_the_field(
     with pytest.raises(DeepExecError) as caught:
         client.submit_mcp_job("t", "code_execution", {"code": "print(1)", **data}, 10)
     assert where in str(caught.value)
+
+
+#: Each test looks for what the test before it left, then leaves something itself: in its work
+#: dir (a new file, and its own program's file overwritten) and in /tmp.
+PYTHON_LEAVER = r"""
+import os, sys
+seen = [p for p in ("left.txt", "/tmp/left.txt") if os.path.exists(p)]
+tampered = open(__file__).read().startswith("# tampered")
+print(sys.stdin.read().strip(), seen, tampered)
+open("left.txt", "w").write("x")
+open("/tmp/left.txt", "w").write("x")
+os.replace(__file__, __file__ + ".bak")
+open(__file__, "w").write("# tampered\n" + open(__file__ + ".bak").read())
+"""
+
+C_LEAVER = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+  int left = access("left.txt", F_OK) == 0;
+  int gone = access("main", F_OK) != 0;
+  printf("%d %d\n", left, gone);
+  FILE *f = fopen("left.txt", "w"); fputs("x", f); fclose(f);
+  unlink("main");
+  return 0;
+}
+"""
+
+
+def test_each_test_starts_from_a_fresh_work_dir_holding_only_the_program(
+    client: DeepExecClient,
+) -> None:
+    tests = [{"stdin": str(i), "expected_output": f"{i} [] False"} for i in range(3)]
+    job = _run(client, PYTHON_LEAVER, "python", tests=tests)
+    assert [t["stdout"] for t in job.result["tests"]] == [f"{i} [] False\n" for i in range(3)]
+    assert job.result["summary"]["passed"] == 3
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    # The second test finds neither the file the first left nor the executable it deleted
+    # missing: a copy of the one build, in a new dir.
+    job = _run(client, C_LEAVER, "c", tests=[{"expected_output": "0 0"}] * 3)
+    assert [t["verdict"] for t in job.result["tests"]] == ["accepted"] * 3, job.result
+    assert job.result["compiled"] == 1
+
+
+def test_a_float_tolerance_of_zero_compares_numbers_exactly(client: DeepExecClient) -> None:
+    tests = [{"stdin": "1.0000001", "expected_output": "1"}, {"stdin": "2", "expected_output": "2"}]
+    code = "print(input())"
+    exact = _run(client, code, "python", tests=tests, compare="float", float_tolerance=0)
+    assert [t["verdict"] for t in exact.result["tests"]] == ["wrong_answer", "accepted"]
+    loose = _run(client, code, "python", tests=tests, compare="float")  # default 1e-6
+    assert [t["verdict"] for t in loose.result["tests"]] == ["accepted", "accepted"]

@@ -33,6 +33,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,8 +44,14 @@ from ..domain import ErrorType, JobError
 from ..settings import Settings
 from . import languages as langs
 from .base import ExecutionContext, Outcome
-from .code_data import encode_files, validate_code_data, validate_files, validate_limits
-from .code_files import OUTPUTS_DIR, OutputFiles, collect_output_files
+from .code_data import (
+    MAX_INPUT_FILES,
+    encode_files,
+    validate_code_data,
+    validate_files,
+    validate_limits,
+)
+from .code_files import MAX_RESULT_FILES_BYTES, OUTPUTS_DIR, OutputFiles, collect_output_files
 from .limits import COMPILE_LIMITS, JobLimits, LimitPolicy
 from .multitest import Case, CaseRun, Judging, compile_error_tests, run_tests
 from .sandbox import (
@@ -56,15 +64,20 @@ from .sandbox import (
     JobDir,
     Program,
     ProgressUpdate,
+    RunAs,
     RunResult,
     new_job_dir,
     remove_job_dir,
     start_host,
     unavailable_message,
+    write_files,
 )
 from .sandbox.cgroups import CgroupHost
 
 log = logging.getLogger("deepexec_server.sandbox")
+
+#: What a compile step may add to the job's files (javac writes a class file per class).
+MAX_COMPILED_FILES = 1000
 
 #: The compile step of compiled languages: its own wall clock and limits (javac's JVM needs
 #: room; gcc's cc1 forks as and ld).
@@ -325,17 +338,23 @@ class _Steps:
         self.started = time.monotonic()
 
     def _program(
-        self, command: list[str], timeout: float, files: Mapping[str, bytes], **more: Any
+        self,
+        command: list[str],
+        timeout: float,
+        files: Mapping[str, bytes],
+        workdir: JobDir | None = None,
+        **more: Any,
     ) -> Program:
+        """A run in the job's dir (shared quota gauge), or in ``workdir`` (its own gauge)."""
         ctx = self.ctx
 
         def on_progress(update: ProgressUpdate) -> None:
             ctx.report_progress(update.percent, update.message)
 
         return Program(
-            command, self.job, timeout, job_id=ctx.job_id, files=files, dirs=(OUTPUTS_DIR,),
-            env=self.data.get("env", {}), cancel=ctx.cancel_requested, on_progress=on_progress,
-            gauge=self.gauge, **more,
+            command, workdir or self.job, timeout, job_id=ctx.job_id, files=files,
+            dirs=(OUTPUTS_DIR,), env=self.data.get("env", {}), cancel=ctx.cancel_requested,
+            on_progress=on_progress, gauge=None if workdir else self.gauge, **more,
         )  # fmt: skip
 
     async def compile_and_run(
@@ -375,18 +394,34 @@ class _Steps:
         files: Mapping[str, bytes],
         compile_output: str | None,
     ) -> Outcome:
-        """Run the (compiled) program once per test, each run in a fresh sandbox, and judge
-        each (``multitest.run_tests``); the job completes whatever the verdicts."""
+        """Run the (compiled) program once per test, each run in a fresh sandbox and a fresh
+        work dir holding only the program's files (the sources and input files, and what the
+        compile step made), and judge each (``multitest.run_tests``); the job completes
+        whatever the verdicts."""
         sandbox, ctx = self.host.sandbox, self.ctx
         command = language.argv(interp.path, self.data.get("args", []), interp.runtime)
-        pending = dict(files)  # written by the first run; later runs find them in the dir
+        run_as = sandbox.run_as
+        if language.compiled:
+            template = await asyncio.to_thread(_program_files, self.job, run_as)
+            if template is None:
+                message = "the compiled program's files do not fit in a test's work dir"
+                return Outcome(None, JobError(ErrorType.DISK_LIMIT, message))
+        else:
+            template = ProgramFiles(dict(files), {})
 
         async def run_one(case: Case) -> CaseRun:
             timeout = max(0.1, ctx.timeout - (time.monotonic() - self.started))
             stdin = case.stdin.encode("utf-8", errors="replace")
-            program = self._program(command, timeout, dict(pending), stdin=stdin)
-            pending.clear()
-            run = await sandbox.run(program, self.limits)
+            workdir = new_job_dir(
+                self.host.work_root or self.job.path.parent, ctx.job_id, run_as,
+                self.limits.disk_mb << 20, self.host.mount_job_dirs,
+            )  # fmt: skip
+            try:
+                await asyncio.to_thread(template.write, workdir, run_as)
+                program = self._program(command, timeout, {}, workdir, stdin=stdin)
+                run = await sandbox.run(program, self.limits)
+            finally:
+                await asyncio.to_thread(remove_job_dir, workdir)
             judged = decide_outcome(
                 run, language.name, timeout, Collected(run.stats, limits=self.limits)
             )
@@ -411,6 +446,42 @@ class _Steps:
             **judged,
         }
         return Outcome(result, canceled=ctx.cancel_requested.is_set())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProgramFiles:
+    """What each test's fresh work dir starts with: the files, and for those the compile step
+    left, their exec bit and modification time (so each test runs the very same build)."""
+
+    files: dict[str, bytes]
+    #: name -> (executable, mtime in ns)
+    built: dict[str, tuple[bool, int]]
+
+    def write(self, workdir: JobDir, owner: RunAs | None) -> None:
+        write_files(workdir.path, self.files, (), owner)
+        for name, (executable, mtime_ns) in self.built.items():
+            path = workdir.path / name
+            if executable:
+                os.chmod(path, 0o700, follow_symlinks=False)
+            os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+
+def _program_files(job: JobDir, owner: RunAs | None) -> ProgramFiles | None:
+    """The regular files of a compiled job's dir once its compile step ended (every process
+    of it dead, so nothing changes under the walk), with their exec bits and times; None if
+    they are more than a test's work dir takes."""
+    found = collect_output_files(
+        job.path, owner.uid if owner else None, job.quota_bytes or MAX_RESULT_FILES_BYTES,
+        max_files=MAX_INPUT_FILES + MAX_COMPILED_FILES,
+    )  # fmt: skip
+    if found.truncated:
+        return None
+    built: dict[str, tuple[bool, int]] = {}
+    for name in found.files:
+        with contextlib.suppress(OSError):
+            st = os.lstat(job.path / name)
+            built[name] = (bool(st.st_mode & stat.S_IXUSR), st.st_mtime_ns)
+    return ProgramFiles(found.files, built)
 
 
 def _compile_error(

@@ -43,15 +43,18 @@ def _shown(rel: bytes) -> str:
 
 
 def collect_output_files(
-    outputs: Path, owner_uid: int | None, budget: int = MAX_RESULT_FILES_BYTES
+    outputs: Path,
+    owner_uid: int | None,
+    budget: int = MAX_RESULT_FILES_BYTES,
+    max_files: int = MAX_INPUT_FILES,
 ) -> OutputFiles:
     """Regular files under ``outputs`` (names relative to it), at most ``budget`` bytes in all
-    and ``MAX_INPUT_FILES`` files. Runs after every process of the job is dead; symlinks,
+    and ``max_files`` files. Runs after every process of the job is dead; symlinks,
     devices, fifos and files of another owner are left out, never followed. The walk is
     iterative and by directory fd (a job's tree may be deeper than PATH_MAX allows), at most
     ``MAX_OUTPUT_DEPTH`` levels and ``MAX_OUTPUT_ENTRIES`` entries; a name that is not UTF-8
     is reported in ``skipped``."""
-    walk = _Collector(owner_uid, budget)
+    walk = _Collector(owner_uid, budget, max_files)
     try:
         root = os.open(outputs, _DIR_FLAGS)
     except OSError:
@@ -88,9 +91,10 @@ def collect_output_files(
 class _Collector:
     """The budgets and findings of one ``collect_output_files`` walk."""
 
-    def __init__(self, owner_uid: int | None, budget: int) -> None:
+    def __init__(self, owner_uid: int | None, budget: int, max_files: int) -> None:
         self.owner_uid = owner_uid
         self.budget = budget
+        self.max_files = max_files
         self.found: dict[str, bytes] = {}
         self.skipped: list[dict[str, str]] = []
         self.truncated = False
@@ -144,7 +148,7 @@ class _Collector:
         return subdirs
 
     def _take(self, dir_fd: int, name: str, rel: bytes, size: int) -> None:
-        if size > self.budget or len(self.found) >= MAX_INPUT_FILES:
+        if size > self.budget or len(self.found) >= self.max_files:
             self.truncated = True
             return
         try:

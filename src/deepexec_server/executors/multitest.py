@@ -76,7 +76,12 @@ class Judging:
     def from_data(cls, data: Mapping[str, Any]) -> Judging:
         return cls(
             compare=Compare(data.get("compare") or Compare.TRAILING_WHITESPACE),
-            float_tolerance=float(data.get("float_tolerance") or DEFAULT_FLOAT_TOLERANCE),
+            # 0 is a tolerance (exact numbers), not "unset".
+            float_tolerance=float(
+                DEFAULT_FLOAT_TOLERANCE
+                if data.get("float_tolerance") is None
+                else data["float_tolerance"]
+            ),
             stop_on_failure=bool(data.get("stop_on_failure")),
         )
 

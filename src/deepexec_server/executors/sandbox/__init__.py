@@ -20,10 +20,11 @@ dies), ``workdirs`` and ``trees`` (work dirs, their quota, iterative walks), ``c
 from .argv import env_name_problem
 from .cgroups import CgroupError, CgroupStats
 from .host import NOT_STARTED, Host, start_host, unavailable_message
+from .identity import RunAs
 from .progress import ProgressUpdate
 from .result import RunResult
 from .run import Program, Sandbox
-from .workdirs import DiskFull, DiskGauge, JobDir, new_job_dir, remove_job_dir
+from .workdirs import DiskFull, DiskGauge, JobDir, new_job_dir, remove_job_dir, write_files
 
 __all__ = [
     "NOT_STARTED",
@@ -35,6 +36,7 @@ __all__ = [
     "JobDir",
     "Program",
     "ProgressUpdate",
+    "RunAs",
     "RunResult",
     "Sandbox",
     "env_name_problem",
@@ -42,4 +44,5 @@ __all__ = [
     "remove_job_dir",
     "start_host",
     "unavailable_message",
+    "write_files",
 ]
