@@ -54,6 +54,15 @@ gguf = pathlib.Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-In
 assert gguf.is_file(), f"model file missing: {gguf}"
 print(f"==> embedded model: {gguf.name} ({gguf.stat().st_size // 2**20} MiB)")
 PY
+# The judge0 client's own tests (its source distribution carries them; the wheel does not):
+# tests/test_judge0_own_tests.py runs them against DeepExec.
+j0=.tools/judge0-sdist
+if [ ! -d "$j0/judge0-0.0.8/tests" ]; then
+    say "fetching the judge0 0.0.8 source distribution (for its own tests)"
+    mkdir -p "$j0"
+    .venv/bin/python -m pip download --quiet --no-binary :all: --no-deps judge0==0.0.8 -d "$j0"
+    tar -xzf "$j0/judge0-0.0.8.tar.gz" -C "$j0"
+fi
 # Independent clients the tests drive DeepExec with: the MCP Inspector CLI and Piston's
 # piston-client (needs Node.js >= 20 and npm).
 if command -v npm >/dev/null 2>&1; then

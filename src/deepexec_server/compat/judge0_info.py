@@ -61,6 +61,7 @@ STATUS_BY_SIGNAL = {"SIGSEGV": 7, "SIGXFSZ": 8, "SIGFPE": 9, "SIGABRT": 10}
 #: Judge0 1.13.1 language id -> (DeepExec language, Judge0's name without its version). The
 #: GCC ids of one language all run this host's GCC.
 LANGUAGE_IDS: Mapping[int, tuple[str, str]] = {
+    44: ("bash", "Executable"),
     46: ("bash", "Bash ({v})"),
     48: ("c", "C (GCC {v})"),
     49: ("c", "C (GCC {v})"),
@@ -74,6 +75,10 @@ LANGUAGE_IDS: Mapping[int, tuple[str, str]] = {
     71: ("python", "Python ({v})"),
     73: ("rust", "Rust ({v})"),
 }
+#: Judge0's "Executable": ``source_code`` is a program binary (base64), run as it is. A job in
+#: DeepExec's sandbox like any other: a bash job that runs the binary, given as an input file.
+EXECUTABLE_ID = 44
+EXECUTABLE_FILE = "a.out"
 #: Source file names and commands as ``/languages/{id}`` shows them.
 _FILES: Mapping[str, tuple[str, str | None, str]] = {
     "bash": ("script.sh", None, "/bin/bash script.sh"),
@@ -99,7 +104,11 @@ class Language:
     def row(self, full: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name}
         if full:
-            source, compile_cmd, run_cmd = _FILES[self.language]
+            source, compile_cmd, run_cmd = (
+                (EXECUTABLE_FILE, None, f"./{EXECUTABLE_FILE}")
+                if self.id == EXECUTABLE_ID
+                else _FILES[self.language]
+            )
             out.update(
                 is_archived=False, source_file=source, compile_cmd=compile_cmd, run_cmd=run_cmd
             )

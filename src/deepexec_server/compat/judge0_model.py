@@ -28,6 +28,8 @@ from .judge0_info import (
     COMPILE_ALLOWANCE_S,
     COMPILED_LANGUAGES,
     DEFAULTS,
+    EXECUTABLE_FILE,
+    EXECUTABLE_ID,
     MAXIMA,
     MINIMA,
     STATUS_BY_SIGNAL,
@@ -106,6 +108,20 @@ def decode_text(value: Any, field: str, encoded: bool) -> str | None:
         raise Judge0Error(400, f"{field} is not valid base64 of UTF-8 text") from None
 
 
+def _executable(value: Any, encoded: bool) -> str:
+    """Judge0 "Executable"'s ``source_code`` as base64 of the binary (raw text unencoded)."""
+    if not isinstance(value, str) or not value:
+        raise _invalid("source_code", "can't be blank")
+    if not encoded:
+        return base64.b64encode(value.encode("utf-8")).decode()
+    compact = "".join(value.split())
+    try:
+        base64.b64decode(compact, validate=True)
+    except binascii.Error:
+        raise Judge0Error(400, "source_code is not valid base64") from None
+    return compact
+
+
 def _number(body: Mapping[str, Any], field: str, server_max: float | None) -> float | None:
     value = body.get(field)
     if value is None:
@@ -150,9 +166,15 @@ def submission_request(
     language = next((lang for lang in languages if lang.id == lang_number), None)
     if language is None:
         raise _invalid("language_id", f"language with id {lang_number} doesn't exist")
-    source = decode_text(body.get("source_code"), "source_code", encoded)
-    if not source:
-        raise _invalid("source_code", "can't be blank")
+    files: dict[str, Any] = {}
+    if language.id == EXECUTABLE_ID:
+        binary = _executable(body.get("source_code"), encoded)
+        files[EXECUTABLE_FILE] = {"content": binary, "encoding": "base64"}
+        source = f'chmod +x {EXECUTABLE_FILE} && exec ./{EXECUTABLE_FILE} "$@"\n'
+    else:
+        source = decode_text(body.get("source_code"), "source_code", encoded) or ""
+        if not source:
+            raise _invalid("source_code", "can't be blank")
     stdin = decode_text(body.get("stdin"), "stdin", encoded) or ""
     expected = decode_text(body.get("expected_output"), "expected_output", encoded)
     values = {f: _number(body, f, maxima.of(f)) for f in _LIMIT_FIELDS}
@@ -166,6 +188,8 @@ def submission_request(
         "tests": [{"stdin": stdin, "expected_output": expected}],
         "compare": "trailing_whitespace",
     }
+    if files:
+        data["files"] = files
     if args:
         try:
             data["args"] = shlex.split(args)
@@ -327,7 +351,7 @@ def submission(
     lang = next((lang for lang in languages if lang.id == lang_id), None)
     limits = request.get("limits") or {}
     values: dict[str, Any] = {
-        "source_code": request.get("code"),
+        "source_code": _source_code(request, lang_id, encoded),
         "language_id": lang_id,
         "stdin": tests[0].get("stdin"),
         "expected_output": tests[0].get("expected_output"),
@@ -368,9 +392,23 @@ def submission(
     out = {f: values[f] for f in fields}
     if encoded:
         for field in ENCODED_OUT:
+            if field == "source_code" and lang_id == EXECUTABLE_ID:
+                continue  # already base64 of the binary
             if isinstance(out.get(field), str):
                 out[field] = base64.b64encode(out[field].encode()).decode()
     return out
+
+
+def _source_code(request: Mapping[str, Any], lang_id: int | None, encoded: bool) -> str | None:
+    """The submitted source; for "Executable", the binary (base64 when ``encoded``, else as
+    text where it is UTF-8)."""
+    if lang_id != EXECUTABLE_ID:
+        return request.get("code")
+    file = (request.get("files") or {}).get(EXECUTABLE_FILE) or {}
+    binary = file.get("content") if isinstance(file, Mapping) else None
+    if not isinstance(binary, str) or encoded:
+        return binary
+    return base64.b64decode(binary).decode("utf-8", errors="replace")
 
 
 def _language_id(job: MCPJobStatusResponse) -> int | None:
