@@ -36,6 +36,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         b10_noisy_neighbour,
         b11_processes,
         b12_batch,
+        b15_judging,
         profile,
     )
 
@@ -52,6 +53,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         10: ("another tenant during a progress flood", b10_noisy_neighbour.run),
         11: ("several processes on PostgreSQL", b11_processes.run),
         12: ("batch submit vs single submits", b12_batch.run),
+        15: ("a 50-test job vs 50 Judge0 submissions", b15_judging.run),
     }
 
 

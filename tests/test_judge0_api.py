@@ -5,7 +5,13 @@ see test_judge0_client.py.)"""
 
 from __future__ import annotations
 
+import base64
+import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -98,3 +104,70 @@ def test_bad_base64_is_a_400(api: httpx.Client) -> None:
     response = api.post("/submissions?base64_encoded=true", json=body)
     assert response.status_code == 400
     assert response.json() == {"error": "source_code is not valid base64 of UTF-8 text"}
+
+
+#: The C program of Judge0's API docs ("Create a submission"; its ``language_id`` 4 is an
+#: archived GCC, 50 is 1.13.1's C (GCC 9.2.0)), and its base64 form from the same docs.
+DOCS_C = (
+    '#include <stdio.h>\n\nint main(void) {\n  char name[10];\n  scanf("%s", name);\n'
+    '  printf("hello, %s\\n", name);\n  return 0;\n}'
+)
+DOCS_C_BASE64 = (
+    "I2luY2x1ZGUgPHN0ZGlvLmg+CgppbnQgbWFpbih2b2lkKSB7CiAgY2hhciBuYW1lWzEwXTsKICBzY2FuZigi"
+    "JXMiLCBuYW1lKTsKICBwcmludGYoImhlbGxvLCAlc1xuIiwgbmFtZSk7CiAgcmV0dXJuIDA7Cn0="
+)
+
+
+def test_golden_docs_examples_create_with_wait_plain_and_base64(api: httpx.Client) -> None:
+    """Judge0's docs: ``POST /submissions?wait=true`` answers 201 with the default fields;
+    the base64 example answers ``aGVsbG8sIHdvcmxkCg==`` (``hello, world\\n``)."""
+    assert base64.b64decode(DOCS_C_BASE64).decode() == DOCS_C
+    plain = api.post(
+        "/submissions?base64_encoded=false&wait=true",
+        json={"source_code": DOCS_C, "language_id": 50, "stdin": "world"},
+    )
+    assert plain.status_code == 201, plain.text
+    body = plain.json()
+    assert set(body) == {
+        "stdout", "time", "memory", "stderr", "token", "compile_output", "message", "status",
+    }  # fmt: skip
+    assert body["stdout"] == "hello, world\n"
+    assert body["status"] == {"id": 3, "description": "Accepted"}
+    assert body["stderr"] is None and body["compile_output"] is None and body["message"] is None
+    assert float(body["time"]) >= 0 and isinstance(body["memory"], int)
+    encoded = api.post(
+        "/submissions?base64_encoded=true&wait=true",
+        json={"source_code": DOCS_C_BASE64, "language_id": 50, "stdin": "d29ybGQ="},
+    ).json()
+    assert encoded["stdout"] == "aGVsbG8sIHdvcmxkCg=="
+    assert encoded["status"]["id"] == 3
+    # Docs: "GET /submissions/{token}?fields=stdout,status_id" gives just those.
+    token = api.post(
+        "/submissions", json={"source_code": DOCS_C, "language_id": 50, "stdin": "Judge0"}
+    ).json()["token"]
+    for _ in range(200):
+        got = api.get(f"/submissions/{token}?fields=stdout,status_id").json()
+        if got["status_id"] > 2:
+            break
+        time.sleep(0.05)
+    assert got == {"stdout": "hello, Judge0\n", "status_id": 3}
+
+
+def test_golden_docs_example_executable_runs_a_binary(api: httpx.Client) -> None:
+    """Judge0's language 44 ("Executable") runs ``source_code`` as a program binary: here a
+    C program built on this host, sent base64-encoded, run in the sandbox like any job."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp, "m.c"), Path(tmp, "m")
+        src.write_text('#include <stdio.h>\nint main(void){puts("binary ok");return 0;}\n')
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+        binary = base64.b64encode(exe.read_bytes()).decode()
+    assert api.get("/languages/44").json()["name"] == "Executable"
+    done = api.post(
+        "/submissions?base64_encoded=true&wait=true&fields=stdout,status_id,source_code",
+        json={"source_code": binary, "language_id": 44},
+    ).json()
+    assert done["status_id"] == 3, done
+    assert base64.b64decode(done["stdout"]) == b"binary ok\n"
+    assert done["source_code"] == binary  # the binary as it was sent, not the runner script
