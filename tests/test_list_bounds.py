@@ -61,6 +61,7 @@ def test_listing_jobs_with_large_outputs_stays_small_and_bounds_server_memory(
 
         pid = own_server.proc.pid if own_server.proc else 0
         hwm_before = proc_status_kib(pid, "VmHWM")
+        rss_before = proc_status_kib(pid, "VmRSS")
         headers = {"Authorization": f"Bearer {own_server.api_key}"}
         with httpx.Client(base_url=own_server.base_url, headers=headers, timeout=60) as c:
             for _ in range(3):
@@ -72,10 +73,12 @@ def test_listing_jobs_with_large_outputs_stays_small_and_bounds_server_memory(
                 assert [j["job_id"] for j in listed] == list(reversed(ids))
                 assert all("result" not in j and j["status"] == "COMPLETED" for j in listed)
         grown_mib = (proc_status_kib(pid, "VmHWM") - hwm_before) / 1024
-        rss_mib = proc_status_kib(pid, "VmRSS") / 1024
-        # Reading the results into the server for a list took it up by hundreds of MiB.
+        held_mib = (proc_status_kib(pid, "VmRSS") - rss_before) / 1024
+        # Reading the results into the server for a list took it up by hundreds of MiB, at
+        # its peak and after. (What running the six jobs left in the allocator's arenas
+        # depends on how much of their output overlapped, so it is the baseline here.)
         assert grown_mib < 16, f"the server's peak memory grew by {grown_mib:.0f} MiB"
-        assert rss_mib < 400, f"the server holds {rss_mib:.0f} MiB after listing"
+        assert held_mib < 16, f"the server holds {held_mib:.0f} MiB more after listing"
 
         page = client.list_mcp_jobs(tags=[tag], limit=2)
         assert [j.job_id for j in page.jobs] == list(reversed(ids))[:2]
