@@ -271,7 +271,6 @@ class CodeExecutor:
         host = self._host
         if host.problem:
             return Outcome(None, JobError(ErrorType.INTERNAL, unavailable_message(host.problem)))
-        assert host.work_root is not None
         language = langs.resolve_language(str(data.get("language", "python")))
         interp = (self._interpreters or {}).get(language.name) if language else None
         if language is None or interp is None:
@@ -283,9 +282,7 @@ class CodeExecutor:
         files = validate_files(data.get("files"), self.settings.max_body_bytes)
         files = {language.filename: data["code"].encode("utf-8"), **files}
         run_as = host.sandbox.run_as
-        job = new_job_dir(
-            host.work_root, ctx.job_id, run_as, limits.disk_mb << 20, host.mount_job_dirs
-        )
+        job = _new_job_dir(host, ctx.job_id, limits)
         steps = _Steps(host, job, ctx, data, limits)
         removing: asyncio.Future[tuple[OutputFiles, str | None]] | None = None
         try:
@@ -412,10 +409,7 @@ class _Steps:
         async def run_one(case: Case) -> CaseRun:
             timeout = max(0.1, ctx.timeout - (time.monotonic() - self.started))
             stdin = case.stdin.encode("utf-8", errors="replace")
-            workdir = new_job_dir(
-                self.host.work_root or self.job.path.parent, ctx.job_id, run_as,
-                self.limits.disk_mb << 20, self.host.mount_job_dirs,
-            )  # fmt: skip
+            workdir = _new_job_dir(self.host, ctx.job_id, self.limits)
             try:
                 await asyncio.to_thread(template.write, workdir, run_as)
                 program = self._program(command, timeout, {}, workdir, stdin=stdin)
@@ -446,6 +440,15 @@ class _Steps:
             **judged,
         }
         return Outcome(result, canceled=ctx.cancel_requested.is_set())
+
+
+def _new_job_dir(host: Host, job_id: str, limits: JobLimits) -> JobDir:
+    """A fresh work dir for a run of the job (the job's, or one test's), under the job's disk
+    quota and owned by the sandbox uid."""
+    assert host.work_root is not None
+    return new_job_dir(
+        host.work_root, job_id, host.sandbox.run_as, limits.disk_mb << 20, host.mount_job_dirs
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
