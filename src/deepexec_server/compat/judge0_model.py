@@ -102,24 +102,25 @@ def decode_text(value: Any, field: str, encoded: bool) -> str | None:
     if not encoded:
         return value
     try:
-        raw = base64.b64decode("".join(value.split()), validate=True)
-        return raw.decode("utf-8")
+        return _base64_bytes(value).decode("utf-8")
     except (binascii.Error, ValueError):
         raise Judge0Error(400, f"{field} is not valid base64 of UTF-8 text") from None
+
+
+def _base64_bytes(value: str) -> bytes:
+    """Base64 as Judge0's clients send it (line breaks allowed); ``binascii.Error`` if not."""
+    return base64.b64decode("".join(value.split()), validate=True)
 
 
 def _executable(value: Any, encoded: bool) -> str:
     """Judge0 "Executable"'s ``source_code`` as base64 of the binary (raw text unencoded)."""
     if not isinstance(value, str) or not value:
         raise _invalid("source_code", "can't be blank")
-    if not encoded:
-        return base64.b64encode(value.encode("utf-8")).decode()
-    compact = "".join(value.split())
     try:
-        base64.b64decode(compact, validate=True)
+        binary = _base64_bytes(value) if encoded else value.encode("utf-8")
     except binascii.Error:
         raise Judge0Error(400, "source_code is not valid base64") from None
-    return compact
+    return base64.b64encode(binary).decode()
 
 
 def _number(body: Mapping[str, Any], field: str, server_max: float | None) -> float | None:
