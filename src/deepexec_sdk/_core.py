@@ -49,6 +49,8 @@ from .types import (
     MCPJobStatusResponse,
     MCPJobsWaitResponse,
     ModelListResponse,
+    WebhookDeliveryListResponse,
+    WebhookEndpointResponse,
 )
 
 logger = logging.getLogger("deepexec_sdk")
@@ -139,6 +141,7 @@ class _BaseClient:
         priority: int,
         tags: Sequence[str] | None,
         idempotency_key: str | None,
+        webhook_url: str | None = None,
     ) -> Call[MCPJobResponse]:
         headers = self._headers()
         # One key per logical submit, reused by every retry: a retried submit can never
@@ -152,6 +155,8 @@ class _BaseClient:
             "priority": priority,
             "tags": list(tags or ()),
         }
+        if webhook_url is not None:
+            body["webhook_url"] = webhook_url
         spec = RequestSpec(
             "POST", self._url(), httpx.Timeout(self._timeout), headers=headers, json=body
         )
@@ -192,6 +197,45 @@ class _BaseClient:
         return JobsWait(
             list(dict.fromkeys(job_ids)), self._wait_clock(poll_interval, max_wait_time)
         )
+
+    def _webhook_call(
+        self, method: str, model: type[T], *segments: str, json: Any = None
+    ) -> Call[T]:
+        """A call to ``/v1/webhooks/<segments>`` (each quoted)."""
+        for segment in segments:
+            if not segment:
+                raise ValueError("endpoint and job ids must be non-empty strings")
+        path = "/".join(quote(s, safe="") for s in segments)
+        url = f"{self._base_url}/v1/webhooks" + (f"/{path}" if path else "")
+        spec = RequestSpec(
+            method, url, httpx.Timeout(self._timeout), headers=self._headers(), json=json
+        )
+        return Call(spec, model)
+
+    def _create_webhook_call(
+        self, url: str, events: Sequence[str] | None
+    ) -> Call[WebhookEndpointResponse]:
+        body = omit_none(url=url, events=None if events is None else list(events))
+        return self._webhook_call("POST", WebhookEndpointResponse, json=body)
+
+    def _update_webhook_call(
+        self,
+        endpoint_id: str,
+        url: str | None,
+        events: Sequence[str] | None,
+        enabled: bool | None,
+    ) -> Call[WebhookEndpointResponse]:
+        body = omit_none(url=url, events=None if events is None else list(events), enabled=enabled)
+        return self._webhook_call("PATCH", WebhookEndpointResponse, endpoint_id, json=body)
+
+    def _job_webhooks_call(self, job_id: str) -> Call[WebhookDeliveryListResponse]:
+        spec = RequestSpec(
+            "GET",
+            self._url(job_id, "webhooks"),
+            httpx.Timeout(self._timeout),
+            headers=self._headers(),
+        )
+        return Call(spec, WebhookDeliveryListResponse)
 
     def _batch_url(self, batch_id: str, *rest: str) -> str:
         if not batch_id:

@@ -27,6 +27,10 @@ from .types import (
     MCPJobResponse,
     MCPJobStatusResponse,
     ModelListResponse,
+    WebhookDeletedResponse,
+    WebhookDeliveryListResponse,
+    WebhookEndpointListResponse,
+    WebhookEndpointResponse,
 )
 
 T = TypeVar("T", bound=BaseModel)
@@ -89,11 +93,16 @@ class DeepExecAsyncClient(_BaseClient):
         tags: Sequence[str] | None = None,
         *,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> MCPJobResponse:
         """Submit a job; returns its id and initial status. Safe to retry: one idempotency key
-        (yours, or a fresh one) goes with every attempt, so at most one job is created."""
+        (yours, or a fresh one) goes with every attempt, so at most one job is created.
+        ``webhook_url``: where to POST the job's end, signed (``get_webhook("job-urls")``
+        gives the key)."""
         return await self._call(
-            self._submit_call(name, job_type, data, timeout, priority, tags, idempotency_key)
+            self._submit_call(
+                name, job_type, data, timeout, priority, tags, idempotency_key, webhook_url
+            )
         )
 
     async def get_mcp_job_status(self, job_id: str) -> MCPJobStatusResponse:
@@ -295,6 +304,50 @@ class DeepExecAsyncClient(_BaseClient):
     async def list_languages(self) -> LanguageListResponse:
         """The languages ``code_execution`` jobs can use on this server, with versions."""
         return await self._call(self._languages_call())
+
+    # -- webhooks --------------------------------------------------------------------------
+
+    async def create_webhook(
+        self, url: str, events: Sequence[str] | None = None
+    ) -> WebhookEndpointResponse:
+        """Send the end of every job of this tenant (of ``events``: ``job.completed``,
+        ``job.failed``, ``job.canceled``; None: all) to ``url``, signed with the endpoint's own
+        key (``secret`` of the answer; verify with the ``standardwebhooks`` library)."""
+        return await self._call(self._create_webhook_call(url, events))
+
+    async def list_webhooks(self) -> WebhookEndpointListResponse:
+        """This tenant's webhook endpoints (without their keys)."""
+        return await self._call(self._webhook_call("GET", WebhookEndpointListResponse))
+
+    async def get_webhook(self, endpoint_id: str) -> WebhookEndpointResponse:
+        """An endpoint with its key; ``"job-urls"``: the key of jobs' own ``webhook_url``."""
+        return await self._call(self._webhook_call("GET", WebhookEndpointResponse, endpoint_id))
+
+    async def update_webhook(
+        self,
+        endpoint_id: str,
+        *,
+        url: str | None = None,
+        events: Sequence[str] | None = None,
+        enabled: bool | None = None,
+    ) -> WebhookEndpointResponse:
+        """Change an endpoint; ``enabled=True`` re-enables one a 410 disabled."""
+        return await self._call(self._update_webhook_call(endpoint_id, url, events, enabled))
+
+    async def rotate_webhook_secret(self, endpoint_id: str) -> WebhookEndpointResponse:
+        """A new key for an endpoint (or ``"job-urls"``); the old one keeps signing beside it
+        until ``previous_until``."""
+        return await self._call(
+            self._webhook_call("POST", WebhookEndpointResponse, endpoint_id, "rotate-secret")
+        )
+
+    async def delete_webhook(self, endpoint_id: str) -> WebhookDeletedResponse:
+        """Delete an endpoint; its pending deliveries are given up."""
+        return await self._call(self._webhook_call("DELETE", WebhookDeletedResponse, endpoint_id))
+
+    async def get_mcp_job_webhooks(self, job_id: str) -> WebhookDeliveryListResponse:
+        """The job's webhook deliveries: state, every attempt, the next one's time."""
+        return await self._call(self._job_webhooks_call(job_id))
 
     # -- I/O -------------------------------------------------------------------------------
 

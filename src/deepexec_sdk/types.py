@@ -29,6 +29,9 @@ MAX_WAIT_SECONDS = 60
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
 MAX_TAG_LENGTH = 64
 MAX_NAME_LENGTH = 200
+MAX_WEBHOOK_URL_LENGTH = 2048
+#: The event types a webhook is sent for: a job's end, one per terminal status.
+WebhookEvent = Literal["job.completed", "job.failed", "job.canceled"]
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/=+-]*$"
 
 
@@ -275,6 +278,12 @@ class JobSubmitRequest(BaseModel):
     timeout: int = Field(default=60, ge=1, description="Wall-clock limit in seconds.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    webhook_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_WEBHOOK_URL_LENGTH,
+        description="Where to POST the job's end, signed (Standard Webhooks); see docs/api.md.",
+    )
 
 
 class CancelRequest(BaseModel):
@@ -320,3 +329,85 @@ class JobsWaitRequest(BaseModel):
 
 class BatchCancelRequest(CancelRequest):
     """Body of ``POST /v1/batches/{batch_id}/cancel`` (optional)."""
+
+
+class WebhookEndpointRequest(BaseModel):
+    """Body of ``POST /v1/webhooks``: a URL that receives the end of every job of the tenant
+    whose event type is in ``events`` (omitted: every type)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=MAX_WEBHOOK_URL_LENGTH)
+    events: list[WebhookEvent] | None = Field(default=None, min_length=1)
+
+
+class WebhookEndpointUpdate(BaseModel):
+    """Body of ``PATCH /v1/webhooks/{id}``: what to change. ``enabled: true`` re-enables an
+    endpoint that was disabled (its target answered 410)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, min_length=1, max_length=MAX_WEBHOOK_URL_LENGTH)
+    events: list[WebhookEvent] | None = Field(default=None, min_length=1)
+    enabled: bool | None = None
+
+
+class WebhookEndpointResponse(_Response):
+    """A webhook endpoint. ``url`` is null for ``job-urls``, the key that signs the deliveries
+    to jobs' own ``webhook_url``. ``secret`` (``whsec_...``) verifies the signatures;
+    ``previous_secret`` still signs too until ``previous_until``, after a rotation."""
+
+    id: str
+    url: str | None
+    events: list[str] | None
+    secret: str | None = None
+    previous_secret: str | None = None
+    previous_until: datetime | None = None
+    enabled: bool
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookDeletedResponse(_Response):
+    """``DELETE /v1/webhooks/{id}``: the endpoint is gone, its pending deliveries given up."""
+
+    id: str
+    deleted: bool
+
+
+class WebhookEndpointListResponse(_Response):
+    endpoints: list[WebhookEndpointResponse]
+
+
+class WebhookAttemptResponse(_Response):
+    """One attempt of a delivery: the receiver's status code, or why there was none."""
+
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookDeliveryResponse(_Response):
+    """One message about a job's end to one URL. ``id`` is its ``webhook-id``. ``state``:
+    ``pending`` (``next_attempt_at`` says when), ``delivered`` or ``failed`` (given up)."""
+
+    id: str
+    url: str
+    endpoint_id: str | None = None
+    event_type: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: list[WebhookAttemptResponse]
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    created_at: datetime
+
+
+class WebhookDeliveryListResponse(_Response):
+    job_id: str
+    deliveries: list[WebhookDeliveryResponse]

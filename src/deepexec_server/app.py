@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 from deepexec_sdk import __version__
 
 from . import ui
-from .api import batches, middleware
+from .api import batches, middleware, webhooks
 from .api.errors import install_error_handlers
 from .api.routes import declare_bearer_auth, health, router
 from .auth import Authenticator, provision_local_key
@@ -147,6 +147,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(batches.router)
+    app.include_router(webhooks.router)
     app.include_router(health)
     app.include_router(piston.router())
     app.include_router(judge0.router())

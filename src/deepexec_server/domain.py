@@ -121,6 +121,10 @@ class NewJob:
     idempotency_key: str | None = None
     #: Hash of the request body, to tell a retry from a different request reusing a key.
     fingerprint: str | None = None
+    #: Where to POST the job's end (``webhooks``), and in which shape (None: Standard
+    #: Webhooks; ``judge0``: a Judge0 callback).
+    webhook_url: str | None = None
+    webhook_format: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,6 +158,9 @@ class Job:
     #: When the result (and the input data, if large) was purged by the retention policy or
     #: the tenant's cap on stored result bytes; the job itself is kept.
     result_purged_at: datetime | None = None
+    #: As ``NewJob``'s: the store turns the job's end into a delivery to this URL.
+    webhook_url: str | None = None
+    webhook_format: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -257,3 +264,99 @@ class IdempotencyConflicts(DeepExecError):
     def __init__(self, items: list[tuple[int, str]]) -> None:
         super().__init__(f"{len(items)} idempotency key(s) already used for other requests")
         self.items = items
+
+
+#: The id under which a tenant reads and rotates the key of its jobs' own webhook URLs.
+JOB_URLS_ID = "job-urls"
+
+
+def new_endpoint_id() -> str:
+    return "whe_" + secrets.token_hex(12)
+
+
+#: The event types of a job's end, one per terminal status: what a webhook endpoint may filter.
+JOB_EVENT_TYPES: dict[JobStatus, str] = {
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """Where a tenant's job ends are sent, and the key that signs them.
+
+    An endpoint with a ``url`` receives the end of every job of its tenant whose event type
+    is in ``events`` (None: every type). The tenant's one endpoint without a ``url`` only
+    holds the key that signs the deliveries to the jobs' own ``webhook_url``. A rotated key
+    (``previous_secret``) still signs, beside the new one, until ``previous_until``."""
+
+    id: str
+    tenant_id: str
+    url: str | None
+    events: tuple[str, ...] | None
+    secret: str
+    created_at: datetime
+    updated_at: datetime
+    previous_secret: str | None = None
+    previous_until: datetime | None = None
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+
+    def secrets_at(self, now: datetime) -> list[str]:
+        """The keys that sign a delivery made at ``now``: the current one, then the previous
+        one while it overlaps."""
+        keys = [self.secret]
+        if self.previous_secret and self.previous_until and now < self.previous_until:
+            keys.append(self.previous_secret)
+        return keys
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One try of a delivery: the answer's status code, or why there was none."""
+
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One message about one job's end to one URL, tried until it is delivered or given up.
+    ``id`` is the message's ``webhook-id``: the same at every attempt (the receiver's
+    idempotency key). ``body`` is fixed at the first attempt, so every attempt sends the
+    same bytes. ``state``: ``pending``, ``delivered`` or ``failed`` (given up)."""
+
+    id: str
+    tenant_id: str
+    job_id: str
+    endpoint_id: str | None
+    url: str
+    format: str
+    event_type: str
+    state: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+    body: str | None = None
+    delivered_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    log: tuple[WebhookAttempt, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """What a delivery attempt decides: the attempt to log, and the delivery's next state
+    (``pending`` with ``next_attempt_at``, ``delivered`` or ``failed``). ``disable_endpoint``:
+    a reason to disable the delivery's endpoint (a 410)."""
+
+    attempt: WebhookAttempt
+    state: str
+    next_attempt_at: datetime | None
+    body: str
+    disable_endpoint: str | None = None

@@ -78,5 +78,11 @@ class Metrics:
             ["job_type"],
             registry=self.registry,
         )
+        self.webhook_attempts = Counter(
+            "deepexec_webhook_attempts_total",
+            "Webhook delivery attempts by outcome (delivered, retry, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.http_requests = RequestCounts()
         self.registry.register(self.http_requests)

@@ -6,6 +6,7 @@ Nothing here is read at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -111,6 +112,16 @@ def parse_bytes(raw: str) -> int:
             f"(0: no cap), got {raw!r}"
         )
     return int(value * _BYTE_UNITS[unit])
+
+
+def _network(raw: str) -> str:
+    """A CIDR (``10.0.0.0/8``, ``::1/128``) or one address, normalised; ``ValueError`` if not."""
+    try:
+        return str(ipaddress.ip_network(raw.strip(), strict=False))
+    except ValueError:
+        raise ValueError(
+            f"expected a network such as 10.0.0.0/8 or 127.0.0.1, got {raw!r}"
+        ) from None
 
 
 def _parse_concurrency(raw: str) -> dict[str, int]:
@@ -222,6 +233,33 @@ class Settings(BaseSettings):
     tenant_result_bytes: int = 4 * GIB
     #: How often a server that runs jobs purges what is past the retention or the cap.
     purge_interval_seconds: float = 60.0
+
+    # --- webhooks (see webhooks/) -------------------------------------------------------------
+    #: A delivery's first attempt is made as the job ends; after a failed attempt, the next
+    #: waits the schedule's next entry (jittered by up to a tenth); past the last, the delivery
+    #: is given up. ``DEEPEXEC_WEBHOOK_RETRY_SCHEDULE`` takes durations:
+    #: ``5s,5m,30m,2h,5h,10h,14h,20h,24h`` (Standard Webhooks' schedule, about 3 days, the
+    #: default); ``none``: one attempt only.
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (
+        5.0,
+        300.0,
+        1800.0,
+        7200.0,
+        18000.0,
+        36000.0,
+        50400.0,
+        72000.0,
+        86400.0,
+    )
+    #: Seconds an attempt may take (connect, send, answer); longer is a failed attempt.
+    webhook_timeout_seconds: float = 15.0
+    #: Networks a webhook may reach although they are not public (loopback, private,
+    #: link-local, metadata...), as CIDRs: ``127.0.0.1/32,10.0.0.0/8``. Empty: public only.
+    webhook_allow_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    #: How long a rotated webhook key keeps signing beside the new one.
+    webhook_secret_overlap_seconds: float = DAY
+    #: Deliveries one server sends at a time.
+    webhook_concurrency: int = 16
 
     # --- connections (see api/connections.py) -------------------------------------------------
     #: A request's head must arrive within this many seconds of the connection or of its
@@ -348,6 +386,21 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> Any:
         return _invalid_as_error(parse_duration, value) if isinstance(value, str) else value
 
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() == "none":
+            return ()
+        return tuple(_invalid_as_error(parse_duration, p) for p in value.split(",") if p.strip())
+
+    @field_validator("webhook_allow_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        parts = value.split(",") if isinstance(value, str) else value
+        return tuple(_invalid_as_error(_network, str(p)) for p in parts if str(p).strip())
+
     @field_validator("tenant_result_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
@@ -415,6 +468,16 @@ class Settings(BaseSettings):
             raise SettingsError(
                 f"purge_interval_seconds must be > 0, got {self.purge_interval_seconds}"
             )
+        if any(not 0 <= wait < float("inf") for wait in self.webhook_retry_schedule):
+            raise SettingsError(
+                f"webhook_retry_schedule must be durations >= 0, got {self.webhook_retry_schedule}"
+            )
+        if not 0 < self.webhook_timeout_seconds <= 300:
+            raise SettingsError(
+                f"webhook_timeout_seconds must be in (0, 300], got {self.webhook_timeout_seconds}"
+            )
+        if self.webhook_concurrency < 1:
+            raise SettingsError(f"webhook_concurrency must be >= 1, got {self.webhook_concurrency}")
         for name in ("max_body_bytes", "max_batch_body_bytes"):
             if getattr(self, name) < 1024:
                 raise SettingsError(f"{name} must be >= 1024, got {getattr(self, name)}")

@@ -15,9 +15,20 @@ from deepexec_sdk.types import (
     MCPJobResponse,
     MCPJobStatusResponse,
     MCPJobSummary,
+    WebhookAttemptResponse,
+    WebhookDeliveryResponse,
+    WebhookEndpointResponse,
 )
 
-from .domain import Batch, CreatedBatch, Job, JobSummary
+from .domain import (
+    JOB_URLS_ID,
+    Batch,
+    CreatedBatch,
+    Job,
+    JobSummary,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 
 def _state(job: Job | JobSummary) -> dict[str, Any]:
@@ -98,4 +109,49 @@ def batch_status(batch: Batch, counts: dict[JobStatus, int]) -> MCPBatchStatusRe
         counts={status: counts.get(status, 0) for status in JobStatus},
         finished=finished,
         done=finished == total,
+    )
+
+
+def webhook_endpoint(
+    endpoint: WebhookEndpoint, *, with_secret: bool = True
+) -> WebhookEndpointResponse:
+    """An endpoint as the API shows it; a list leaves its keys out."""
+    return WebhookEndpointResponse(
+        id=JOB_URLS_ID if endpoint.url is None else endpoint.id,
+        url=endpoint.url,
+        events=None if endpoint.events is None else list(endpoint.events),
+        secret=endpoint.secret if with_secret else None,
+        previous_secret=endpoint.previous_secret if with_secret else None,
+        previous_until=endpoint.previous_until if with_secret else None,
+        enabled=endpoint.disabled_at is None,
+        disabled_at=endpoint.disabled_at,
+        disabled_reason=endpoint.disabled_reason,
+        created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at,
+    )
+
+
+def webhook_delivery(delivery: WebhookDelivery) -> WebhookDeliveryResponse:
+    """A delivery and its attempts, as the job's delivery log shows it."""
+    return WebhookDeliveryResponse(
+        id=delivery.id,
+        url=delivery.url,
+        endpoint_id=delivery.endpoint_id,
+        event_type=delivery.event_type,
+        state=delivery.state,
+        attempts=[
+            WebhookAttemptResponse(
+                attempt=a.attempt,
+                started_at=a.started_at,
+                duration_ms=a.duration_ms,
+                status_code=a.status_code,
+                error=a.error,
+            )
+            for a in delivery.log
+        ],
+        next_attempt_at=delivery.next_attempt_at,
+        delivered_at=delivery.delivered_at,
+        last_status_code=delivery.last_status_code,
+        last_error=delivery.last_error,
+        created_at=delivery.created_at,
     )

@@ -110,7 +110,7 @@ class _Routes:
         job_request = j0.submission_request(
             await _body(request), _languages(svc), _maxima(svc), encoded=encoded
         )
-        job, _ = await svc.engine.submit(tenant, job_request)
+        job, _ = await svc.engine.submit(tenant, job_request, webhook_format=j0.JUDGE0_WEBHOOK)
         if not _flag(request, "wait"):
             return _answer(201, {"token": job.id})
         job = await svc.engine.wait(tenant, job.id, job.timeout + QUEUE_WAIT_S)
@@ -194,7 +194,9 @@ class _Routes:
         for item in items:
             try:
                 job_request = j0.submission_request(item, langs, maxima, encoded=encoded)
-                job, _ = await svc.engine.submit(tenant, job_request)
+                job, _ = await svc.engine.submit(
+                    tenant, job_request, webhook_format=j0.JUDGE0_WEBHOOK
+                )
                 out.append({"token": job.id})
             except j0.Judge0Error as exc:
                 out.append(exc.body())
@@ -246,7 +248,10 @@ class _Routes:
     async def config_info(self, request: Request) -> Response:
         svc = self.svc(request)
         await _tenant(request, svc)
-        return _answer(200, info.config_info(_maxima(svc)))
+        settings = svc.settings
+        tries = 1 + len(settings.webhook_retry_schedule)
+        timeout = settings.webhook_timeout_seconds
+        return _answer(200, info.config_info(_maxima(svc), tries, timeout))
 
     async def system_info(self, request: Request) -> Response:
         svc = self.svc(request)
@@ -281,6 +286,8 @@ def _judge0_shapes(
         except Unauthorized:
             return Response(status_code=401)
         except ServiceError as exc:
+            if exc.type == "invalid_webhook_url":  # the callback_url: Judge0's field hash
+                return _answer(422, {"callback_url": [exc.details[0]["msg"]]})
             return _answer(exc.status_code, {"error": exc.message})
 
     return answer

@@ -154,8 +154,11 @@ class ServerMaxima:
 # --- information routes -----------------------------------------------------------------------
 
 
-def config_info(maxima: ServerMaxima) -> dict[str, Any]:
-    """``GET /config_info``: every key of 1.13.1's, this server's values."""
+def config_info(
+    maxima: ServerMaxima, callback_tries: int = 10, callback_timeout: float = 15.0
+) -> dict[str, Any]:
+    """``GET /config_info``: every key of 1.13.1's, this server's values. Callbacks are
+    webhooks: ``callback_tries`` attempts at most, each within ``callback_timeout`` s."""
     return {
         "maintenance_mode": False,
         "enable_wait_result": True,
@@ -163,9 +166,9 @@ def config_info(maxima: ServerMaxima) -> dict[str, Any]:
         "allowed_languages_for_compile_options": [],
         "enable_command_line_arguments": True,
         "enable_submission_delete": True,
-        "enable_callbacks": False,
-        "callbacks_max_tries": 3,
-        "callbacks_timeout": 5.0,
+        "enable_callbacks": True,
+        "callbacks_max_tries": callback_tries,
+        "callbacks_timeout": callback_timeout,
         "enable_additional_files": False,
         "max_queue_size": 10_000,
         "cpu_time_limit": DEFAULTS["cpu_time_limit"],

@@ -147,6 +147,10 @@ def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+#: The webhook format of a submission's ``callback_url`` (``webhooks.messages``).
+JUDGE0_WEBHOOK = "judge0"
+
+
 def submission_request(
     body: Any,
     languages: Sequence[Language],
@@ -207,6 +211,8 @@ def submission_request(
         data=data,
         timeout=max(1, math.ceil(wall)) + allowance,
         tags=[TAG, f"judge0-lang-{language.id}"],
+        # Sent as Judge0 sends it (a PUT of the submission), signed: ``JUDGE0_WEBHOOK``.
+        webhook_url=body.get("callback_url") or None,
     )
 
 
@@ -238,8 +244,9 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
         raise _invalid("redirect_stderr_to_stdout", "is not supported by this server")
     if body.get("additional_files"):
         raise _invalid("additional_files", "are not enabled on this server")
-    if body.get("callback_url"):
-        raise _invalid("callback_url", "callbacks are not enabled on this server")
+    callback = body.get("callback_url")
+    if callback is not None and not isinstance(callback, str):
+        raise _invalid("callback_url", "is not a valid URL")
     for field in _BOOL_FIELDS:
         value = body.get(field)
         if value is not None and not isinstance(value, bool):

@@ -13,6 +13,7 @@ from ..domain import NewJob, find_nul
 from ..errors import Unprocessable
 from ..executors.base import JobDataError, ModelUnavailableError
 from .parts import EnginePart
+from .webhook_ops import check_webhook_url
 
 
 def request_fingerprint(req: JobSubmitRequest | dict[str, Any]) -> str:
@@ -30,15 +31,19 @@ async def admit(
     idempotency_key: str | None,
     plain: dict[str, Any],
     loc: tuple[str | int, ...] = ("body",),
+    webhook_format: str | None = None,
 ) -> NewJob:
     """The job ``req`` (whose JSON is ``plain``) becomes, or ``Unprocessable`` naming what
-    is wrong; ``loc`` prefixes the places its details name."""
+    is wrong; ``loc`` prefixes the places its details name. ``webhook_format``: the shape of
+    the job's webhook (None: Standard Webhooks; ``judge0``: a Judge0 callback)."""
     nul_at = find_nul(plain, loc)
     if nul_at is not None:
         raise Unprocessable(
             "strings must not contain the NUL character (\\u0000)",
             details=[{"loc": list(nul_at), "msg": "contains U+0000"}],
         )
+    if req.webhook_url is not None:
+        check_webhook_url(part.settings, req.webhook_url, (*loc, "webhook_url"))
     executor = part.executors.get(req.job_type)
     if executor is None:
         known = ", ".join(sorted(part.executors))
@@ -77,6 +82,8 @@ async def admit(
         tags=tuple(dict.fromkeys(req.tags)),
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint(plain),
+        webhook_url=req.webhook_url,
+        webhook_format=webhook_format if req.webhook_url is not None else None,
     )
 
 

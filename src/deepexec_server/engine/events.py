@@ -92,6 +92,9 @@ class JobEvents(Protocol):
 
     # --- what the service tells workers ---------------------------------------------------------
 
+    def on_job_ended(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(job_id)`` for every job's end published (here or by another process)."""
+
     def listen(self, worker: WorkerNotices) -> None:
         """Deliver the service's notices to ``worker``."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from deepexec_sdk.types import MCPJobEvent
 
@@ -107,6 +107,7 @@ class EventHub:
         #: The latest published output per running job, as ``(stream, text)`` runs.
         self._replays: dict[str, _Replay] = {}
         self._workers: list[WorkerNotices] = []
+        self._ended_hooks: list[Callable[[str], None]] = []
 
     def subscribe(
         self, job_id: str, *, tenant_id: str | None = None, statuses_only: bool = False
@@ -180,6 +181,9 @@ class EventHub:
             if replay is None:
                 replay = self._replays[event.job_id] = _Replay()
             replay.keep(event.stream or "stdout", event.text)
+        if event.type == "status" and event.job is not None and event.job.is_terminal:
+            for hook in self._ended_hooks:
+                hook(event.job_id)
         table = self._subs if event.type == "status" else self._full
         subs = table.get(event.job_id)
         if not subs:
@@ -207,6 +211,11 @@ class EventHub:
         self._replays.pop(job_id, None)
 
     # --- notices from the service to the workers ------------------------------------------------
+
+    def on_job_ended(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(job_id)`` for every job's end published here (in this process or, where
+        events cross processes, in another)."""
+        self._ended_hooks.append(hook)
 
     def listen(self, worker: WorkerNotices) -> None:
         self._workers.append(worker)

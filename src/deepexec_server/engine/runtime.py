@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from ..executors.base import Executor
 from ..metrics import Metrics
@@ -13,6 +14,7 @@ from ..settings import Settings
 from ..store import Store
 from ..store.pg_notify import PgEventBus
 from ..store.postgres import PostgresStore
+from ..webhooks.sender import WebhookSender
 from .hub import EventHub
 from .parts import EngineParts
 from .peers import PgPeers
@@ -41,12 +43,18 @@ class EngineRuntime:
         parts = EngineParts(settings, store, self.executors, self.hub, self.metrics)
         self.service = JobService(parts)
         self.worker = Worker(parts, exclusive_store=exclusive_store)
+        self.webhooks = WebhookSender(settings, store, self.metrics, self._describe_code)
+        self.hub.on_job_ended(self.webhooks.job_ended)
+
+    def _describe_code(self) -> Mapping[str, Any]:
+        code = self.executors.get("code_execution")
+        return code.describe() if code is not None else {}
 
     async def start(self, *, run_jobs: bool = True) -> None:
         """Reap what a crash left, listen to the other processes sharing the store (on
         PostgreSQL), start the executors, take submissions, and start the worker: its
         scheduler and runners only if ``run_jobs`` (a server without them only serves the API,
-        and reaps). The store must be open."""
+        and reaps), and the webhook sender. The store must be open."""
         await self.worker.reap_orphans()
         if isinstance(self.hub, PgJobEvents):
             self.hub.on_resync(self.worker.resync)
@@ -55,12 +63,14 @@ class EngineRuntime:
             await executor.start()
         self.service.open()
         self.worker.start(run_jobs=run_jobs)
+        self.webhooks.start()
 
     async def stop(self) -> None:
         """Refuse submissions, stop every running job (they end FAILED, ``interrupted``), and
         close the executors."""
         self.service.close()
         await self.worker.stop()
+        await self.webhooks.stop()
         if isinstance(self.hub, PgJobEvents):
             await self.hub.stop()
         for executor in self.executors.values():

@@ -23,9 +23,10 @@ from .admission import admit
 from .batches import STORE_RECHECK_SECONDS, BatchOps
 from .events import SharedEvent, Subscription
 from .outcomes import announce_end
+from .webhook_ops import WebhookOps
 
 
-class JobService(BatchOps):
+class JobService(BatchOps, WebhookOps):
     """The engine as the doors see it (``Engine`` is this class)."""
 
     _started = False
@@ -46,13 +47,21 @@ class JobService(BatchOps):
         return {t: e.describe() for t, e in self.executors.items()}
 
     async def submit(
-        self, tenant_id: str, req: JobSubmitRequest, idempotency_key: str | None = None
+        self,
+        tenant_id: str,
+        req: JobSubmitRequest,
+        idempotency_key: str | None = None,
+        *,
+        webhook_format: str | None = None,
     ) -> tuple[Job, bool]:
         """Validate and store a job; returns ``(job, created)``. A replayed idempotency key
-        returns the first job with ``created = False``."""
+        returns the first job with ``created = False``. ``webhook_format``: see ``admit``."""
         if self._stopping:
             raise Unavailable("the server is shutting down", type="shutting_down")
-        new = await admit(self, tenant_id, req, idempotency_key, req.model_dump(mode="json"))
+        plain = req.model_dump(mode="json")
+        new = await admit(
+            self, tenant_id, req, idempotency_key, plain, webhook_format=webhook_format
+        )
         fingerprint = new.fingerprint
         job, created = await self.store.create_job(new, utcnow())
         if not created and job.fingerprint != fingerprint:

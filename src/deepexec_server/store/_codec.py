@@ -15,7 +15,17 @@ from typing import Any
 
 from deepexec_sdk.types import JobStatus
 
-from ..domain import ApiKey, IdempotencyConflicts, Job, JobError, JobSummary, NewJob
+from ..domain import (
+    ApiKey,
+    IdempotencyConflicts,
+    Job,
+    JobError,
+    JobSummary,
+    NewJob,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 #: Column names of the ``jobs`` table: exactly the fields of ``Job``, in order.
 JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
@@ -23,6 +33,8 @@ JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
 JOB_SUMMARY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(JobSummary))
 #: Column names of the ``api_keys`` table: exactly the fields of ``ApiKey``, in order.
 API_KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ApiKey))
+#: Column names of the ``webhook_endpoints`` table: the fields of ``WebhookEndpoint``.
+ENDPOINT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WebhookEndpoint))
 
 
 # --- scalars ------------------------------------------------------------------------------------
@@ -76,6 +88,8 @@ def job_from_new(new: NewJob, job_id: str, now: datetime) -> Job:
         updated_at=created,
         idempotency_key=new.idempotency_key,
         fingerprint=new.fingerprint,
+        webhook_url=new.webhook_url,
+        webhook_format=new.webhook_format,
     )
 
 
@@ -124,6 +138,8 @@ def job_from_fields(row: Mapping[str, Any]) -> Job:
         idempotency_key=row["idempotency_key"],
         fingerprint=row["fingerprint"],
         result_purged_at=_utc_or_none(row["result_purged_at"]),
+        webhook_url=row["webhook_url"],
+        webhook_format=row["webhook_format"],
     )
 
 
@@ -141,6 +157,67 @@ def api_key_from_fields(row: Mapping[str, Any]) -> ApiKey:
         key_hash=row["key_hash"],
         created_at=_utc(row["created_at"]),
         revoked_at=_utc_or_none(row["revoked_at"]),
+    )
+
+
+def endpoint_to_fields(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """An endpoint as plain values per column (``ENDPOINT_COLUMNS``), events as a list."""
+    fields = {name: getattr(endpoint, name) for name in ENDPOINT_COLUMNS}
+    fields["events"] = None if endpoint.events is None else list(endpoint.events)
+    return fields
+
+
+def endpoint_from_fields(row: Mapping[str, Any]) -> WebhookEndpoint:
+    """A webhook endpoint from plain values per column."""
+    events = row["events"]
+    return WebhookEndpoint(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        url=row["url"],
+        events=None if events is None else tuple(events),
+        secret=row["secret"],
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
+        previous_secret=row["previous_secret"],
+        previous_until=_utc_or_none(row["previous_until"]),
+        disabled_at=_utc_or_none(row["disabled_at"]),
+        disabled_reason=row["disabled_reason"],
+    )
+
+
+def attempt_from_fields(row: Mapping[str, Any]) -> WebhookAttempt:
+    """One logged delivery attempt from plain values per column."""
+    return WebhookAttempt(
+        attempt=row["attempt"],
+        started_at=_utc(row["started_at"]),
+        duration_ms=row["duration_ms"],
+        status_code=row["status_code"],
+        error=row["error_message"],
+    )
+
+
+def delivery_from_fields(
+    row: Mapping[str, Any], log: Sequence[WebhookAttempt] = ()
+) -> WebhookDelivery:
+    """A webhook delivery from plain values per column, with its attempts if read."""
+    return WebhookDelivery(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        job_id=row["job_id"],
+        endpoint_id=row["endpoint_id"],
+        url=row["url"],
+        format=row["format"],
+        event_type=row["event_type"],
+        state=row["state"],
+        attempts=row["attempts"],
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
+        next_attempt_at=_utc_or_none(row["next_attempt_at"]),
+        body=row["body"],
+        delivered_at=_utc_or_none(row["delivered_at"]),
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        log=tuple(log),
     )
 
 

@@ -40,9 +40,14 @@ _TIMESTAMPS = frozenset(
         "lease_expires_at",
         "revoked_at",
         "result_purged_at",
+        # webhooks
+        "previous_until",
+        "disabled_at",
+        "next_attempt_at",
+        "delivered_at",
     }
 )
-_JSON = frozenset({"data", "result", "error", "tags"})
+_JSON = frozenset({"data", "result", "error", "tags", "events"})
 
 
 def to_db(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from deepexec_sdk.types import JobStatus
 
 from ..domain import (
     ApiKey,
+    AttemptOutcome,
     Batch,
     CreatedBatch,
     Job,
@@ -29,6 +30,8 @@ from ..domain import (
     JobSummary,
     NewBatch,
     NewJob,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from ..errors import StoreError
 
@@ -183,6 +186,55 @@ class Store(Protocol):
 
     async def get_jobs(self, job_ids: Collection[str], tenant_id: str) -> list[Job]:
         """Those of ``job_ids`` the tenant has, in full, in no particular order."""
+
+    # --- webhooks -------------------------------------------------------------------------------
+    # A job's deliveries are written by the store itself, in the transaction that ends the job
+    # (a trigger in both databases): one to the job's ``webhook_url``, one to each enabled
+    # endpoint of its tenant whose events include the job's (``domain.JOB_EVENT_TYPES``).
+
+    async def create_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Store a new endpoint."""
+
+    async def save_endpoint(self, endpoint: WebhookEndpoint) -> WebhookEndpoint | None:
+        """Write every field of an existing endpoint of ``endpoint.tenant_id``; None if it has
+        none with that id. Re-enabling clears ``disabled_at`` and ``disabled_reason``."""
+
+    async def get_endpoint(self, endpoint_id: str, tenant_id: str) -> WebhookEndpoint | None:
+        """The tenant's endpoint (with a URL or not)."""
+
+    async def list_endpoints(self, tenant_id: str) -> list[WebhookEndpoint]:
+        """The tenant's endpoints that have a URL, oldest first."""
+
+    async def delete_endpoint(self, endpoint_id: str, tenant_id: str, now: datetime) -> bool:
+        """Delete the tenant's endpoint (with a URL) and give up its pending deliveries."""
+
+    async def job_url_key(self, fresh: WebhookEndpoint) -> WebhookEndpoint:
+        """The endpoint without a URL of ``fresh.tenant_id`` (the key of its jobs' own URLs):
+        the stored one, or ``fresh`` stored now. Safe under races: one per tenant."""
+
+    async def disable_endpoint(self, endpoint_id: str, reason: str, now: datetime) -> None:
+        """Disable an endpoint (its target answered 410) and give up its pending deliveries."""
+
+    async def claim_deliveries(
+        self, owner: str, lease_expires_at: datetime, now: datetime, limit: int
+    ) -> list[WebhookDelivery]:
+        """Take up to ``limit`` pending deliveries that are due (``next_attempt_at <= now``)
+        and not leased by another sender, soonest first, leased to ``owner`` until
+        ``lease_expires_at``. Safe across processes: a delivery is taken by one sender."""
+
+    async def finish_attempt(
+        self, delivery: WebhookDelivery, owner: str, outcome: AttemptOutcome, now: datetime
+    ) -> bool:
+        """Log ``outcome.attempt`` and move the delivery to ``outcome.state`` (its body, now
+        fixed; the lease released), and disable its endpoint when ``outcome`` says so; all in
+        one transaction, only while ``owner`` holds the lease. False if it no longer does."""
+
+    async def next_delivery_at(self) -> datetime | None:
+        """When the soonest pending delivery may be taken: due, and its lease (if any)
+        expired. None: there is none."""
+
+    async def job_deliveries(self, job_id: str, tenant_id: str) -> list[WebhookDelivery]:
+        """The deliveries of the tenant's job, oldest first, each with its attempts."""
 
     # --- API keys -------------------------------------------------------------------------------
 

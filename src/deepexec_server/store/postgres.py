@@ -64,6 +64,7 @@ from ._postgres_sql import (
     jsonb,
     param,
 )
+from ._postgres_webhooks import PostgresWebhooks
 from .base import driver_failure, interrupted_error
 
 Conn = AsyncConnection[DictRow]
@@ -87,7 +88,7 @@ def describe(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
-class PostgresStore(PostgresBatches):
+class PostgresStore(PostgresBatches, PostgresWebhooks):
     """A ``Store`` in a PostgreSQL database, optionally in its own schema."""
 
     def __init__(

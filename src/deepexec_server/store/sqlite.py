@@ -42,6 +42,7 @@ from ._codec import (
 )
 from ._sqlite_batches import CANCEL_SET, SQLiteBatches, cancel_params, insert_job, job_values
 from ._sqlite_db import chunks, fetch_one, from_db, marks, size_of, to_db
+from ._sqlite_webhooks import SQLiteWebhooks
 from .base import PURGED_DATA_KEPT_BYTES, interrupted_error
 
 #: The status body (see ``_codec.STATUS_JSON_FIELDS``): timestamps are kept as the API writes
@@ -57,7 +58,7 @@ _INSERT_KEY = (
 )
 
 
-class SQLiteStore(SQLiteBatches):
+class SQLiteStore(SQLiteBatches, SQLiteWebhooks):
     """A ``Store`` in one SQLite file (WAL mode). Safe to share between processes on one host;
     for several hosts use ``PostgresStore``."""
 
