@@ -32,12 +32,15 @@ from psycopg import sql
 from deepexec_sdk.types import JobStatus, MCPJobStatusResponse
 from deepexec_server.domain import (
     ApiKey,
+    AttemptOutcome,
     InvalidTransition,
     Job,
     JobError,
     JobFilter,
     JobSummary,
     NewJob,
+    WebhookAttempt,
+    WebhookEndpoint,
 )
 from deepexec_server.errors import ServiceError, StoreError
 from deepexec_server.store import Store, decode_cursor, encode_cursor, open_store
@@ -161,9 +164,10 @@ class Backend:
             self.emptied = True
             async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
                 await conn.execute(
-                    sql.SQL("TRUNCATE {}.jobs, {}.api_keys, {}.batches, {}.batch_jobs").format(
-                        *[sql.Identifier(self.pg.main)] * 4
-                    )
+                    sql.SQL(
+                        "TRUNCATE {}.jobs, {}.api_keys, {}.batches, {}.batch_jobs, "
+                        "{}.webhook_endpoints, {}.webhook_deliveries, {}.webhook_attempts"
+                    ).format(*[sql.Identifier(self.pg.main)] * 7)
                 )
         return store
 
@@ -1137,3 +1141,121 @@ def test_schema_scripts_are_applied_in_order_and_a_newer_database_is_refused() -
         assert pending(scripts, len(scripts)) == []
         with pytest.raises(RuntimeError, match="newer"):
             pending(scripts, len(scripts) + 1)
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+
+def endpoint(
+    tenant: str, url: str | None, events: tuple[str, ...] | None = None
+) -> WebhookEndpoint:
+    return WebhookEndpoint(
+        id=f"whe_{uuid.uuid4().hex[:12]}",
+        tenant_id=tenant,
+        url=url,
+        events=events,
+        secret="whsec_" + base64.b64encode(os.urandom(32)).decode(),
+        created_at=at(0),
+        updated_at=at(0),
+    )
+
+
+def tried(
+    number: int, state: str, *, status: int | None, disable: str | None = None
+) -> AttemptOutcome:
+    attempt = WebhookAttempt(number, at(5), 1.5, status, None if status == 200 else "failed")
+    return AttemptOutcome(attempt, state, at(60) if state == "pending" else None, "{}", disable)
+
+
+async def test_a_jobs_end_writes_its_deliveries_whichever_path_ends_it(store: Store) -> None:
+    everything = endpoint("tenant-a", "https://a.example/all")
+    failures = endpoint("tenant-a", "https://a.example/failures", ("job.failed",))
+    elsewhere = endpoint("tenant-b", "https://b.example/all")
+    for e in (everything, failures, elsewhere):
+        await store.create_endpoint(e)
+    hooked = dataclasses.replace(new("hooked"), webhook_url="https://a.example/own")
+    job, _ = await store.create_job(hooked, at(0))
+    assert job.webhook_url == "https://a.example/own"
+    assert (await store.get_job(job.id)) == job
+    assert await store.job_deliveries(job.id, "tenant-a") == []  # nothing before it ends
+    claimed = await store.claim_next([CODE], "r", at(30), at(1))
+    assert claimed is not None
+    await store.finish_job(job.id, "r", JobStatus.COMPLETED, {"stdout": ""}, None, at(2))
+    made = await store.job_deliveries(job.id, "tenant-a")
+    assert sorted((d.url, d.event_type, d.format) for d in made) == [
+        ("https://a.example/all", "job.completed", "standard"),
+        ("https://a.example/own", "job.completed", "standard"),
+    ]
+    assert all(d.state == "pending" and d.next_attempt_at == at(2) for d in made)
+    assert await store.job_deliveries(job.id, "tenant-b") == []
+    # A cancel of a pending job and a reap end jobs too: the failures endpoint gets the reap.
+    pending_job, _ = await store.create_job(new("canceled"), at(3))
+    await store.request_cancel(pending_job.id, "tenant-a", None, at(4))
+    assert [d.event_type for d in await store.job_deliveries(pending_job.id, "tenant-a")] == [
+        "job.canceled"
+    ]
+    reaped = await running(store, "reaped")
+    await store.reap_running(FAR_FUTURE, at(5))
+    urls = sorted(d.url for d in await store.job_deliveries(reaped.id, "tenant-a"))
+    assert urls == ["https://a.example/all", "https://a.example/failures"]
+
+
+async def test_deliveries_are_claimed_once_and_finished_under_their_lease(store: Store) -> None:
+    await store.create_endpoint(endpoint("tenant-a", "https://a.example/all"))
+    jobs = [await running(store, f"j{i}") for i in range(3)]
+    for job in jobs:
+        await store.finish_job(job.id, "runner-1", JobStatus.COMPLETED, None, None, at(2))
+    assert await store.next_delivery_at() == at(2)
+    first = await store.claim_deliveries("s1", at(40), at(3), 2)
+    second = await store.claim_deliveries("s2", at(40), at(3), 5)
+    assert len(first) == 2 and len(second) == 1
+    assert not {d.id for d in first} & {d.id for d in second}
+    assert await store.claim_deliveries("s3", at(40), at(3), 5) == []
+    assert await store.next_delivery_at() == at(40)  # leased until then
+    d = first[0]
+    assert not await store.finish_attempt(d, "s2", tried(1, "delivered", status=200), at(6))
+    assert await store.finish_attempt(d, "s1", tried(1, "pending", status=500), at(6))
+    (again,) = [x for x in await store.job_deliveries(d.job_id, "tenant-a")]
+    assert again.state == "pending" and again.attempts == 1 and again.next_attempt_at == at(60)
+    assert again.body == "{}" and again.last_status_code == 500
+    assert [(a.attempt, a.status_code) for a in again.log] == [(1, 500)]
+    # A lease that expired lets another sender take it.
+    taken = await store.claim_deliveries("s4", at(200), at(100), 5)
+    assert {x.id for x in taken} == {x.id for x in first + second}
+
+
+async def test_a_410_disables_the_endpoint_and_gives_up_its_deliveries(store: Store) -> None:
+    target = endpoint("tenant-a", "https://a.example/gone")
+    await store.create_endpoint(target)
+    for name in ("one", "two"):
+        job = await running(store, name)
+        await store.finish_job(job.id, "runner-1", JobStatus.COMPLETED, None, None, at(2))
+    (first,) = await store.claim_deliveries("s", at(40), at(3), 1)
+    gone = tried(1, "failed", status=410, disable="410 Gone")
+    assert await store.finish_attempt(first, "s", gone, at(4))
+    disabled = await store.get_endpoint(target.id, "tenant-a")
+    assert disabled is not None and disabled.disabled_at == at(4)
+    assert disabled.disabled_reason == "410 Gone"
+    assert await store.claim_deliveries("s", at(40), at(5), 5) == []
+    assert await store.next_delivery_at() is None
+    later = await running(store, "later")
+    await store.finish_job(later.id, "runner-1", JobStatus.COMPLETED, None, None, at(6))
+    assert await store.job_deliveries(later.id, "tenant-a") == []
+
+
+async def test_endpoints_per_tenant_and_one_job_url_key(store: Store) -> None:
+    mine = endpoint("tenant-a", "https://a.example/x", ("job.failed", "job.canceled"))
+    await store.create_endpoint(mine)
+    assert await store.list_endpoints("tenant-a") == [mine]
+    assert await store.get_endpoint(mine.id, "tenant-b") is None
+    keys = await asyncio.gather(*[store.job_url_key(endpoint("tenant-a", None)) for _ in range(4)])
+    assert len({k.id for k in keys}) == 1 and keys[0].url is None
+    assert await store.list_endpoints("tenant-a") == [mine]  # the key is not an endpoint
+    moved = dataclasses.replace(mine, url="https://a.example/y", updated_at=at(9))
+    assert await store.save_endpoint(moved) == moved
+    assert await store.get_endpoint(mine.id, "tenant-a") == moved
+    assert await store.save_endpoint(dataclasses.replace(moved, tenant_id="tenant-b")) is None
+    assert not await store.delete_endpoint(keys[0].id, "tenant-a", at(10))
+    assert not await store.delete_endpoint(mine.id, "tenant-b", at(10))
+    assert await store.delete_endpoint(mine.id, "tenant-a", at(10))
+    assert await store.list_endpoints("tenant-a") == []
