@@ -169,6 +169,14 @@ def test_submit_job_rejects_a_tag_the_api_would_refuse() -> None:
         tools.submit_request({"job_type": "code_execution", "data": {}, "tags": ["no spaces"]})
 
 
+def test_submit_job_carries_a_webhook_url() -> None:
+    req = tools.submit_request(
+        {"job_type": "code_execution", "data": {"code": "1"}, "webhook_url": "https://h.example/x"}
+    )
+    assert req.webhook_url == "https://h.example/x"
+    assert "webhook_url" in tools.SubmitJobArgs.model_json_schema()["properties"]
+
+
 def test_failed_run_is_an_error_result_carrying_stderr_and_exit_code() -> None:
     status = job(
         JobStatus.FAILED,

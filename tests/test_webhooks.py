@@ -451,3 +451,31 @@ def test_webhooks_on_postgresql(tmp_path: Path, receiver: tuple[Receiver, str]) 
         srv.stop()
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_the_cli_submits_with_a_webhook_and_shows_its_log(
+    server: ServerProcess, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    added = json.loads(server.cli("webhooks", "add", f"{url}/fail", "--event", "job.failed").stdout)
+    assert added["url"] == f"{url}/fail" and added["events"] == ["job.failed"]
+    assert added["secret"].startswith("whsec_")
+    listed = server.cli("webhooks", "list").stdout
+    assert added["id"] in listed and "job.failed" in listed
+    job_id = server.cli(
+        "submit", "--code", "raise SystemExit(1)", "--webhook-url", f"{url}/own"
+    ).stdout.strip()
+    got = rec.wait_for(2)
+    assert sorted(g.path for g in got) == ["/fail", "/own"]
+    deadline = time.monotonic() + 10
+    while "pending" in (log := server.cli("webhooks", "log", job_id).stdout):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)
+    assert log.count("delivered") == 2 and f"{url}/own" in log, log
+    key = json.loads(server.cli("webhooks", "show", "job-urls").stdout)
+    assert key["id"] == "job-urls" and "url" not in key
+    own = next(g for g in got if g.path == "/own")
+    assert verified(own, key["secret"])["type"] == "job.failed"
+    assert "deleted" in server.cli("webhooks", "delete", added["id"]).stdout
+    missing = server.cli("webhooks", "show", added["id"], check=False)
+    assert missing.returncode != 0 and "no webhook endpoint" in missing.stderr

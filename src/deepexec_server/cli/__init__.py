@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from deepexec_sdk import DeepExecError
 
 from ..settings import SettingsError
-from . import client, server
+from . import client, server, webhooks
 from .common import CliError
 from .server import listen_socket
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server.add_run_parsers(sub)
     client.add_parsers(sub)
+    webhooks.add_parsers(sub)
     server.add_admin_parsers(sub)
     return parser
 

@@ -105,6 +105,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             priority=args.priority,
             tags=args.tag or None,
+            webhook_url=args.webhook_url,
         )
         if args.follow:
             return follow(client, job.job_id, live_output=True)
@@ -309,6 +310,7 @@ def _add_submit(sub: Subparsers) -> None:
     p.add_argument("--timeout", type=int, default=60, help="seconds (default 60)")
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     p.add_argument("--tag", action="append", help="tag the job (repeatable)")
+    p.add_argument("--webhook-url", help="POST the job's end here, signed (Standard Webhooks)")
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--wait",

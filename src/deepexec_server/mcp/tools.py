@@ -82,6 +82,11 @@ class SubmitJobArgs(_Args):
     timeout: int = Field(default=60, ge=1, description="Wall-clock limit in seconds.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
     tags: list[str] = Field(default_factory=list, max_length=32, description="Tags for the job.")
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where to POST the job's end, signed (Standard Webhooks).",
+    )
 
 
 class JobIdArgs(_Args):
@@ -262,6 +267,7 @@ def submit_request(arguments: dict[str, Any] | None) -> JobSubmitRequest:
             timeout=args.timeout,
             priority=args.priority,
             tags=args.tags,
+            webhook_url=args.webhook_url,
         )
     except ValidationError as exc:
         problems = "; ".join(
