@@ -23,6 +23,8 @@ import socket
 from collections.abc import Sequence
 from urllib.parse import SplitResult, urlsplit
 
+from ..errors import DeepExecError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -30,7 +32,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_URL_LENGTH = 2048
 
 
-class UnsafeTarget(ValueError):
+class UnsafeTarget(DeepExecError, ValueError):
     """A webhook URL that must not be used; the message says why."""
 
 
