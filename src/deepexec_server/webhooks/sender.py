@@ -150,8 +150,11 @@ class WebhookSender:
                 log.warning("webhook sender: the store failed; trying again shortly")
                 delay = 1.0
             if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for returns the event's result
+                # and drops a cancel that arrives as the event is set, so stop() never ends.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
 
     async def _round(self) -> float:
         """Start what is due and there is room for; how long to sleep before looking again."""
