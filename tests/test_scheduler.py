@@ -16,7 +16,7 @@ import pytest
 
 from deepexec_sdk.types import JobStatus, JobSubmitRequest
 from deepexec_server.app import build_engine
-from deepexec_server.domain import Job, JobFilter
+from deepexec_server.domain import DEFAULT_SHARE, Job, JobFilter, SharePolicy
 from deepexec_server.engine import EngineRuntime
 from deepexec_server.executors.code import CodeExecutor
 from deepexec_server.settings import Settings
@@ -33,10 +33,15 @@ class CountingStore(SQLiteStore):
         self.claims: list[tuple[str, ...]] = []
 
     async def claim_next(
-        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+        self,
+        job_types: Collection[str],
+        owner: str,
+        lease_expires_at: datetime,
+        now: datetime,
+        policy: SharePolicy = DEFAULT_SHARE,
     ) -> Job | None:
         self.claims.append(tuple(job_types))
-        return await super().claim_next(job_types, owner, lease_expires_at, now)
+        return await super().claim_next(job_types, owner, lease_expires_at, now, policy)
 
 
 @pytest.fixture
@@ -126,9 +131,14 @@ class CancelDuringClaimStore(SQLiteStore):
         self.crossed: list[str] = []
 
     async def claim_next(
-        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+        self,
+        job_types: Collection[str],
+        owner: str,
+        lease_expires_at: datetime,
+        now: datetime,
+        policy: SharePolicy = DEFAULT_SHARE,
     ) -> Job | None:
-        claimed = await super().claim_next(job_types, owner, lease_expires_at, now)
+        claimed = await super().claim_next(job_types, owner, lease_expires_at, now, policy)
         if claimed is not None and self.runtime is not None:
             await self.request_cancel(claimed.id, claimed.tenant_id, "crossed the claim", now)
             self.runtime.hub.notify_cancel(claimed.id)

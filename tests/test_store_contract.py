@@ -38,7 +38,11 @@ from deepexec_server.domain import (
     JobError,
     JobFilter,
     JobSummary,
+    NewBatch,
     NewJob,
+    SharePolicy,
+    Tenant,
+    TenantUsage,
     WebhookAttempt,
     WebhookEndpoint,
 )
@@ -166,8 +170,14 @@ class Backend:
                 await conn.execute(
                     sql.SQL(
                         "TRUNCATE {}.jobs, {}.api_keys, {}.batches, {}.batch_jobs, "
-                        "{}.webhook_endpoints, {}.webhook_deliveries, {}.webhook_attempts"
-                    ).format(*[sql.Identifier(self.pg.main)] * 7)
+                        "{}.webhook_endpoints, {}.webhook_deliveries, {}.webhook_attempts, "
+                        "{}.tenants, {}.tenant_turns"
+                    ).format(*[sql.Identifier(self.pg.main)] * 9)
+                )
+                await conn.execute(
+                    sql.SQL("UPDATE {}.fair_clock SET clock = 0").format(
+                        sql.Identifier(self.pg.main)
+                    )
                 )
         return store
 
@@ -553,6 +563,111 @@ async def test_concurrent_claimers_take_each_job_exactly_once(backend: Backend) 
             assert job is not None and (job.status, job.lease_owner) == (JobStatus.RUNNING, owner)
     counts = await stores[0].count_by_status()
     assert (counts[JobStatus.RUNNING], counts[JobStatus.PENDING]) == (50, 0)
+
+
+# --- fair share and tenants -----------------------------------------------------------------
+
+
+async def saturate(store: Store, slots: int, claims: int) -> dict[str, int]:
+    """Keep ``slots`` jobs running, the oldest finished as each next one is claimed; how many
+    of the first ``claims`` claims went to each tenant."""
+    running_now: list[Job] = []
+    taken: dict[str, int] = {}
+    for i in range(claims):
+        while len(running_now) >= slots:
+            done = running_now.pop(0)
+            await store.finish_job(
+                done.id, "r", JobStatus.COMPLETED, {"ok": True}, None, at(10 + i)
+            )
+        job = await store.claim_next([CODE], "r", at(10_000), at(10 + i))
+        assert job is not None
+        taken[job.tenant_id] = taken.get(job.tenant_id, 0) + 1
+        running_now.append(job)
+    return taken
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+async def test_weights_2_to_1_split_the_slots_2_to_1(store: Store, slots: int) -> None:
+    await store.save_tenant(Tenant("heavy", at(0), at(0), weight=2.0))
+    for tenant in ("heavy", "light"):
+        await store.create_batch(
+            NewBatch(tenant, tuple(new(tenant=tenant) for _ in range(300))), at(1)
+        )
+    taken = await saturate(store, slots, 300)
+    assert abs(taken["heavy"] - 200) <= 20 and abs(taken["light"] - 100) <= 10, taken
+
+
+async def test_a_newcomer_takes_the_next_slot_whatever_the_backlog_and_priority(
+    store: Store,
+) -> None:
+    await store.create_batch(
+        NewBatch("big", tuple(new(tenant="big", priority=100) for _ in range(1000))), at(0)
+    )
+    first = await store.claim_next([CODE], "r", at(600), at(1))
+    assert first is not None and first.tenant_id == "big"
+    small, _ = await store.create_job(new("small", tenant="small", priority=-5), at(2))
+    await store.finish_job(first.id, "r", JobStatus.COMPLETED, {}, None, at(3))
+    # Both have nothing running: the newcomer's turn comes first.
+    got = await store.claim_next([CODE], "r", at(600), at(3))
+    assert got is not None and got.id == small.id
+    # Within a tenant its own priority still orders its jobs.
+    mine = [await store.create_job(new(f"p{p}", tenant="small", priority=p), at(4)) for p in (1, 7)]
+    got = await store.claim_next([CODE], "r", at(600), at(5))
+    assert got is not None and got.tenant_id == "big"  # small is running one, big none
+    got = await store.claim_next([CODE], "r", at(600), at(5))
+    assert got is not None and got.id == mine[1][0].id  # small's priority 7 before its 1
+
+
+async def test_max_running_passes_a_tenant_over_until_its_jobs_end(store: Store) -> None:
+    await store.save_tenant(Tenant("capped", at(0), at(0), max_running=1))
+    a, _ = await store.create_job(new("a", tenant="capped"), at(0))
+    b, _ = await store.create_job(new("b", tenant="capped"), at(1))
+    other, _ = await store.create_job(new("o", tenant="free"), at(2))
+    got = [await store.claim_next([CODE], "r", at(600), at(3)) for _ in range(3)]
+    assert [j.id if j else None for j in got] == [a.id, other.id, None]
+    await store.finish_job(a.id, "r", JobStatus.COMPLETED, {}, None, at(4))
+    after = await store.claim_next([CODE], "r", at(600), at(5))
+    assert after is not None and after.id == b.id
+    # The server-wide default applies to a tenant without its own, 0 meaning no cap.
+    c, _ = await store.create_job(new("c", tenant="free"), at(6))
+    assert await store.claim_next([CODE], "r", at(600), at(7), SharePolicy(max_running=1)) is None
+    got_c = await store.claim_next([CODE], "r", at(600), at(7), SharePolicy(max_running=0))
+    assert got_c is not None and got_c.id == c.id
+
+
+async def test_tenant_settings_usage_and_pending_counts(store: Store) -> None:
+    assert await store.get_tenant("t") is None and await store.list_tenants() == []
+    saved = await store.save_tenant(Tenant("t", at(0), at(0), weight=2.5, max_pending=10))
+    assert saved == Tenant("t", at(0), at(0), weight=2.5, max_pending=10)
+    again = await store.save_tenant(
+        Tenant("t", at(5), at(5), max_running=3, submit_rate=0.5, max_timeout=600)
+    )
+    # The first creation time stays; every setting is replaced.
+    assert again == Tenant("t", at(0), at(5), max_running=3, submit_rate=0.5, max_timeout=600)
+    assert await store.list_tenants() == [again]
+    for i in range(3):
+        await store.create_job(new(f"j{i}", tenant="t"), at(i))
+    await store.create_job(new("u", tenant="u"), at(4))
+    claimed = await store.claim_next([CODE], "r", at(600), at(5))
+    assert claimed is not None and claimed.tenant_id == "t"  # its job has waited longest
+    assert (await store.count_pending("t"), await store.count_pending("u")) == (2, 1)
+    assert await store.count_pending("nobody") == 0
+    assert await store.count_pending() == 3
+    assert await store.tenant_usage() == {
+        "t": TenantUsage(pending=2, running=1),
+        "u": TenantUsage(pending=1, running=0),
+    }
+    assert await store.delete_tenant("t") is True
+    assert await store.delete_tenant("t") is False
+    assert await store.get_tenant("t") is None
+
+
+async def test_job_for_key_finds_the_tenants_keyed_job_only(store: Store) -> None:
+    job, _ = await store.create_job(new("keyed", key="k1"), at(0))
+    found = await store.job_for_key("tenant-a", "k1")
+    assert found is not None and found.id == job.id
+    assert await store.job_for_key("tenant-b", "k1") is None
+    assert await store.job_for_key("tenant-a", "k2") is None
 
 
 async def test_renew_leases_extends_only_own_running_jobs_and_reports_cancels(

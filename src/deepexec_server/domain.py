@@ -222,6 +222,50 @@ class ApiKey:
         return self.revoked_at is None
 
 
+#: A quota of ``Tenant`` set to this has no limit (None takes the server-wide default), as
+#: a 0 in the settings has none.
+UNLIMITED = 0
+
+#: A tenant's quotas, in the order ``deepexec tenants list`` shows them.
+QUOTA_NAMES = ("max_running", "max_pending", "submit_rate", "max_timeout")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tenant:
+    """An operator's settings for one tenant. A None field takes the server-wide default
+    (``Settings.tenant_*``); a quota of ``UNLIMITED`` has none. ``weight`` is the tenant's
+    share of the slots against the others' (fair share); ``max_running`` caps its running
+    jobs, ``max_pending`` its queued ones, ``submit_rate`` its submits
+    per second, ``max_timeout`` the timeout its jobs may ask for."""
+
+    tenant_id: str
+    created_at: datetime
+    updated_at: datetime
+    weight: float | None = None
+    max_running: int | None = None
+    max_pending: int | None = None
+    submit_rate: float | None = None
+    max_timeout: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SharePolicy:
+    """What a claim takes for a tenant without its own ``max_running`` (its weight is 1)."""
+
+    max_running: int = UNLIMITED
+
+
+DEFAULT_SHARE = SharePolicy()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantUsage:
+    """A tenant's jobs queued and running now."""
+
+    pending: int = 0
+    running: int = 0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewBatch:
     """Validated submissions to store together, in request order."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -22,6 +22,8 @@ from ..domain import (
     JobError,
     JobSummary,
     NewJob,
+    Tenant,
+    TenantUsage,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -35,6 +37,12 @@ JOB_SUMMARY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(
 API_KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ApiKey))
 #: Column names of the ``webhook_endpoints`` table: the fields of ``WebhookEndpoint``.
 ENDPOINT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WebhookEndpoint))
+#: Column names of the ``tenants`` table: the fields of ``Tenant``.
+TENANT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Tenant))
+#: The upsert of a tenant's settings (both dialects): every column but its id and creation.
+TENANT_UPSERT = "ON CONFLICT (tenant_id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in TENANT_COLUMNS if c not in ("tenant_id", "created_at")
+)
 
 
 # --- scalars ------------------------------------------------------------------------------------
@@ -158,6 +166,33 @@ def api_key_from_fields(row: Mapping[str, Any]) -> ApiKey:
         created_at=_utc(row["created_at"]),
         revoked_at=_utc_or_none(row["revoked_at"]),
     )
+
+
+def tenant_from_fields(row: Mapping[str, Any]) -> Tenant:
+    """A tenant's settings from plain values per column."""
+    weight, rate = row["weight"], row["submit_rate"]
+    return Tenant(
+        tenant_id=row["tenant_id"],
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
+        weight=None if weight is None else float(weight),
+        max_running=row["max_running"],
+        max_pending=row["max_pending"],
+        submit_rate=None if rate is None else float(rate),
+        max_timeout=row["max_timeout"],
+    )
+
+
+def usage_from_rows(rows: Iterable[tuple[str, str, int]]) -> dict[str, TenantUsage]:
+    """``(tenant_id, status, count)`` rows (PENDING and RUNNING) as each tenant's usage."""
+    usage: dict[str, TenantUsage] = {}
+    for tenant_id, status, n in rows:
+        was = usage.get(tenant_id, TenantUsage())
+        if status == "PENDING":
+            usage[tenant_id] = dataclasses.replace(was, pending=int(n))
+        else:
+            usage[tenant_id] = dataclasses.replace(was, running=int(n))
+    return usage
 
 
 def endpoint_to_fields(endpoint: WebhookEndpoint) -> dict[str, Any]:

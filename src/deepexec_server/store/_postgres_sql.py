@@ -18,6 +18,7 @@ from ._codec import (
     json_text,
     status_json_select,
 )
+from ._fair import choice_sql
 from .base import PURGED_DATA_KEPT_BYTES
 
 #: The columns of ``jobs`` that hold JSON (``jsonb``).
@@ -60,20 +61,28 @@ STATUS_JSON = (
     )
     + " WHERE id = %s AND tenant_id = %s"
 )
-CLAIM = """
-WITH next AS (
-    SELECT id FROM jobs
-    WHERE status = 'PENDING' AND cancel_requested_at IS NULL AND job_type = ANY(%s)
-    ORDER BY priority DESC, created_at ASC, id ASC
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
+
+
+def claim_sql(n_types: int) -> str:
+    """Claim the job fair share gives a slot of one of ``n_types`` job types (``_fair``), in
+    one statement. Its row carries ``chosen``: NULL when nothing is claimable; set, with the
+    job's columns NULL, when the chosen job changed as it was taken (a cancel crossed it:
+    choose again). Parameters: ``choice_params``, then the SET's four."""
+    return f"""
+WITH chosen AS ({choice_sql("%s", n_types)}),
+claimed AS (
+    UPDATE jobs
+    SET status = 'RUNNING', started_at = %s, updated_at = %s, lease_owner = %s,
+        lease_expires_at = %s
+    FROM chosen
+    WHERE jobs.id = chosen.id AND jobs.status = 'PENDING' AND jobs.cancel_requested_at IS NULL
+    RETURNING jobs.*
 )
-UPDATE jobs
-SET status = 'RUNNING', started_at = %s, updated_at = %s, lease_owner = %s, lease_expires_at = %s
-FROM next
-WHERE jobs.id = next.id
-RETURNING jobs.*
+SELECT (SELECT id FROM chosen) AS chosen, claimed.* FROM (SELECT 1) AS one
+LEFT JOIN claimed ON true
 """
+
+
 # One statement for both cases; every expression reads the row as it was before. A repeated
 # request keeps the first time and reason.
 CANCEL_SET = """

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from deepexec_sdk.types import JobStatus
 
 from ..domain import (
+    DEFAULT_SHARE,
     ApiKey,
     AttemptOutcome,
     Batch,
@@ -30,6 +31,9 @@ from ..domain import (
     JobSummary,
     NewBatch,
     NewJob,
+    SharePolicy,
+    Tenant,
+    TenantUsage,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -60,6 +64,9 @@ class Store(Protocol):
         """The job, or None if it does not exist or (when ``tenant_id`` is given) belongs to
         another tenant."""
 
+    async def job_for_key(self, tenant_id: str, idempotency_key: str) -> Job | None:
+        """The tenant's job stored under ``idempotency_key``; None if it has none."""
+
     async def get_status_json(self, job_id: str, tenant_id: str) -> tuple[bytes, bool] | None:
         """The tenant's job as the API's status body (the JSON of ``views.job_status``, rendered
         by the database from ``_codec.STATUS_JSON_FIELDS``) and whether it is terminal; None as
@@ -78,12 +85,21 @@ class Store(Protocol):
         after it in that order are returned."""
 
     async def claim_next(
-        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+        self,
+        job_types: Collection[str],
+        owner: str,
+        lease_expires_at: datetime,
+        now: datetime,
+        policy: SharePolicy = DEFAULT_SHARE,
     ) -> Job | None:
-        """Atomically take the next PENDING job of one of ``job_types``: highest ``priority``
-        first, then oldest ``created_at``, then ``id``. It becomes RUNNING with ``started_at =
-        now``, ``lease_owner = owner`` and ``lease_expires_at``. None if nothing is pending.
-        Safe across processes: a job is claimed by exactly one caller."""
+        """Atomically take the PENDING job of one of ``job_types`` that fair share gives the
+        slot (``_fair``): of the tenants under their ``max_running``, the one with the fewest
+        running jobs per unit of weight (then the one waiting longest), and of its jobs the
+        highest ``priority``, then oldest ``created_at``, then ``id``. A tenant without its
+        own weight or ``max_running`` takes ``policy``'s. The job becomes RUNNING with
+        ``started_at = now``, ``lease_owner = owner`` and ``lease_expires_at``. None if
+        nothing is claimable. Safe across processes: a job is claimed by exactly one caller,
+        and the choice is made once for all of them."""
 
     async def renew_leases(
         self, owner: str, job_ids: Collection[str], lease_expires_at: datetime
@@ -186,6 +202,27 @@ class Store(Protocol):
 
     async def get_jobs(self, job_ids: Collection[str], tenant_id: str) -> list[Job]:
         """Those of ``job_ids`` the tenant has, in full, in no particular order."""
+
+    # --- tenants --------------------------------------------------------------------------------
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """The operator's settings for the tenant; None if it has none (all defaults)."""
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant with settings, by id."""
+
+    async def save_tenant(self, tenant: Tenant) -> Tenant:
+        """Write every setting of the tenant, creating it if new (its first ``created_at`` is
+        kept); returns it as stored."""
+
+    async def delete_tenant(self, tenant_id: str) -> bool:
+        """Forget the tenant's settings (it takes the defaults again); False if it had none."""
+
+    async def count_pending(self, tenant_id: str | None = None) -> int:
+        """The tenant's PENDING jobs; every tenant's when None."""
+
+    async def tenant_usage(self) -> dict[str, TenantUsage]:
+        """Each tenant with jobs queued or running, and how many."""
 
     # --- webhooks -------------------------------------------------------------------------------
     # A job's deliveries are written by the store itself, in the transaction that ends the job

@@ -19,12 +19,14 @@ from typing import Any
 from deepexec_sdk.types import TERMINAL_STATUSES, JobStatus
 
 from ..domain import (
+    DEFAULT_SHARE,
     ApiKey,
     Job,
     JobError,
     JobFilter,
     JobSummary,
     NewJob,
+    SharePolicy,
     check_transition,
     new_job_id,
 )
@@ -40,8 +42,10 @@ from ._codec import (
     status_json_select,
     ts_to_text,
 )
+from ._fair import choice_params, choice_sql
 from ._sqlite_batches import CANCEL_SET, SQLiteBatches, cancel_params, insert_job, job_values
 from ._sqlite_db import chunks, fetch_one, from_db, marks, size_of, to_db
+from ._sqlite_tenants import SQLiteTenants
 from ._sqlite_webhooks import SQLiteWebhooks
 from .base import PURGED_DATA_KEPT_BYTES, interrupted_error
 
@@ -58,7 +62,7 @@ _INSERT_KEY = (
 )
 
 
-class SQLiteStore(SQLiteBatches, SQLiteWebhooks):
+class SQLiteStore(SQLiteBatches, SQLiteWebhooks, SQLiteTenants):
     """A ``Store`` in one SQLite file (WAL mode). Safe to share between processes on one host;
     for several hosts use ``PostgresStore``."""
 
@@ -106,6 +110,14 @@ class SQLiteStore(SQLiteBatches, SQLiteWebhooks):
         row = await self._read_one(sql, params)
         return None if row is None else job_from_fields(from_db(row))
 
+    async def job_for_key(self, tenant_id: str, idempotency_key: str) -> Job | None:
+        """See ``Store.job_for_key``."""
+        row = await self._read_one(
+            "SELECT * FROM jobs WHERE tenant_id = ? AND idempotency_key = ?",
+            [tenant_id, idempotency_key],
+        )
+        return None if row is None else job_from_fields(from_db(row))
+
     async def get_status_json(self, job_id: str, tenant_id: str) -> tuple[bytes, bool] | None:
         """See ``Store.get_status_json``."""
         row = await self._read_one(_STATUS_JSON, [job_id, tenant_id])
@@ -148,23 +160,26 @@ class SQLiteStore(SQLiteBatches, SQLiteWebhooks):
         return [job_summary_from_fields(from_db(r)) for r in rows]
 
     async def claim_next(
-        self, job_types: Collection[str], owner: str, lease_expires_at: datetime, now: datetime
+        self,
+        job_types: Collection[str],
+        owner: str,
+        lease_expires_at: datetime,
+        now: datetime,
+        policy: SharePolicy = DEFAULT_SHARE,
     ) -> Job | None:
-        """See ``Store.claim_next``."""
+        """See ``Store.claim_next``: one statement, so the choice and the claim are one step
+        under SQLite's write lock."""
         types = list(dict.fromkeys(job_types))
         if not types:
             return None
         at = ts_to_text(now)
         set_sql = "status = 'RUNNING', started_at = ?, updated_at = ?, lease_owner = ?, "
         set_sql += "lease_expires_at = ?"
-        where_sql = (
-            "status = 'PENDING' AND id = (SELECT id FROM jobs WHERE status = 'PENDING' "
-            f"AND cancel_requested_at IS NULL AND job_type IN ({marks(len(types))}) "
-            "ORDER BY priority DESC, created_at ASC, id ASC LIMIT 1)"
-        )
+        where_sql = f"status = 'PENDING' AND id = ({choice_sql('?', len(types), hint=True)})"
         set_params = [at, at, owner, ts_to_text(lease_expires_at)]
+        where_params = choice_params(types, policy)
         rows = await self._write(
-            lambda conn: self._update(conn, "jobs", set_sql, set_params, where_sql, types)
+            lambda conn: self._update(conn, "jobs", set_sql, set_params, where_sql, where_params)
         )
         return job_from_fields(from_db(rows[0])) if rows else None
 
