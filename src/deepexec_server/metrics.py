@@ -84,5 +84,25 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.submits_rejected = Counter(
+            "deepexec_submits_rejected_total",
+            "Submits refused by a quota or the server's full queue, by tenant and reason "
+            "(max_pending, submit_rate, max_timeout, queue_full)",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
+        self.tenant_queue_seconds = Histogram(
+            "deepexec_tenant_queue_seconds",
+            "Time from submission to start, by tenant",
+            ["tenant"],
+            buckets=(0.005, 0.05, 0.5, 1, 5, 30, 120, 600, 3600),
+            registry=self.registry,
+        )
+        self.tenant_jobs = Gauge(
+            "deepexec_tenant_jobs",
+            "Jobs queued (PENDING) and running (RUNNING) in the store, by tenant",
+            ["tenant", "status"],
+            registry=self.registry,
+        )
         self.http_requests = RequestCounts()
         self.registry.register(self.http_requests)

@@ -96,6 +96,33 @@ def parse_duration(raw: str) -> float:
     return value * _DURATION_UNITS.get(unit, 1.0)
 
 
+_RATE_UNITS = {
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 1 / 60,
+    "min": 1 / 60,
+    "minute": 1 / 60,
+    "h": 1 / 3600,
+    "hour": 1 / 3600,
+}
+
+
+def parse_rate(raw: str) -> float:
+    """Events per second from ``50/s``, ``3000/min``, ``100/h`` or a plain number per second;
+    ``0`` is 0 (no cap). Raise ``ValueError`` saying what is wrong."""
+    text = raw.strip().lower().replace(" ", "")
+    count, _, unit = text.partition("/")
+    try:
+        value = float(count)
+    except ValueError:
+        value = -1.0
+    if unit not in _RATE_UNITS or not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"expected a rate such as 50/s, 3000/min or 0 (no cap), got {raw!r}")
+    return value * _RATE_UNITS[unit]
+
+
 def parse_bytes(raw: str) -> int:
     """Bytes from ``1048576``, ``500MiB``, ``4GiB``, ``2GB``...; ``0`` is 0 (no cap). Raise
     ``ValueError`` saying what is wrong."""
@@ -233,6 +260,21 @@ class Settings(BaseSettings):
     tenant_result_bytes: int = 4 * GIB
     #: How often a server that runs jobs purges what is past the retention or the cap.
     purge_interval_seconds: float = 60.0
+
+    # --- tenants: fair share, quotas, back-pressure (``deepexec tenants set`` per tenant) -----
+    #: Most jobs one tenant may have running at once (over every server); 0: no cap. Jobs past
+    #: it wait in the queue.
+    tenant_max_running: int = 0
+    #: Most jobs one tenant may have queued; one more is a 429 ``quota_exceeded``. 0: no cap.
+    tenant_max_pending: int = 10_000
+    #: Most submits per second one tenant may make to one server (a token bucket that holds
+    #: a second's worth); past it, 429 with Retry-After. ``50/s``, ``3000/min``; 0: no cap.
+    tenant_submit_rate: float = 0.0
+    #: The longest timeout a tenant's job may ask for; 0: ``max_timeout``.
+    tenant_max_timeout: int = 0
+    #: Most jobs queued on the whole server, all tenants together; past it every submit is a
+    #: 503 ``queue_full`` with Retry-After, and /readyz says so. 0: no cap.
+    max_pending_jobs: int = 100_000
 
     # --- webhooks (see webhooks/) -------------------------------------------------------------
     #: A delivery's first attempt is made as the job ends; after a failed attempt, the next
@@ -386,6 +428,11 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> Any:
         return _invalid_as_error(parse_duration, value) if isinstance(value, str) else value
 
+    @field_validator("tenant_submit_rate", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        return _invalid_as_error(parse_rate, value) if isinstance(value, str) else value
+
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
     def _durations(cls, value: Any) -> Any:
@@ -463,6 +510,18 @@ class Settings(BaseSettings):
         if self.tenant_result_bytes < 0:
             raise SettingsError(
                 f"tenant_result_bytes must be >= 0 (0: no cap), got {self.tenant_result_bytes}"
+            )
+        for name in (
+            "tenant_max_running",
+            "tenant_max_pending",
+            "tenant_max_timeout",
+            "max_pending_jobs",
+        ):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 (0: no cap), got {getattr(self, name)}")
+        if not 0 <= self.tenant_submit_rate < float("inf"):
+            raise SettingsError(
+                f"tenant_submit_rate must be >= 0 (0: no cap), got {self.tenant_submit_rate}"
             )
         if self.purge_interval_seconds <= 0:
             raise SettingsError(

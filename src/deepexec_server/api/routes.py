@@ -244,14 +244,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health.get("/readyz", summary="Readiness: the database answers and the engine runs")
+@health.get(
+    "/readyz",
+    summary="Readiness: the database answers, the engine runs, and the queue is not full",
+)
 async def readyz(svc: Svc) -> dict[str, str]:
     if not svc.engine.ready:
         raise Unavailable("the engine is not running")
     try:
         await svc.store.ping()
+        full = await svc.engine.quotas.queue_full()
     except Exception as exc:
         raise Unavailable(f"the database does not answer: {exc}") from exc
+    if full is not None:
+        raise Unavailable(full, type="queue_full")
     return {"status": "ready"}
 
 
@@ -260,4 +266,9 @@ async def metrics(svc: Svc) -> Response:
     counts = await svc.store.count_by_status()
     for status in JobStatus:
         svc.metrics.jobs_by_status.labels(str(status)).set(counts.get(status, 0))
+    usage = await svc.store.tenant_usage()
+    svc.metrics.tenant_jobs.clear()  # a tenant with nothing queued or running drops out
+    for tenant_id, used in usage.items():
+        svc.metrics.tenant_jobs.labels(tenant_id, "PENDING").set(used.pending)
+        svc.metrics.tenant_jobs.labels(tenant_id, "RUNNING").set(used.running)
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

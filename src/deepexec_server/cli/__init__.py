@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from deepexec_sdk import DeepExecError
 
 from ..settings import SettingsError
-from . import client, server, webhooks
+from . import client, server, tenants, webhooks
 from .common import CliError
 from .server import listen_socket
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_parsers(sub)
     webhooks.add_parsers(sub)
     server.add_admin_parsers(sub)
+    tenants.add_parsers(sub)
     return parser
 
 

@@ -102,9 +102,13 @@ class BatchOps(EnginePart):
             raise invalid_batch(len(items), problems)
         fingerprint = request_fingerprint({"jobs": plains})
         new = NewBatch(tenant_id, tuple(news), idempotency_key, fingerprint)
+        await self.quotas.admit(tenant_id, len(news), [n.timeout for n in news])
         try:
             made = await self.store.create_batch(new, utcnow())
-        except IdempotencyConflicts as exc:
+        except BaseException as exc:
+            self.quotas.returned(tenant_id, len(news))
+            if not isinstance(exc, IdempotencyConflicts):
+                raise
             raise Conflict(
                 f"{len(exc.items)} job(s) of this batch carry an idempotency_key already used "
                 "for a different request, so none was stored; use new keys for new jobs",
@@ -126,6 +130,7 @@ class BatchOps(EnginePart):
                 type="idempotency_conflict",
                 details={"batch_id": made.batch.id},
             )
+        self.quotas.returned(tenant_id, len(news) - sum(made.created))
         new_types = Counter(j.job_type for j, c in zip(made.jobs, made.created, strict=True) if c)
         for job_type, n in new_types.items():
             self.metrics.jobs_submitted.labels(job_type).inc(n)

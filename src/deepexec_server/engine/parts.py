@@ -10,18 +10,20 @@ from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Store
 from .events import JobEvents
+from .quotas import Quotas
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EngineParts:
     """The settings, the store, the executors by job type, the events between the service
-    and the workers, and the metrics they count into."""
+    and the workers, the metrics they count into, and the tenants' quotas."""
 
     settings: Settings
     store: Store
     executors: Mapping[str, Executor]
     hub: JobEvents
     metrics: Metrics
+    quotas: Quotas
 
 
 class EnginePart:
@@ -33,3 +35,4 @@ class EnginePart:
         self.executors = dict(parts.executors)
         self.hub = parts.hub
         self.metrics = parts.metrics
+        self.quotas = parts.quotas

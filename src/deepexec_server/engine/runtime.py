@@ -19,6 +19,7 @@ from .hub import EventHub
 from .parts import EngineParts
 from .peers import PgPeers
 from .pg_events import PgJobEvents
+from .quotas import Quotas
 from .service import JobService
 from .worker import Worker
 
@@ -40,7 +41,8 @@ class EngineRuntime:
         self.executors = dict(executors)
         self.metrics = metrics or Metrics()
         self.hub = events_for(store, settings)
-        parts = EngineParts(settings, store, self.executors, self.hub, self.metrics)
+        self.quotas = Quotas(settings, store, self.metrics)
+        parts = EngineParts(settings, store, self.executors, self.hub, self.metrics, self.quotas)
         self.service = JobService(parts)
         self.worker = Worker(parts, exclusive_store=exclusive_store)
         self.webhooks = WebhookSender(settings, store, self.metrics, self._describe_code)

@@ -16,7 +16,7 @@ from typing import Any
 from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobEvent
 
 from ..domain import Job, JobFilter, JobSummary, utcnow
-from ..errors import Conflict, Unavailable, Unprocessable, job_not_found
+from ..errors import Conflict, ServiceError, Unavailable, Unprocessable, job_not_found
 from ..store import decode_cursor, encode_cursor
 from ..views import job_status
 from .admission import admit
@@ -63,7 +63,27 @@ class JobService(BatchOps, WebhookOps):
             self, tenant_id, req, idempotency_key, plain, webhook_format=webhook_format
         )
         fingerprint = new.fingerprint
-        job, created = await self.store.create_job(new, utcnow())
+        try:
+            await self.quotas.admit(tenant_id, 1, [new.timeout])
+        except ServiceError:
+            # A retry of a submit that was stored (its answer lost) is answered with its job,
+            # whatever the quotas say now.
+            replayed = (
+                None
+                if idempotency_key is None
+                else await self.store.job_for_key(tenant_id, idempotency_key)
+            )
+            if replayed is None:
+                raise
+            job, created = replayed, False
+        else:
+            try:
+                job, created = await self.store.create_job(new, utcnow())
+            except BaseException:
+                self.quotas.returned(tenant_id, 1)
+                raise
+            if not created:
+                self.quotas.returned(tenant_id, 1)
         if not created and job.fingerprint != fingerprint:
             raise Conflict(
                 "this Idempotency-Key was already used for a different request; "

@@ -62,6 +62,7 @@ class Worker(EnginePart):
         #: processes sharing the store submitted). Spares a claim, a write transaction, for a
         #: type with nothing queued whenever another type's submit wakes the scheduler.
         self._claimable: set[str] = set(self.executors)
+        self._share = parts.quotas.share_policy()
         #: Called with the ids of jobs whose results this worker purged (the API's cache).
         self.result_purge_listeners: list[Callable[[Sequence[str]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -198,7 +199,7 @@ class Worker(EnginePart):
                     # back, so a claim that finds nothing cannot hide that job.
                     self._claimable.difference_update(free)
                     job = await self.store.claim_next(
-                        free, self.owner, self._lease_until(), utcnow()
+                        free, self.owner, self._lease_until(), utcnow(), self._share
                     )
                     if job is None:
                         break
@@ -230,9 +231,9 @@ class Worker(EnginePart):
             ctx.cancel_requested.set()
         self.metrics.running_jobs.labels(job.job_type).inc()
         if job.started_at is not None:
-            self.metrics.job_queue_seconds.labels(job.job_type).observe(
-                (job.started_at - job.created_at).total_seconds()
-            )
+            waited = (job.started_at - job.created_at).total_seconds()
+            self.metrics.job_queue_seconds.labels(job.job_type).observe(waited)
+            self.metrics.tenant_queue_seconds.labels(job.tenant_id).observe(waited)
         self.hub.publish(MCPJobEvent(type="status", job_id=job.id, job=job_status(job)))
         ctx.task = asyncio.create_task(self._run(ctx), name=f"job-{job.id}")
 
@@ -271,6 +272,9 @@ class Worker(EnginePart):
             self._running.pop(job.id, None)
             self.hub.run_ended(job.id)
             self.metrics.running_jobs.labels(job.job_type).dec()
+            # A claim that found nothing while this job ran may have passed over its tenant
+            # for its max_running quota: with this job ended, that tenant's next may start.
+            self._claimable.add(job.job_type)
             self._wake.set()
 
     async def _finish(self, ctx: RunContext, outcome: Outcome, started: float) -> None:
