@@ -66,8 +66,10 @@ async def run(cfg: RunConfig) -> Outcome:
     sdk_total = cfg.n(2_000, 50)
     in_flight = 16
     window = cfg.secs(30, 3)
+    # One tenant queues all of it: past the default max_pending quota (10,000).
+    quota = {"DEEPEXEC_TENANT_MAX_PENDING": str(total + sdk_total + SLOTS)}
     with running_server(
-        "--concurrency", f"code_execution={SLOTS}", database_url=cfg.database_url
+        "--concurrency", f"code_execution={SLOTS}", database_url=cfg.database_url, env=quota
     ) as server:
         async with server.client() as client, httpx.AsyncClient() as http:
             blockers = [

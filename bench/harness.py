@@ -73,7 +73,10 @@ class Server:
     """``deepexec serve`` on a free loopback port with a private HOME/XDG dirs (so its
     database, credentials and key never touch the user's), stopped by ``stop``."""
 
-    def __init__(self, *args: str, database_url: str = "") -> None:
+    def __init__(
+        self, *args: str, database_url: str = "", env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: settings (``DEEPEXEC_*``) beside the isolated home's variables."""
         self._tmp = tempfile.TemporaryDirectory(prefix="deepexec-bench-")
         self.home = Path(self._tmp.name)
         self.port = free_port()
@@ -84,6 +87,7 @@ class Server:
             "XDG_CONFIG_HOME": str(self.home / "config"),
             "XDG_DATA_HOME": str(self.home / "data"),
             "LANG": "C.UTF-8",
+            **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -152,9 +156,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(*args: str, database_url: str = "") -> Iterator[Server]:
+def running_server(
+    *args: str, database_url: str = "", env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """A started ``Server``, stopped on exit."""
-    server = Server(*args, database_url=database_url)
+    server = Server(*args, database_url=database_url, env=env)
     try:
         yield server.start()
     finally:
