@@ -37,6 +37,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         b11_processes,
         b12_batch,
         b15_judging,
+        b16_tenants,
         profile,
     )
 
@@ -54,6 +55,7 @@ def _registry() -> dict[int, tuple[str, Runner]]:
         11: ("several processes on PostgreSQL", b11_processes.run),
         12: ("batch submit vs single submits", b12_batch.run),
         15: ("a 50-test job vs 50 Judge0 submissions", b15_judging.run),
+        16: ("fair share's claim behind a backlog; submits with quotas", b16_tenants.run),
     }
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 
 import httpx
 
 from .common import RunConfig
-from .harness import DEEPEXEC, Server, running_server
+from .harness import running_server
 from .stats import Outcome, Summary, Table, Verdict, fmt, ratio
 
 #: A program writing new progress lines (100 per write) for ``{seconds}`` seconds.
@@ -25,19 +24,6 @@ FLOOD = (
     "    i += 100\n"
 )
 COLUMNS = ["path", "n", "list p50 (ms)", "list p90 (ms)", "healthz p50 (ms)", "ratio (p50)"]
-
-
-def tenant_key(server: Server, tenant: str) -> str:
-    """A new API key for ``tenant``, made as an operator would (``deepexec keys create``)."""
-    res = subprocess.run(
-        [DEEPEXEC, "keys", "create", "--tenant", tenant],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return res.stdout.strip()
 
 
 async def sample(client: httpx.AsyncClient, n: int) -> tuple[list[float], list[float]]:
@@ -117,7 +103,7 @@ async def run(cfg: RunConfig) -> Outcome:
     seconds = cfg.secs(30, 6)
     limits = httpx.Limits(max_connections=4 * watchers + 10)
     with running_server("--concurrency", "code_execution=2") as server:
-        bystander_key = tenant_key(server, "bystander")
+        bystander_key = server.tenant_key("bystander")
         async with (
             httpx.AsyncClient(
                 base_url=server.base_url,

@@ -139,6 +139,19 @@ class Server:
             return (self.home / "server.log").read_text(errors="replace")[-4000:]
         return ""
 
+    def cli(self, *args: str) -> str:
+        """``deepexec ARGS`` run as this server's operator would (its database); stdout."""
+        res = subprocess.run(
+            [DEEPEXEC, *args], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"deepexec {' '.join(args)} exited {res.returncode}: {res.stderr}")
+        return res.stdout
+
+    def tenant_key(self, tenant: str) -> str:
+        """A new API key for ``tenant``, made as an operator would (``deepexec keys create``)."""
+        return self.cli("keys", "create", "--tenant", tenant).strip()
+
     def client(self, timeout: float = 60.0) -> DeepExecAsyncClient:
         """An async SDK client for this server."""
         return DeepExecAsyncClient(self.base_url, self.api_key, timeout=timeout)

@@ -128,6 +128,24 @@ def test_errors_are_the_clients_own_exceptions(server: ServerProcess, oai: opena
         stranger.models.list()
 
 
+def test_a_tenants_quota_is_the_clients_rate_limit_error(server: ServerProcess) -> None:
+    """Past its submit_rate quota a tenant's request is a 429 that the client raises as
+    RateLimitError, with the retry-after the server asks for."""
+    server.cli("tenants", "set", "openai-limited", "--submit-rate", "1/min")
+    key = server.new_tenant_key("openai-limited")
+    with openai.OpenAI(
+        base_url=f"{server.base_url}/openai/v1", api_key=key, max_retries=0
+    ) as client:
+        hi = [{"role": "user", "content": "hi"}]
+        first = client.chat.completions.create(model=MODEL, messages=hi, max_tokens=2)
+        assert first.choices[0].finish_reason in ("length", "stop")
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.chat.completions.create(model=MODEL, messages=hi, max_tokens=2)
+    assert "submit_rate" in limited.value.message
+    assert limited.value.code == "quota_exceeded"
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+
+
 def test_a_client_that_closes_the_stream_cancels_its_job(
     oai: openai.OpenAI, server: ServerProcess
 ) -> None:

@@ -242,6 +242,18 @@ def test_the_whole_servers_cap_is_a_503_and_readyz_says_why(tmp_path: Path) -> N
             assert full.json()["error"]["type"] == "queue_full"
             assert "2 jobs pending" in full.json()["error"]["message"]
             assert int(full.headers["Retry-After"]) >= 1
+            # Judge0's API says it in Judge0's words, and /config_info names the cap.
+            judge0 = {"X-Auth-Token": key}
+            j0 = httpx.post(
+                f"{srv.base_url}/submissions?wait=false",
+                json={"source_code": "print(1)", "language_id": 71},
+                headers=judge0,
+                timeout=10,
+            )
+            assert (j0.status_code, j0.json()) == (503, {"error": "queue is full"}), j0.text
+            assert int(j0.headers["Retry-After"]) >= 1
+            config = httpx.get(f"{srv.base_url}/config_info", headers=judge0, timeout=5).json()
+            assert config["max_queue_size"] == 2
             ready = httpx.get(f"{srv.base_url}/readyz", timeout=5)
             assert ready.status_code == 503
             assert ready.json()["error"]["type"] == "queue_full"

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from ..domain import JobFilter
 from ..errors import ServiceError, Unauthorized
 from ..views import job_status
+from ..web.envelope import retry_after_header
 from ..web.services import Services
 from . import judge0_info as info
 from . import judge0_model as j0
@@ -39,8 +40,8 @@ AUTH_HEADERS = ("X-Auth-Token", "X-Auth-User")
 MAX_PER_PAGE = 100
 
 
-def _answer(status: int, body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
+def _answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -251,7 +252,8 @@ class _Routes:
         settings = svc.settings
         tries = 1 + len(settings.webhook_retry_schedule)
         timeout = settings.webhook_timeout_seconds
-        return _answer(200, info.config_info(_maxima(svc), tries, timeout))
+        queue = settings.max_pending_jobs or info.NO_QUEUE_CAP
+        return _answer(200, info.config_info(_maxima(svc), tries, timeout, queue))
 
     async def system_info(self, request: Request) -> Response:
         svc = self.svc(request)
@@ -288,7 +290,10 @@ def _judge0_shapes(
         except ServiceError as exc:
             if exc.type == "invalid_webhook_url":  # the callback_url: Judge0's field hash
                 return _answer(422, {"callback_url": [exc.details[0]["msg"]]})
-            return _answer(exc.status_code, {"error": exc.message})
+            wait = {k.decode(): v.decode() for k, v in retry_after_header(exc)}
+            if exc.type == "queue_full":  # Judge0's own words for it
+                return _answer(503, {"error": "queue is full"}, wait)
+            return _answer(exc.status_code, {"error": exc.message}, wait)
 
     return answer
 

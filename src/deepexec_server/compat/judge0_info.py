@@ -154,11 +154,20 @@ class ServerMaxima:
 # --- information routes -----------------------------------------------------------------------
 
 
+#: ``max_queue_size`` of a server without a cap on its queue (Judge0 has no "none").
+NO_QUEUE_CAP = 2**31 - 1
+
+
 def config_info(
-    maxima: ServerMaxima, callback_tries: int = 10, callback_timeout: float = 15.0
+    maxima: ServerMaxima,
+    callback_tries: int = 10,
+    callback_timeout: float = 15.0,
+    max_queue_size: int = 100_000,
 ) -> dict[str, Any]:
     """``GET /config_info``: every key of 1.13.1's, this server's values. Callbacks are
-    webhooks: ``callback_tries`` attempts at most, each within ``callback_timeout`` s."""
+    webhooks: ``callback_tries`` attempts at most, each within ``callback_timeout`` s;
+    ``max_queue_size`` is the server's ``max_pending_jobs`` (past it a submit is 503
+    ``queue is full``)."""
     return {
         "maintenance_mode": False,
         "enable_wait_result": True,
@@ -170,7 +179,7 @@ def config_info(
         "callbacks_max_tries": callback_tries,
         "callbacks_timeout": callback_timeout,
         "enable_additional_files": False,
-        "max_queue_size": 10_000,
+        "max_queue_size": max_queue_size,
         "cpu_time_limit": DEFAULTS["cpu_time_limit"],
         "max_cpu_time_limit": min(MAXIMA["cpu_time_limit"], maxima.cpu_time_s),
         "cpu_extra_time": DEFAULTS["cpu_extra_time"],

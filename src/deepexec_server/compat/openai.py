@@ -60,13 +60,17 @@ class OpenAIError(DeepExecError):
         code: str | None = None,
         param: str | None = None,
         retry: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.code, self.param, self.retry = code, param, retry
+        self.retry_after = retry_after
 
     def response(self) -> JSONResponse:
         headers = {} if self.retry else {"x-should-retry": "false"}
+        if self.retry_after is not None:
+            headers["retry-after"] = str(max(1, math.ceil(self.retry_after)))
         body = {
             "error": {
                 "message": self.message,
@@ -303,7 +307,15 @@ async def _submit(svc: Services, tenant_id: str, req: JobSubmitRequest) -> MCPJo
         if exc.type == "model_unavailable":
             raise OpenAIError(404, exc.message, code="model_not_found", param="model") from exc
         status = 400 if exc.status_code == 422 else exc.status_code
-        raise OpenAIError(status, exc.message, code=exc.type, retry=status >= 429) from exc
+        raise OpenAIError(
+            status,
+            exc.message,
+            # A tenant's quota is OpenAI's rate limit: the client's RateLimitError.
+            type="rate_limit_exceeded" if status == 429 else "invalid_request_error",
+            code=exc.type,
+            retry=status >= 429,
+            retry_after=exc.retry_after,
+        ) from exc
     return job_status(job)
 
 
