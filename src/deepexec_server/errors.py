@@ -13,6 +13,8 @@ into a door (a job's error, an MCP error, the CLI's message):
     ├── JobOpsError           an MCP job operation was refused; an MCP error (mcp/jobs.py)
     └── ServiceError
         ├── StoreError            500  internal_error (the database failed)
+        │   ├── StoreUnavailable  503  store_unavailable (unreachable now; retry)
+        │   └── StoreFull         507  insufficient_storage (its disk is full)
         ├── BadRequest            400  invalid_json, unsupported_protocol, invalid_request
         ├── Unauthorized          401  authentication_required, invalid_api_key
         ├── NotFound              404  job_not_found, batch_not_found, not_found
@@ -102,8 +104,28 @@ class StoreError(ServiceError):
     """The database failed: a driver's error (sqlite3's, psycopg's), translated at the store's
     boundary; the driver's exception is its ``__cause__``, and the store logged it."""
 
-    def __init__(self, message: str = "the job store failed; the server log has the details"):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str = "the job store failed; the server log has the details",
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (down, restarting, its connections all taken): the
+    request may be retried, and nothing it asked for was done."""
+
+    status_code = 503
+    default_type = "store_unavailable"
+
+
+class StoreFull(StoreError):
+    """The database's disk is full: nothing was written."""
+
+    status_code = 507
+    default_type = "insufficient_storage"
 
 
 def job_not_found(job_id: str) -> NotFound:

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from deepexec_sdk.types import MCPJobEvent
 
 from ..domain import ErrorType, Job, JobError, utcnow
+from ..errors import StoreFull, StoreUnavailable
 from ..executors.base import Outcome
 from ..views import job_status
 from .outcomes import announce_end, decide_status, finish_attempts
@@ -41,6 +42,9 @@ SWEEP_SECONDS = 1.0
 PUSHED_SWEEP_SECONDS = 15.0
 #: Cancels remembered for jobs that do not run here (yet): see ``Worker.on_cancel_requested``.
 EARLY_CANCELS_MAX = 1024
+#: How long a finished job's end is kept and tried again while the store is unreachable or
+#: full, before the job is left to be reaped as interrupted.
+STORE_OUTAGE_S = 300.0
 
 
 class Worker(EnginePart):
@@ -284,16 +288,7 @@ class Worker(EnginePart):
         stored = False
         for attempt in finish_attempts(outcome):
             try:
-                finished = await asyncio.shield(
-                    self.store.finish_job(
-                        job.id,
-                        self.owner,
-                        decide_status(attempt),
-                        attempt.result,
-                        attempt.error,
-                        utcnow(),
-                    )
-                )
+                finished = await self._store_end(job, attempt)
             except Exception:
                 logger.exception("could not store the end of job %s", job.id)
                 continue
@@ -309,6 +304,32 @@ class Worker(EnginePart):
             return
         self.metrics.job_duration.labels(job.job_type).observe(time.monotonic() - started)
         self._finished(finished)
+
+    async def _store_end(self, job: Job, attempt: Outcome) -> Job | None:
+        """``Store.finish_job`` for ``attempt``. While the database is unreachable or its disk
+        is full, the same end is tried again, backing off, for up to ``STORE_OUTAGE_S`` (the
+        job's lease renewed meanwhile, as its task lives): a job that ran is not reported
+        interrupted because the store was away for a while."""
+        deadline = time.monotonic() + STORE_OUTAGE_S
+        pause = 0.5
+        while True:
+            try:
+                return await asyncio.shield(
+                    self.store.finish_job(
+                        job.id,
+                        self.owner,
+                        decide_status(attempt),
+                        attempt.result,
+                        attempt.error,
+                        utcnow(),
+                    )
+                )
+            except (StoreUnavailable, StoreFull):
+                if time.monotonic() + pause > deadline:
+                    raise
+                logger.warning("the store is away; job %s's end is kept to store later", job.id)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def _finished(self, job: Job) -> None:
         announce_end(job, self.hub, self.metrics)

@@ -13,9 +13,12 @@ The driver's exceptions (sqlite3's, psycopg's) do not leave a store: each become
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Protocol
+
+import psycopg
 
 from deepexec_sdk.types import JobStatus
 
@@ -37,7 +40,7 @@ from ..domain import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..errors import StoreError
+from ..errors import StoreError, StoreFull, StoreUnavailable
 
 logger = logging.getLogger("deepexec_server.store")
 
@@ -300,8 +303,34 @@ def interrupted_error() -> JobError:
     )
 
 
+#: SQLite's result codes (the low byte of ``sqlite_errorcode``) for a full disk, and for a
+#: database another connection holds or that cannot be read now.
+_SQLITE_FULL = 13
+_SQLITE_TRANSIENT = frozenset({5, 6, 10, 14})  # BUSY, LOCKED, IOERR, CANTOPEN
+#: Seconds a client should wait before retrying while the database is unreachable.
+STORE_RETRY_AFTER_S = 1.0
+
+
 def driver_failure(store: object, exc: Exception) -> StoreError:
     """The ``StoreError`` to raise (``from exc``) for the driver's ``exc``; logs it, since the
-    error reaching callers says no more than that the store failed."""
+    error reaching callers says no more than what kind of failure it was: a full disk
+    (``StoreFull``, 507), a database unreachable now (``StoreUnavailable``, 503 with
+    Retry-After: PostgreSQL down or restarting, the pool exhausted, SQLite busy), or else a
+    plain ``StoreError`` (500)."""
     logger.error("%r failed: %s: %s", store, type(exc).__name__, exc, exc_info=exc)
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return StoreFull("the job store's disk is full; nothing was written")
+    if isinstance(exc, psycopg.OperationalError):
+        return StoreUnavailable(
+            "the job store is unreachable; try again shortly", retry_after=STORE_RETRY_AFTER_S
+        )
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.Error) and code is not None:
+        if code & 0xFF == _SQLITE_FULL:
+            return StoreFull("the job store's disk is full; nothing was written")
+        if code & 0xFF in _SQLITE_TRANSIENT:
+            return StoreUnavailable(
+                "the job store is busy or unreadable; try again shortly",
+                retry_after=STORE_RETRY_AFTER_S,
+            )
     return StoreError()

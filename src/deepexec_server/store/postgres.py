@@ -76,6 +76,9 @@ Conn = AsyncConnection[DictRow]
 #: How many times a claim chooses again when the job it chose changed as it was taken.
 CLAIM_TRIES = 3
 
+#: How long a call waits for a pooled connection (all busy, or the database down).
+POOL_WAIT_S = 5.0
+
 #: A pooled connection idle longer than this is checked (one round trip) before it is used.
 CHECK_IDLE_SECONDS = 1.0
 
@@ -228,6 +231,9 @@ class PostgresStore(PostgresBatches, PostgresWebhooks, PostgresTenants):
             configure=self._prepare,
             # A connection broken by a server restart is replaced, not handed out.
             check=self._check,
+            # A call waits this long for a connection; then it fails StoreUnavailable (503,
+            # retryable): during an outage a client hears so in seconds, not after 30 s.
+            timeout=POOL_WAIT_S,
         )
         try:
             await pool.open(wait=True, timeout=self._connect_timeout)
