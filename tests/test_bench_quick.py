@@ -79,6 +79,8 @@ def test_table_and_verdict_render_markdown() -> None:
 
 def test_parse_only_picks_known_numbers_and_names_unknown_ones() -> None:
     assert parse_only(None, [1, 2, 3]) == [1, 2, 3]
+    assert parse_only(None, [1, 16, 17]) == [1, 16]  # the 30-minute soak only when named
+    assert parse_only("17", [1, 16, 17]) == [17]
     assert parse_only("3,1", [1, 2, 3]) == [3, 1]
     with pytest.raises(ValueError, match=r"\[7\]"):
         parse_only("1,7", [1, 2, 3])
