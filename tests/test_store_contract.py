@@ -635,15 +635,33 @@ async def test_max_running_passes_a_tenant_over_until_its_jobs_end(store: Store)
     assert got_c is not None and got_c.id == c.id
 
 
+async def test_max_running_by_type_caps_one_job_type_of_a_tenant(store: Store) -> None:
+    await store.save_tenant(Tenant("t", at(0), at(0), max_running_by_type={TEXT: 1}))
+    t1, _ = await store.create_job(new("t1", tenant="t", job_type=TEXT), at(0))
+    await store.create_job(new("t2", tenant="t", job_type=TEXT), at(1))
+    code, _ = await store.create_job(new("c", tenant="t", job_type=CODE), at(2))
+    first = await store.claim_next([TEXT], "r", at(600), at(3))
+    assert first is not None and first.id == t1.id
+    assert await store.claim_next([TEXT], "r", at(600), at(3)) is None  # its one text slot
+    other = await store.claim_next([TEXT, CODE], "r", at(600), at(3))
+    assert other is not None and other.id == code.id  # its code jobs are not held
+    await store.finish_job(t1.id, "r", JobStatus.COMPLETED, {}, None, at(4))
+    second = await store.claim_next([TEXT], "r", at(600), at(5))
+    assert second is not None and second.name == "t2"
+
+
 async def test_tenant_settings_usage_and_pending_counts(store: Store) -> None:
     assert await store.get_tenant("t") is None and await store.list_tenants() == []
     saved = await store.save_tenant(Tenant("t", at(0), at(0), weight=2.5, max_pending=10))
     assert saved == Tenant("t", at(0), at(0), weight=2.5, max_pending=10)
+    maps = {"max_running_by_type": {TEXT: 1}, "code_limits": {"memory_mb": 256}}
     again = await store.save_tenant(
-        Tenant("t", at(5), at(5), max_running=3, submit_rate=0.5, max_timeout=600)
+        Tenant("t", at(5), at(5), max_running=3, submit_rate=0.5, max_timeout=600, **maps)
     )
     # The first creation time stays; every setting is replaced.
-    assert again == Tenant("t", at(0), at(5), max_running=3, submit_rate=0.5, max_timeout=600)
+    assert again == Tenant(
+        "t", at(0), at(5), max_running=3, submit_rate=0.5, max_timeout=600, **maps
+    )
     assert await store.list_tenants() == [again]
     for i in range(3):
         await store.create_job(new(f"j{i}", tenant="t"), at(i))

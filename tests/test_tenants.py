@@ -205,6 +205,30 @@ def test_max_timeout_refuses_a_longer_timeout_naming_the_quota(shared: ServerPro
     assert submit_raw(shared, key, code("pass", timeout=5)).status_code == 201
 
 
+def test_code_limits_cap_what_a_tenants_code_job_may_ask_and_lower_its_defaults(
+    shared: ServerProcess,
+) -> None:
+    shared.cli("tenants", "set", "small", "--code-limits", "memory_mb=128")
+    key = shared.new_tenant_key("small")
+    asked = code("pass")
+    asked["data"] = {"code": "pass", "limits": {"memory_mb": 512}}
+    refused = submit_raw(shared, key, asked)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "quota_exceeded"
+    assert error["details"] == {"quota": "code_limits.memory_mb", "limit": 128}
+    assert "memory_mb 512" in error["message"] and "128" in error["message"]
+    # A job that asks for nothing gets the cap, not the server's default of 512 MB: 300 MB
+    # is more than it may have.
+    with DeepExecClient(base_url=shared.base_url, api_key=key) as c:
+        hog = c.execute_code_and_wait("x = bytearray(300 * 2**20)", max_wait_time=60)
+        assert hog.status == JobStatus.FAILED and hog.error is not None
+        assert hog.error.type == "memory_limit", hog.error
+    with DeepExecClient(base_url=shared.base_url, api_key=shared.new_tenant_key("big")) as c:
+        fits = c.execute_code_and_wait("x = bytearray(300 * 2**20)", max_wait_time=60)
+        assert fits.status == JobStatus.COMPLETED, fits.error
+
+
 def test_max_running_holds_a_tenants_jobs_in_the_queue(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "home", env={"DEEPEXEC_CONCURRENCY": "code_execution=2"})
     srv.start()
@@ -303,6 +327,8 @@ def test_metrics_show_each_tenants_queue_and_refusals(shared: ServerProcess) -> 
             "(default)",
             "none",
             "(default)",
+            "none",
+            "none",
         ], listed
         c.cancel_mcp_job(blocker.job_id, "test over")
 

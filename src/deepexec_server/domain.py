@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -246,6 +247,11 @@ class Tenant:
     max_pending: int | None = None
     submit_rate: float | None = None
     max_timeout: int | None = None
+    #: Most running jobs of one job type (``{"text_generation": 1}``), within ``max_running``.
+    max_running_by_type: Mapping[str, int] | None = None
+    #: The most a code job of the tenant may ask for in ``data.limits`` (``{"memory_mb":
+    #: 1024}``), within the server's ``code_limits_max``; its defaults are lowered to them.
+    code_limits: Mapping[str, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain import Tenant, TenantUsage, utcnow
 from ..engine.quotas import Limits, effective_limits
-from ..settings import Settings, parse_rate
+from ..settings import CODE_LIMIT_NAMES, Settings, parse_pairs, parse_rate
 from ..store import open_store
 from .common import CliError, server_opts, settings_from_args
 from .render import table
@@ -68,6 +68,18 @@ def _rate(raw: str) -> float | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _pairs(allowed: tuple[str, ...] | None) -> Callable[[str], dict[str, int] | None]:
+    def parse(raw: str) -> dict[str, int] | None:
+        if raw.strip().lower() == _RESET:
+            return None
+        try:
+            return parse_pairs(raw, allowed)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 #: ``tenants set``'s options: (flag, Tenant field, parser, help).
 _OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--weight", "weight", _weight, "share of the slots against other tenants' (default 1)"),
@@ -75,14 +87,31 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--max-pending", "max_pending", _count, "jobs queued; one more is a 429"),
     ("--submit-rate", "submit_rate", _rate, "submits per second per server: 50/s, 3000/min"),
     ("--max-timeout", "max_timeout", _count, "longest timeout a job may ask for, in seconds"),
+    (
+        "--max-running-type",
+        "max_running_by_type",
+        _pairs(None),
+        "running jobs per job type: text_generation=1,code_execution=4",
+    ),
+    (
+        "--code-limits",
+        "code_limits",
+        _pairs(CODE_LIMIT_NAMES),
+        "most a code job may ask for: memory_mb=1024,disk_mb=256 (defaults lowered to it)",
+    ),
 )
 
 
 _UNITS = {"submit_rate": "/s", "max_timeout": " s"}
+#: The settings that are maps (per job type, per code limit): the tenant's own, or none.
+_MAPS = ("max_running_by_type", "code_limits")
 
 
 def _quota(field: str, limits: Limits, own: Tenant) -> str:
     """A limit as shown: ``none`` for no limit, ``(default)`` when it is the server's."""
+    if field in _MAPS:
+        held = getattr(own, field)
+        return ",".join(f"{k}={v}" for k, v in held.items()) if held else "none"
     value = getattr(limits, field)
     shown = "none" if not value else f"{value:g}{_UNITS.get(field, '')}"
     return shown if getattr(own, field) is not None else f"{shown} (default)"
@@ -99,6 +128,8 @@ def _row(tenant_id: str, own: Tenant | None, limits: Limits, used: TenantUsage |
         _quota("max_pending", limits, o),
         _quota("submit_rate", limits, o),
         _quota("max_timeout", limits, o),
+        _quota("max_running_by_type", limits, o),
+        _quota("code_limits", limits, o),
     ]
 
 
@@ -129,6 +160,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                     "MAX PENDING",
                     "SUBMIT RATE",
                     "MAX TIMEOUT",
+                    "BY TYPE",
+                    "CODE LIMITS",
                 ],
                 rows,
             )

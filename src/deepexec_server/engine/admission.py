@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from deepexec_sdk.types import JobSubmitRequest
@@ -58,8 +59,13 @@ async def admit(
             f"timeout {req.timeout} s is over this server's maximum of {max_timeout} s",
             details=[{"loc": [*loc, "timeout"], "msg": f"must be <= {max_timeout}"}],
         )
+    data_in: Mapping[str, Any] = req.data
+    if req.job_type == "code_execution":
+        caps = (await part.quotas.limits(tenant_id)).code_limits
+        if caps:
+            data_in = capped_code_limits(data_in, caps, executor.describe(), tenant_id)
     try:
-        data = executor.validate(req.data, req.timeout)
+        data = executor.validate(data_in, req.timeout)
         await executor.admit(data)
     except JobDataError as exc:
         details = exc.details
@@ -85,6 +91,35 @@ async def admit(
         webhook_url=req.webhook_url,
         webhook_format=webhook_format if req.webhook_url is not None else None,
     )
+
+
+def capped_code_limits(
+    data: Mapping[str, Any],
+    caps: Mapping[str, int],
+    described: Mapping[str, Any],
+    tenant_id: str,
+) -> Mapping[str, Any]:
+    """A code job's data under the tenant's ``code_limits``: a limit it asks for past its cap
+    is a 422 ``quota_exceeded`` naming both; one it leaves to the server's default is lowered
+    to the cap where the default is higher (so a capped tenant's plain jobs still run)."""
+    asked = data.get("limits")
+    if asked is not None and not isinstance(asked, Mapping):
+        return data  # the executor's validation says what is wrong with it
+    limits = dict(asked or {})
+    defaults = (described.get("limits") or {}).get("default") or {}
+    for name, cap in caps.items():
+        value = limits.get(name)
+        if value is None:
+            default = defaults.get(name)
+            if default is None or (isinstance(default, int | float) and default > cap):
+                limits[name] = cap
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value > cap:
+            raise Unprocessable(
+                f"limits.{name} {value} is over tenant {tenant_id!r}'s code_limits quota of {cap}",
+                type="quota_exceeded",
+                details={"quota": f"code_limits.{name}", "limit": cap},
+            )
+    return {**data, "limits": limits}
 
 
 def _relocated(detail: Any, loc: tuple[str | int, ...]) -> Any:

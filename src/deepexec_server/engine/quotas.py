@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from aiolimiter import AsyncLimiter
@@ -53,6 +54,8 @@ class Limits:
     max_pending: int
     submit_rate: float
     max_timeout: int
+    #: The tenant's caps on a code job's ``data.limits`` (none: the server's maxima only).
+    code_limits: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 class Quotas:
@@ -201,6 +204,7 @@ def effective_limits(settings: Settings, tenant: Tenant | None) -> Limits:
         max_pending=_pick(own.max_pending, settings.tenant_max_pending),
         submit_rate=settings.tenant_submit_rate if own.submit_rate is None else own.submit_rate,
         max_timeout=_pick(own.max_timeout, settings.tenant_max_timeout),
+        code_limits=dict(own.code_limits or {}),
     )
 
 

@@ -180,6 +180,8 @@ def tenant_from_fields(row: Mapping[str, Any]) -> Tenant:
         max_pending=row["max_pending"],
         submit_rate=None if rate is None else float(rate),
         max_timeout=row["max_timeout"],
+        max_running_by_type=row["max_running_by_type"],
+        code_limits=row["code_limits"],
     )
 
 

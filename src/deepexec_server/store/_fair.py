@@ -7,7 +7,8 @@ weight (default 1). At equal share it goes to the tenant whose turn it is: the o
 lowest pass, which each start moves on by 1/weight from the clock (the pass of the last start;
 ``tenant_turns`` and ``fair_clock``, kept by the ``jobs_fair_turn`` trigger). With one slot
 free at a time, when every share is 0, tenants with backlogs so take turns by weight, and a
-tenant new to the queue is next. A tenant at its ``max_running`` (0: none) is passed over.
+tenant new to the queue is next. A tenant at its ``max_running`` (0: none) is passed over,
+and so is a job type of it at the tenant's ``max_running_by_type`` for that type.
 
 Its cost does not grow with a backlog: the tenants with pending jobs are walked by a skip scan
 of ``jobs_pending_by_tenant`` (one index probe per tenant), each tenant's best job of a free
@@ -23,17 +24,29 @@ from typing import Any
 
 from ..domain import SharePolicy
 
+#: Per dialect: its placeholder, the tenants' walk's index hint, and a tenant's cap on one
+#: job type's running jobs read from ``tenants.max_running_by_type`` (JSON; NULL: none).
+_DIALECTS = {
+    "sqlite": (
+        "?",
+        "jobs INDEXED BY jobs_pending_by_tenant",
+        "json_extract(t.max_running_by_type, '$.\"' || heads.job_type || '\"')",
+    ),
+    "postgres": ("%s", "jobs", "(t.max_running_by_type ->> heads.job_type)::integer"),
+}
 
-def choice_sql(mark: str, n_types: int, *, hint: bool = False) -> str:
+
+def choice_sql(dialect: str, n_types: int) -> str:
     """The SELECT of the id of the job a slot of one of ``n_types`` job types goes to (no row:
-    nothing claimable); ``mark`` is the dialect's placeholder. Parameters: ``choice_params``.
+    nothing claimable), in ``dialect`` (``sqlite`` or ``postgres``). Parameters:
+    ``choice_params``.
 
-    ``hint``: name the index of the tenants' walk (SQLite's ``INDEXED BY``). Without
-    statistics SQLite's planner prefers ``jobs_queue`` for ``status = 'PENDING'`` and reads
-    every pending job for each step (10 ms with a 10,000-job backlog, not 0.3 ms);
-    PostgreSQL's planner, which keeps statistics, finds the index itself."""
+    On SQLite the tenants' walk names its index (``INDEXED BY``): without statistics its
+    planner prefers ``jobs_queue`` for ``status = 'PENDING'`` and reads every pending job at
+    each step (10 ms with a 10,000-job backlog, not 0.3 ms); PostgreSQL's planner, which keeps
+    statistics, finds the index itself."""
+    mark, pending, type_cap = _DIALECTS[dialect]
     kinds = ", ".join([f"({mark})"] * n_types)
-    pending = "jobs INDEXED BY jobs_pending_by_tenant" if hint else "jobs"
     return f"""
 WITH RECURSIVE queued(tenant_id) AS (
     SELECT (SELECT tenant_id FROM {pending} WHERE status = 'PENDING' ORDER BY tenant_id LIMIT 1)
@@ -45,7 +58,7 @@ WITH RECURSIVE queued(tenant_id) AS (
 ),
 kinds(job_type) AS (VALUES {kinds}),
 heads AS (
-    SELECT queued.tenant_id AS tenant_id, (
+    SELECT queued.tenant_id AS tenant_id, kinds.job_type AS job_type, (
         SELECT j.id FROM jobs AS j
         WHERE j.status = 'PENDING' AND j.tenant_id = queued.tenant_id
             AND j.job_type = kinds.job_type AND j.cancel_requested_at IS NULL
@@ -57,7 +70,11 @@ heads AS (
 picks AS (
     SELECT heads.tenant_id AS tenant_id, heads.id AS id,
         (SELECT j.priority FROM jobs AS j WHERE j.id = heads.id) AS priority,
-        (SELECT j.created_at FROM jobs AS j WHERE j.id = heads.id) AS created_at
+        (SELECT j.created_at FROM jobs AS j WHERE j.id = heads.id) AS created_at,
+        (SELECT count(*) FROM jobs AS r
+         WHERE r.status = 'RUNNING' AND r.tenant_id = heads.tenant_id
+            AND r.job_type = heads.job_type) AS type_running,
+        (SELECT {type_cap} FROM tenants AS t WHERE t.tenant_id = heads.tenant_id) AS type_cap
     FROM heads
     WHERE heads.id IS NOT NULL
 ),
@@ -79,7 +96,9 @@ ranked AS (
         min(picks.created_at) OVER (PARTITION BY picks.tenant_id) AS waiting_since
     FROM picks
     JOIN loads ON loads.tenant_id = picks.tenant_id
-    WHERE loads.max_running <= 0 OR loads.running < loads.max_running
+    WHERE (loads.max_running <= 0 OR loads.running < loads.max_running)
+        AND (picks.type_cap IS NULL OR picks.type_cap <= 0
+             OR picks.type_running < picks.type_cap)
 )
 SELECT id FROM ranked
 ORDER BY share, turn, waiting_since, tenant_id, priority DESC, created_at, id

@@ -69,7 +69,7 @@ def claim_sql(n_types: int) -> str:
     job's columns NULL, when the chosen job changed as it was taken (a cancel crossed it:
     choose again). Parameters: ``choice_params``, then the SET's four."""
     return f"""
-WITH chosen AS ({choice_sql("%s", n_types)}),
+WITH chosen AS ({choice_sql("postgres", n_types)}),
 claimed AS (
     UPDATE jobs
     SET status = 'RUNNING', started_at = %s, updated_at = %s, lease_owner = %s,

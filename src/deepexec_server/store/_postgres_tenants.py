@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -12,7 +13,7 @@ from psycopg.rows import DictRow
 
 from ..domain import Tenant, TenantUsage
 from ._codec import TENANT_COLUMNS, TENANT_UPSERT, tenant_from_fields, usage_from_rows
-from ._postgres_sql import param
+from ._postgres_sql import jsonb, param
 
 Conn = AsyncConnection[DictRow]
 
@@ -49,7 +50,10 @@ class PostgresTenants:
         ]
 
     async def save_tenant(self, tenant: Tenant) -> Tenant:
-        values = [param(v) for v in dataclasses.asdict(tenant).values()]
+        values = [
+            jsonb(v) if isinstance(v, Mapping) else param(v)
+            for v in dataclasses.asdict(tenant).values()
+        ]
         return tenant_from_fields((await self._fetch(_SAVE, values))[0])
 
     async def delete_tenant(self, tenant_id: str) -> bool:

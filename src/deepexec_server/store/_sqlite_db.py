@@ -47,7 +47,9 @@ _TIMESTAMPS = frozenset(
         "delivered_at",
     }
 )
-_JSON = frozenset({"data", "result", "error", "tags", "events"})
+_JSON = frozenset(
+    {"data", "result", "error", "tags", "events", "max_running_by_type", "code_limits"}
+)
 
 
 def to_db(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,7 +274,9 @@ class SQLiteDatabase:
 
     async def _run_checkpoint(self) -> None:
         try:
-            await self._run(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+            # Its row read to the end: a statement left unfinished on the writer's connection
+            # would make that connection's next COMMIT fail ("SQL statements in progress").
+            await self._run(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
         except Exception:  # the next one will try again; a failed one loses nothing
             logger.warning("SQLite checkpoint of %s failed", self.path, exc_info=True)
 

@@ -175,7 +175,7 @@ class SQLiteStore(SQLiteBatches, SQLiteWebhooks, SQLiteTenants):
         at = ts_to_text(now)
         set_sql = "status = 'RUNNING', started_at = ?, updated_at = ?, lease_owner = ?, "
         set_sql += "lease_expires_at = ?"
-        where_sql = f"status = 'PENDING' AND id = ({choice_sql('?', len(types), hint=True)})"
+        where_sql = f"status = 'PENDING' AND id = ({choice_sql('sqlite', len(types))})"
         set_params = [at, at, owner, ts_to_text(lease_expires_at)]
         where_params = choice_params(types, policy)
         rows = await self._write(

@@ -7,6 +7,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     max_pending         integer,
     submit_rate         double precision,           -- jobs per second
     max_timeout         integer,
+    max_running_by_type jsonb,                      -- {job_type: most running}
+    code_limits         jsonb,                      -- {limit: most a code job may ask}
     created_at          timestamptz NOT NULL,
     updated_at          timestamptz NOT NULL
 );

@@ -7,6 +7,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     max_pending         INTEGER,
     submit_rate         REAL,                       -- jobs per second
     max_timeout         INTEGER,
+    max_running_by_type TEXT,                       -- JSON {job_type: most running}
+    code_limits         TEXT,                       -- JSON {limit: most a code job may ask}
     created_at          TEXT NOT NULL,
     updated_at          TEXT NOT NULL
 );
