@@ -16,6 +16,9 @@ from tests.serverproc import ServerProcess
 
 PG_URL = os.environ.get("DEEPEXEC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
+#: ``openai_server``: llama.cpp's OpenAI-compatible HTTP server, for the upstream tests.
+pytest_plugins = ["tests.llama_server"]
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
@@ -155,3 +158,18 @@ async def pg_store() -> AsyncIterator[PostgresStore]:
         await store.close()
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL of the test database whose search_path is a fresh schema of its own (what a
+    server, its workers and ``deepexec keys`` are pointed at), dropped afterwards."""
+    import psycopg
+
+    schema = f"dx_server_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from tests.llama_server import OpenAIServer
 from tests.serverproc import ServerProcess
 
 MODEL = "smollm2-135m-instruct"
@@ -164,3 +166,43 @@ def test_a_client_that_closes_the_stream_cancels_its_job(
     while job(server, job_id)["status"] == "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert job(server, job_id)["status"] == "CANCELED"
+
+
+def test_the_same_through_an_openai_compatible_upstream_in_the_catalog(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    """A catalog model whose backend is llama.cpp's own OpenAI-compatible HTTP server: the
+    official client, through DeepExec's queue, gets its answers as from the embedded one."""
+    srv = ServerProcess(
+        tmp_path / "home",
+        env={
+            "DEEPEXEC_MODELS_FILE": str(openai_server.catalog(tmp_path / "models.json")),
+            "LOCAL_LLAMA_KEY": openai_server.key,
+        },
+    )
+    srv.start()
+    try:
+        with openai.OpenAI(
+            base_url=f"{srv.base_url}/openai/v1", api_key=srv.api_key, max_retries=0
+        ) as client:
+            assert "local-llama" in [m.id for m in client.models.list()]
+            hi = [{"role": "user", "content": "Count: one, two,"}]
+            done = client.chat.completions.create(model="local-llama", messages=hi, max_tokens=8)
+            assert done.model == "local-llama" and done.choices[0].message.content
+            assert done.usage is not None and done.usage.completion_tokens == 8
+            chunks = list(
+                client.chat.completions.create(
+                    model="local-llama",
+                    messages=hi,
+                    max_tokens=8,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text
+            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+            legacy = client.completions.create(model="local-llama", prompt="1, 2, 3,", max_tokens=4)
+            assert legacy.choices[0].text and legacy.usage is not None
+    finally:
+        srv.stop()

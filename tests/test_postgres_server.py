@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from deepexec_sdk import DeepExecClient
 from tests.serverproc import ServerProcess
-
-PG = os.environ.get("DEEPEXEC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 pytestmark = [
     pytest.mark.postgres,
@@ -25,17 +20,6 @@ pytestmark = [
         reason="DEEPEXEC_TEST_SKIP_POSTGRES=1",
     ),
 ]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    schema = f"dx_server_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in PG else "?"
-    yield f"{PG}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_server_on_postgresql_runs_jobs_and_reaps_a_crashed_runner(

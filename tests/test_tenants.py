@@ -11,20 +11,17 @@ import re
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from deepexec_sdk import DeepExecClient
 from deepexec_sdk.types import JobStatus
 from tests.serverproc import DEEPEXEC, ServerProcess
 
-PG = os.environ.get("DEEPEXEC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SLOW = "import time; time.sleep(0.3)"
 BLOCKER = "import time; time.sleep(60)"
 
@@ -111,6 +108,43 @@ def test_one_job_of_b_takes_the_next_slot_behind_a_1000_job_backlog(
 ) -> None:
     with tenant_client(shared, "fair-a") as a, tenant_client(shared, "fair-b") as b:
         assert_next_slot_goes_to_b(a, b, 1000)
+
+
+def test_weights_2_to_1_split_one_slot_2_to_1_under_saturation(shared: ServerProcess) -> None:
+    shared.cli("tenants", "set", "heavy", "--weight", "2")
+    with (
+        tenant_client(shared, "heavy") as heavy,
+        tenant_client(shared, "light") as light,
+        tenant_client(shared, "holder") as holder,
+    ):
+        blocker = holder.submit_mcp_job("blocker", "code_execution", {"code": BLOCKER})
+        wait_status(holder, blocker.job_id, JobStatus.RUNNING)
+        batches = {
+            name: c.submit_mcp_jobs([code("pass", name=name) for _ in range(150)]).batch_id
+            for name, c in (("heavy", heavy), ("light", light))
+        }
+        holder.cancel_mcp_job(blocker.job_id, "let them in")  # both queues full: saturation
+        deadline = time.monotonic() + 120
+        while (
+            sum(
+                c.get_mcp_batch_status(batches[n]).finished
+                for n, c in (("heavy", heavy), ("light", light))
+            )
+            < 100
+        ):
+            assert time.monotonic() < deadline, "the slot is not draining"
+            time.sleep(0.2)
+        starts = sorted(
+            (job.started_at, name)
+            for name, c in (("heavy", heavy), ("light", light))
+            for status in (JobStatus.COMPLETED, JobStatus.RUNNING)
+            for job in c.list_mcp_jobs(status=status, limit=200).jobs
+            if job.started_at is not None
+        )[:90]
+        taken = sum(name == "heavy" for _, name in starts)
+        assert abs(taken - 60) <= 6, (taken, 90 - taken)
+        for name, c in (("heavy", heavy), ("light", light)):
+            c.cancel_mcp_batch(batches[name], "test over")
 
 
 def submit_raw(
@@ -351,17 +385,6 @@ def test_a_tenant_has_no_door_to_its_own_quotas(shared: ServerProcess) -> None:
 
 
 # --- PostgreSQL, an API server and two workers ------------------------------------------------
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    schema = f"dx_tenants_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in PG else "?"
-    yield f"{PG}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.mark.postgres

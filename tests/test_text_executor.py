@@ -11,7 +11,6 @@ import dataclasses
 import http.server
 import itertools
 import json
-import secrets
 import socket
 import threading
 import time
@@ -32,7 +31,7 @@ from deepexec_server.executors.llm_backends import (
     read_chunk,
     retry_delay,
 )
-from deepexec_server.executors.models import EMBEDDED_MODEL, embedded_gguf_path
+from deepexec_server.executors.models import EMBEDDED_MODEL
 from deepexec_server.executors.text import (
     PROGRESS_INTERVAL_SECONDS,
     TextExecutor,
@@ -41,6 +40,7 @@ from deepexec_server.executors.text import (
     token_progress,
 )
 from deepexec_server.settings import Settings
+from tests.llama_server import OpenAIServer
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -472,44 +472,8 @@ async def test_a_job_abandoned_while_the_model_loads_does_not_spoil_the_load() -
 # --- an OpenAI-compatible server ---------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class OpenAIServer:
-    url: str
-    key: str
-
-
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[OpenAIServer]:
-    """llama.cpp's own HTTP server (OpenAI-compatible) on 127.0.0.1, with an API key."""
-    import xllamacpp as xlc
-
-    path = embedded_gguf_path()
-    assert path is not None
-    params = xlc.CommonParams()
-    params.model.path = path
-    params.n_ctx = 4096
-    params.n_parallel = 2
-    params.cpuparams.n_threads = 2
-    params.cpuparams_batch.n_threads = 2
-    params.verbosity = 0
-    params.ui = False
-    key = secrets.token_hex(16)
-    params.api_keys = [key]
-    server = xlc.Server(params)
-    yield OpenAIServer(server.listening_address, key)
-    del server
-
-
 def openai_executor(tmp_path: Path, server: OpenAIServer, key: str | None) -> TextExecutor:
-    models = tmp_path / "models.json"
-    entry = {
-        "name": "local-llama",
-        "backend": "openai",
-        "base_url": f"{server.url}/v1",
-        "model": "smollm2",
-        "api_key_env": "LOCAL_LLAMA_KEY",
-    }
-    models.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
+    models = server.catalog(tmp_path / "models.json")
     env = {"LOCAL_LLAMA_KEY": key} if key is not None else {}
     return TextExecutor(Settings(models_file=str(models)), env=env)
 

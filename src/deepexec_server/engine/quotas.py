@@ -66,8 +66,8 @@ class Quotas:
         self.store = store
         self.metrics = metrics
         self._tenants: dict[str, tuple[float, Tenant | None]] = {}
-        self._pending: dict[str, _Count] = {}
-        self._all_pending: _Count | None = None
+        #: Pending counts by tenant; None: every tenant's.
+        self._pending: dict[str | None, _Count] = {}
         self._buckets: dict[str, tuple[float, AsyncLimiter]] = {}
 
     def share_policy(self) -> SharePolicy:
@@ -104,32 +104,25 @@ class Quotas:
                     details={"quota": "max_timeout", "limit": limits.max_timeout},
                 )
         cap = self.settings.max_pending_jobs
-        if cap:
-            queued = await self._all_queued()
-            if queued.value + count > cap:
-                queued = await self._all_queued(fresh=True)
-            if queued.value + count > cap:
-                self._rejected(tenant_id, "queue_full")
-                raise Unavailable(
-                    f"the server's queue is full ({queued.value} jobs pending, the cap is "
-                    f"{cap}); try again shortly",
-                    type="queue_full",
-                    details={"pending": queued.value, "max_pending_jobs": cap},
-                    retry_after=QUEUE_RETRY_AFTER_S,
-                )
-        if limits.max_pending:
-            mine = await self._queued(tenant_id)
-            if mine.value + count > limits.max_pending:
-                mine = await self._queued(tenant_id, fresh=True)
-            if mine.value + count > limits.max_pending:
-                self._rejected(tenant_id, "max_pending")
-                raise TooManyRequests(
-                    f"tenant {tenant_id!r} has {mine.value} jobs pending; its max_pending quota "
-                    f"is {limits.max_pending}",
-                    type="quota_exceeded",
-                    details={"quota": "max_pending", "limit": limits.max_pending},
-                    retry_after=QUEUE_RETRY_AFTER_S,
-                )
+        if cap and (queued := await self._over(None, count, cap)) is not None:
+            self._rejected(tenant_id, "queue_full")
+            raise Unavailable(
+                f"the server's queue is full ({queued} jobs pending, the cap is {cap}); "
+                "try again shortly",
+                type="queue_full",
+                details={"pending": queued, "max_pending_jobs": cap},
+                retry_after=QUEUE_RETRY_AFTER_S,
+            )
+        mine_cap = limits.max_pending
+        if mine_cap and (mine := await self._over(tenant_id, count, mine_cap)) is not None:
+            self._rejected(tenant_id, "max_pending")
+            raise TooManyRequests(
+                f"tenant {tenant_id!r} has {mine} jobs pending; its max_pending quota is "
+                f"{mine_cap}",
+                type="quota_exceeded",
+                details={"quota": "max_pending", "limit": mine_cap},
+                retry_after=QUEUE_RETRY_AFTER_S,
+            )
         if limits.submit_rate:
             bucket = self._bucket(tenant_id, limits.submit_rate)
             if count > bucket.max_rate or not bucket.has_capacity(count):
@@ -145,7 +138,7 @@ class Quotas:
         self.admitted(tenant_id, count)
 
     def admitted(self, tenant_id: str, count: int) -> None:
-        for counted in (self._pending.get(tenant_id), self._all_pending):
+        for counted in (self._pending.get(tenant_id), self._pending.get(None)):
             if counted is not None:
                 counted.value += count
 
@@ -158,14 +151,16 @@ class Quotas:
         cap = self.settings.max_pending_jobs
         if not cap:
             return None
-        queued = await self._all_queued()
+        queued = await self._queued(None)
         if queued.value < cap:
             return None
         return f"the queue is full: {queued.value} jobs pending, the cap is {cap}"
 
     # --- counts -----------------------------------------------------------------------------
 
-    async def _queued(self, tenant_id: str, *, fresh: bool = False) -> _Count:
+    async def _queued(self, tenant_id: str | None, *, fresh: bool = False) -> _Count:
+        """The tenant's pending jobs (every tenant's for None), as last read plus what this
+        process admitted since; read again when older than ``COUNT_TTL_S`` or ``fresh``."""
         now = time.monotonic()
         counted = self._pending.get(tenant_id)
         if fresh or counted is None or now - counted.read_at > COUNT_TTL_S:
@@ -173,13 +168,13 @@ class Quotas:
             self._pending[tenant_id] = counted
         return counted
 
-    async def _all_queued(self, *, fresh: bool = False) -> _Count:
-        now = time.monotonic()
-        counted = self._all_pending
-        if fresh or counted is None or now - counted.read_at > COUNT_TTL_S:
-            counted = _Count(now, await self.store.count_pending())
-            self._all_pending = counted
-        return counted
+    async def _over(self, tenant_id: str | None, count: int, cap: int) -> int | None:
+        """How many are pending (as ``_queued``) if ``count`` more would pass ``cap``, read
+        afresh before saying so; None if they fit."""
+        queued = await self._queued(tenant_id)
+        if queued.value + count > cap:
+            queued = await self._queued(tenant_id, fresh=True)
+        return queued.value if queued.value + count > cap else None
 
     def _bucket(self, tenant_id: str, rate: float) -> AsyncLimiter:
         held = self._buckets.get(tenant_id)
