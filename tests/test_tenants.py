@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from deepexec_sdk import DeepExecClient
+from deepexec_sdk.errors import MCPRateLimitError
 from deepexec_sdk.types import JobStatus
 from tests.serverproc import DEEPEXEC, ServerProcess
 
@@ -231,12 +232,30 @@ def test_max_timeout_refuses_a_longer_timeout_naming_the_quota(shared: ServerPro
     shared.cli("tenants", "set", "quota-t", "--max-timeout", "5")
     key = shared.new_tenant_key("quota-t")
     refused = submit_raw(shared, key, code("pass", timeout=10))
-    assert refused.status_code == 422, refused.text
+    assert refused.status_code == 429, refused.text
     error = refused.json()["error"]
     assert error["type"] == "quota_exceeded"
     assert error["details"] == {"quota": "max_timeout", "limit": 5}
     assert "max_timeout" in error["message"] and "5 s" in error["message"]
+    # Waiting frees nothing: the answer says not to retry, and the SDK does not.
+    assert refused.headers["X-Should-Retry"] == "false" and "Retry-After" not in refused.headers
+    answered_429 = http_count(shared, "POST", 429)
+    with (
+        DeepExecClient(base_url=shared.base_url, api_key=key) as c,
+        pytest.raises(MCPRateLimitError) as raised,
+    ):
+        c.submit_mcp_job("long", "code_execution", {"code": "pass"}, timeout=10)
+    assert raised.value.error_type == "quota_exceeded" and "max_timeout" in str(raised.value)
+    assert http_count(shared, "POST", 429) == answered_429 + 1  # one attempt, no retries
     assert submit_raw(shared, key, code("pass", timeout=5)).status_code == 201
+
+
+def http_count(srv: ServerProcess, method: str, status: int) -> float:
+    """``deepexec_http_requests_total`` for ``method`` and ``status``, from /metrics."""
+    text = httpx.get(f"{srv.base_url}/metrics", timeout=5).text
+    pattern = rf'deepexec_http_requests_total\{{method="{method}",status="{status}"\}} (\S+)'
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_code_limits_cap_what_a_tenants_code_job_may_ask_and_lower_its_defaults(
@@ -247,7 +266,7 @@ def test_code_limits_cap_what_a_tenants_code_job_may_ask_and_lower_its_defaults(
     asked = code("pass")
     asked["data"] = {"code": "pass", "limits": {"memory_mb": 512}}
     refused = submit_raw(shared, key, asked)
-    assert refused.status_code == 422, refused.text
+    assert refused.status_code == 429 and refused.headers["X-Should-Retry"] == "false"
     error = refused.json()["error"]
     assert error["type"] == "quota_exceeded"
     assert error["details"] == {"quota": "code_limits.memory_mb", "limit": 128}

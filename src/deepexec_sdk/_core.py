@@ -370,7 +370,12 @@ class _BaseClient:
     ) -> float | None:
         """Seconds to sleep before retrying, or None to stop here; logs the decision."""
         status = response.status_code if response is not None else None
-        retryable = should_retry(attempt, self._retry, status_code=status, error=error)
+        # ``X-Should-Retry: false``: the server says the same request cannot succeed (a quota
+        # that waiting does not free), whatever its status.
+        final = response is not None and response.headers.get("x-should-retry") == "false"
+        retryable = not final and should_retry(
+            attempt, self._retry, status_code=status, error=error
+        )
         reason = f"HTTP {status}" if error is None else f"{type(error).__name__}: {error}"
         if not retryable:
             if attempt > 0 and (error is not None or status in RETRYABLE_STATUS_CODES):

@@ -9,7 +9,7 @@
     │   ├── MCPValidationError        400 / 413 / 415 / 422: the job or request is invalid
     │   ├── MCPJobNotFoundError       404: no such job for this API key's tenant
     │   ├── MCPConflictError          409: e.g. cancelling a job that already ended
-    │   ├── MCPRateLimitError         429, once retries are exhausted
+    │   ├── MCPRateLimitError         429, once retries are exhausted (or not retryable)
     │   └── MCPServerError            5xx, once retries are exhausted
     └── JobWaitTimeoutError           wait_for_mcp_job_completion passed max_wait_time
                                       (also a built-in ``TimeoutError``)
@@ -97,7 +97,9 @@ class MCPConflictError(MCPExecutionError):
 
 
 class MCPRateLimitError(MCPExecutionError):
-    """The server kept answering 429 until retries ran out."""
+    """The server kept answering 429 until retries ran out, or answered a 429 that retrying
+    cannot help (``X-Should-Retry: false``: a quota such as ``max_timeout``; its ``error_type`` is
+    ``quota_exceeded`` and its ``details`` name the quota)."""
 
 
 class MCPServerError(MCPExecutionError):

@@ -46,6 +46,7 @@ class ServiceError(DeepExecError):
         type: str | None = None,
         details: Any = None,
         retry_after: float | None = None,
+        final: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -53,6 +54,9 @@ class ServiceError(DeepExecError):
         self.details = details
         #: Seconds the client should wait before retrying (the ``Retry-After`` header).
         self.retry_after = retry_after
+        #: The same request can never succeed (``X-Should-Retry: false``): a 429 for a quota
+        #: that waiting does not free, say. Clients that honour the header do not retry.
+        self.final = final
 
 
 class BadRequest(ServiceError):

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from ..domain import JobFilter
 from ..errors import ServiceError, Unauthorized
 from ..views import job_status
-from ..web.envelope import retry_after_header
+from ..web.envelope import retry_headers
 from ..web.services import Services
 from . import judge0_info as info
 from . import judge0_model as j0
@@ -290,7 +290,7 @@ def _judge0_shapes(
         except ServiceError as exc:
             if exc.type == "invalid_webhook_url":  # the callback_url: Judge0's field hash
                 return _answer(422, {"callback_url": [exc.details[0]["msg"]]})
-            wait = {k.decode(): v.decode() for k, v in retry_after_header(exc)}
+            wait = {k.decode(): v.decode() for k, v in retry_headers(exc)}
             if exc.type == "queue_full":  # Judge0's own words for it
                 return _answer(503, {"error": "queue is full"}, wait)
             return _answer(exc.status_code, {"error": exc.message}, wait)

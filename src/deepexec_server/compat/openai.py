@@ -313,7 +313,7 @@ async def _submit(svc: Services, tenant_id: str, req: JobSubmitRequest) -> MCPJo
             # A tenant's quota is OpenAI's rate limit: the client's RateLimitError.
             type="rate_limit_exceeded" if status == 429 else "invalid_request_error",
             code=exc.type,
-            retry=status >= 429,
+            retry=status >= 429 and not exc.final,
             retry_after=exc.retry_after,
         ) from exc
     return job_status(job)

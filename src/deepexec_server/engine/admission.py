@@ -11,7 +11,7 @@ from typing import Any
 from deepexec_sdk.types import JobSubmitRequest
 
 from ..domain import NewJob, find_nul
-from ..errors import Unprocessable
+from ..errors import TooManyRequests, Unprocessable
 from ..executors.base import JobDataError, ModelUnavailableError
 from .parts import EnginePart
 from .webhook_ops import check_webhook_url
@@ -100,8 +100,9 @@ def capped_code_limits(
     tenant_id: str,
 ) -> Mapping[str, Any]:
     """A code job's data under the tenant's ``code_limits``: a limit it asks for past its cap
-    is a 422 ``quota_exceeded`` naming both; one it leaves to the server's default is lowered
-    to the cap where the default is higher (so a capped tenant's plain jobs still run)."""
+    is a 429 ``quota_exceeded`` naming both (final: waiting will not help); one it leaves to
+    the server's default is lowered to the cap where the default is higher (so a capped
+    tenant's plain jobs still run)."""
     asked = data.get("limits")
     if asked is not None and not isinstance(asked, Mapping):
         return data  # the executor's validation says what is wrong with it
@@ -114,10 +115,11 @@ def capped_code_limits(
             if default is None or (isinstance(default, int | float) and default > cap):
                 limits[name] = cap
         elif isinstance(value, int | float) and not isinstance(value, bool) and value > cap:
-            raise Unprocessable(
+            raise TooManyRequests(
                 f"limits.{name} {value} is over tenant {tenant_id!r}'s code_limits quota of {cap}",
                 type="quota_exceeded",
                 details={"quota": f"code_limits.{name}", "limit": cap},
+                final=True,  # waiting frees nothing: ask for less
             )
     return {**data, "limits": limits}
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from aiolimiter import AsyncLimiter
 
 from ..domain import SharePolicy, Tenant
-from ..errors import TooManyRequests, Unavailable, Unprocessable
+from ..errors import TooManyRequests, Unavailable
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Store
@@ -88,20 +88,22 @@ class Quotas:
 
     async def admit(self, tenant_id: str, count: int, timeouts: list[int]) -> None:
         """Let ``count`` new jobs of the tenant in (with these timeouts), or raise: a timeout
-        past the tenant's ``max_timeout`` is a 422; a full queue of the tenant's or a submit
-        rate past its own is a 429 ``quota_exceeded``; the server's full queue a 503
-        ``queue_full``. Counts them as admitted."""
+        past the tenant's ``max_timeout``, a full queue of the tenant's or a submit rate past
+        its own is a 429 ``quota_exceeded`` naming the quota (with Retry-After where waiting
+        helps, else final); the server's full queue a 503 ``queue_full``. Counts them as
+        admitted."""
         limits = await self.limits(tenant_id)
         server_max = self.settings.max_timeout
         if limits.max_timeout and limits.max_timeout < server_max:
             over = [t for t in timeouts if t > limits.max_timeout]
             if over:
                 self._rejected(tenant_id, "max_timeout")
-                raise Unprocessable(
+                raise TooManyRequests(
                     f"timeout {over[0]} s is over tenant {tenant_id!r}'s max_timeout quota of "
                     f"{limits.max_timeout} s",
                     type="quota_exceeded",
                     details={"quota": "max_timeout", "limit": limits.max_timeout},
+                    final=True,  # waiting frees nothing: ask for less
                 )
         cap = self.settings.max_pending_jobs
         if cap and (queued := await self._over(None, count, cap)) is not None:

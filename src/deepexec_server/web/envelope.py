@@ -33,17 +33,20 @@ def internal_error(request_id: str) -> ServiceError:
     )
 
 
-def retry_after_header(exc: ServiceError) -> Headers:
-    """``Retry-After`` (whole seconds, at least 1) when the error asks the client to wait."""
+def retry_headers(exc: ServiceError) -> Headers:
+    """What the error tells a client about retrying: ``Retry-After`` (whole seconds, at least
+    1) when it should wait, ``X-Should-Retry: false`` when retrying cannot help."""
+    if exc.final:
+        return ((b"x-should-retry", b"false"),)
     if exc.retry_after is None:
         return ()
     return ((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()),)
 
 
 def error_answer(exc: ServiceError, request_id: str) -> tuple[int, bytes, Headers]:
-    """Status, envelope and headers (``Retry-After``) that ``exc`` answers."""
+    """Status, envelope and headers (``retry_headers``) that ``exc`` answers."""
     body = error_body(exc.type, exc.message, request_id, exc.details)
-    return exc.status_code, body, retry_after_header(exc)
+    return exc.status_code, body, retry_headers(exc)
 
 
 async def send_error(
