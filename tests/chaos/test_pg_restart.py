@@ -5,6 +5,7 @@ job is lost, stuck or duplicated."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -42,32 +43,22 @@ def cluster() -> Iterator[tuple[str, Path]]:
     shutil.chown(root, "postgres")
     data = root / "data"
     port = free_port()
-    as_postgres(f"{BIN}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres")
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    as_postgres(
-        f"{BIN}/pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"
-    )
     try:
+        as_postgres(f"{BIN}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres")
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(root / "log")
+        as_postgres(f"{BIN}/pg_ctl", "-D", str(data), "-o", opts, "-l", log, "-w", "start")
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres", data
     finally:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                f"{BIN}/pg_ctl",
-                "-D",
-                str(data),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        if data.exists():
+            stop = [f"{BIN}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]
+            with contextlib.suppress(subprocess.CalledProcessError):
+                as_postgres(*stop)
+        for _ in range(20):  # its last processes may still be exiting
+            shutil.rmtree(root, ignore_errors=True)
+            if not root.exists():
+                break
+            time.sleep(0.25)
 
 
 def test_a_postgresql_restart_mid_load_loses_nothing(
