@@ -120,7 +120,7 @@ class PostgresStore(PostgresBatches, PostgresWebhooks, PostgresTenants):
         self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._pool: AsyncConnectionPool[Conn] | None = None
-        #: When each pooled connection was last given back (see ``_check``).
+        #: When each pooled connection was last given back (see ``_live_connection``).
         self._used_at: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
         self._inserts = GroupCommit(self._insert_many, self._insert_one)
 
@@ -155,26 +155,41 @@ class PostgresStore(PostgresBatches, PostgresWebhooks, PostgresTenants):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:
-        """A connection of the pool; psycopg's errors inside become ``StoreError``."""
-        if self._pool is None:
+        """A live connection of the pool; psycopg's errors inside become ``StoreError``."""
+        pool = self._pool
+        if pool is None:
             raise RuntimeError(f"{self!r} is not open")
         try:
-            async with self._pool.connection() as conn:
-                try:
-                    yield conn
-                finally:
-                    self._used_at[conn] = time.monotonic()
+            conn = await self._live_connection(pool)
+            try:
+                yield conn
+            finally:
+                self._used_at[conn] = time.monotonic()
+                await pool.putconn(conn)
         except psycopg.Error as exc:
             raise driver_failure(self, exc) from exc
 
-    async def _check(self, conn: Conn) -> None:
-        """The pool's check before it hands ``conn`` out: a round trip, so only for a
-        connection idle more than ``CHECK_IDLE_SECONDS`` (a server restart breaks idle
-        connections; one used a moment ago is very likely fine, and if it is not, the call
-        fails with a retryable ``StoreError`` and the pool replaces it)."""
-        used = self._used_at.get(conn)
-        if used is None or time.monotonic() - used > CHECK_IDLE_SECONDS:
-            await AsyncConnectionPool.check_connection(conn)
+    async def _live_connection(self, pool: AsyncConnectionPool[Conn]) -> Conn:
+        """A connection from ``pool``, checked (one round trip) if it has been idle more than
+        ``CHECK_IDLE_SECONDS``: a server restart breaks idle connections, and one used a
+        moment ago is very likely fine (if it is not, its call fails with a retryable
+        ``StoreUnavailable`` and it is replaced). A dead one is closed, so the pool replaces
+        it, and the next is taken at once. Our own check, not the pool's ``check=``: the pool
+        sleeps 1, 2, 4 s... between dead connections, 7 s for a pool of four after a
+        restart, where this takes a few milliseconds."""
+        for _ in range(self._max_size):
+            conn = await pool.getconn()
+            used = self._used_at.get(conn)
+            if used is not None and time.monotonic() - used <= CHECK_IDLE_SECONDS:
+                return conn
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                await conn.close()
+                await pool.putconn(conn)
+                continue
+            return conn
+        return await pool.getconn()  # every one was dead: a fresh one, or the pool's error
 
     async def _migrate(self, conn: Conn) -> None:
         """Create the schema and apply missing scripts in one transaction, under an advisory
@@ -229,8 +244,6 @@ class PostgresStore(PostgresBatches, PostgresWebhooks, PostgresTenants):
             connection_class=AsyncConnection[DictRow],
             kwargs={"autocommit": True, "row_factory": dict_row},
             configure=self._prepare,
-            # A connection broken by a server restart is replaced, not handed out.
-            check=self._check,
             # A call waits this long for a connection; then it fails StoreUnavailable (503,
             # retryable): during an outage a client hears so in seconds, not after 30 s.
             timeout=POOL_WAIT_S,
