@@ -226,6 +226,15 @@ def test_submit_rate_is_a_429_with_retry_after_and_the_sdk_gets_in_after_it(
     with DeepExecClient(base_url=shared.base_url, api_key=key) as c:
         made = c.submit_mcp_job("after", "code_execution", {"code": "pass"})
         assert c.get_mcp_job_status(made.job_id).name == "after"
+    # A batch bigger than the bucket never fits: refused as final, saying why.
+    big = httpx.post(
+        f"{shared.base_url}/v1/jobs/batch",
+        json={"jobs": [code("pass") for _ in range(3)]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert big.status_code == 429 and big.headers["X-Should-Retry"] == "false", big.text
+    assert "a batch of 3 jobs" in big.json()["error"]["message"]
 
 
 def test_max_timeout_refuses_a_longer_timeout_naming_the_quota(shared: ServerProcess) -> None:

@@ -71,7 +71,7 @@ class Quotas:
         self._buckets: dict[str, tuple[float, AsyncLimiter]] = {}
 
     def share_policy(self) -> SharePolicy:
-        """What a claim takes for a tenant without its own weight or ``max_running``."""
+        """What a claim takes for a tenant without its own ``max_running``."""
         return SharePolicy(self.settings.tenant_max_running)
 
     async def limits(self, tenant_id: str) -> Limits:
@@ -81,10 +81,6 @@ class Quotas:
             cached = (now, await self.store.get_tenant(tenant_id))
             self._tenants[tenant_id] = cached
         return effective_limits(self.settings, cached[1])
-
-    def forget(self, tenant_id: str) -> None:
-        """Read the tenant's settings again at its next submit (they were just changed)."""
-        self._tenants.pop(tenant_id, None)
 
     async def admit(self, tenant_id: str, count: int, timeouts: list[int]) -> None:
         """Let ``count`` new jobs of the tenant in (with these timeouts), or raise: a timeout
@@ -127,7 +123,17 @@ class Quotas:
             )
         if limits.submit_rate:
             bucket = self._bucket(tenant_id, limits.submit_rate)
-            if count > bucket.max_rate or not bucket.has_capacity(count):
+            if count > bucket.max_rate:  # a batch bigger than the bucket: it never fits
+                self._rejected(tenant_id, "submit_rate")
+                raise TooManyRequests(
+                    f"a batch of {count} jobs is more than tenant {tenant_id!r}'s submit_rate "
+                    f"quota of {_rate(limits.submit_rate)} lets in at once "
+                    f"({int(bucket.max_rate)}); send smaller batches",
+                    type="quota_exceeded",
+                    details={"quota": "submit_rate", "limit": limits.submit_rate},
+                    final=True,
+                )
+            if not bucket.has_capacity(count):
                 self._rejected(tenant_id, "submit_rate")
                 raise TooManyRequests(
                     f"tenant {tenant_id!r} is over its submit_rate quota of "
