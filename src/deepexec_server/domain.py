@@ -227,9 +227,6 @@ class ApiKey:
 #: a 0 in the settings has none.
 UNLIMITED = 0
 
-#: A tenant's quotas, in the order ``deepexec tenants list`` shows them.
-QUOTA_NAMES = ("max_running", "max_pending", "submit_rate", "max_timeout")
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Tenant:

@@ -2,6 +2,9 @@
 
 Precedence: explicit arguments (CLI flags) > ``DEEPEXEC_*`` environment variables > defaults.
 Nothing here is read at import time.
+
+Over 500 lines, on purpose: every setting, its documentation, its parser (durations, sizes,
+rates, pairs) and its check live in this one model, so one file answers "what can I set".
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from deepexec_sdk.types import JobStatus, JobSubmitRequest, MCPJobStatusResponse
 
 from ..errors import DeepExecError, ServiceError
 from ..views import job_status
+from ..web.envelope import retry_after_value
 from ..web.services import Services
 
 PREFIX = "/openai/v1"
@@ -70,7 +71,7 @@ class OpenAIError(DeepExecError):
     def response(self) -> JSONResponse:
         headers = {} if self.retry else {"x-should-retry": "false"}
         if self.retry_after is not None:
-            headers["retry-after"] = str(max(1, math.ceil(self.retry_after)))
+            headers["retry-after"] = retry_after_value(self.retry_after)
         body = {
             "error": {
                 "message": self.message,

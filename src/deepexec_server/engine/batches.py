@@ -105,10 +105,8 @@ class BatchOps(EnginePart):
         await self.quotas.admit(tenant_id, len(news), [n.timeout for n in news])
         try:
             made = await self.store.create_batch(new, utcnow())
-        except BaseException as exc:
+        except IdempotencyConflicts as exc:
             self.quotas.returned(tenant_id, len(news))
-            if not isinstance(exc, IdempotencyConflicts):
-                raise
             raise Conflict(
                 f"{len(exc.items)} job(s) of this batch carry an idempotency_key already used "
                 "for a different request, so none was stored; use new keys for new jobs",
@@ -123,6 +121,9 @@ class BatchOps(EnginePart):
                     for i, job_id in exc.items
                 ],
             ) from None
+        except BaseException:
+            self.quotas.returned(tenant_id, len(news))
+            raise
         if made.replayed and made.batch.fingerprint != fingerprint:
             raise Conflict(
                 "this Idempotency-Key was already used for a different batch; "

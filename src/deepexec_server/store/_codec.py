@@ -39,6 +39,11 @@ API_KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ApiK
 ENDPOINT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WebhookEndpoint))
 #: Column names of the ``tenants`` table: the fields of ``Tenant``.
 TENANT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Tenant))
+#: Each tenant's queued and running jobs (both dialects): rows for ``usage_from_rows``.
+TENANT_USAGE = (
+    "SELECT tenant_id, status, count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING') "
+    "GROUP BY tenant_id, status"
+)
 #: The upsert of a tenant's settings (both dialects): every column but its id and creation.
 TENANT_UPSERT = "ON CONFLICT (tenant_id) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in TENANT_COLUMNS if c not in ("tenant_id", "created_at")

@@ -12,7 +12,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from ..domain import Tenant, TenantUsage
-from ._codec import TENANT_COLUMNS, TENANT_UPSERT, tenant_from_fields, usage_from_rows
+from ._codec import TENANT_COLUMNS, TENANT_UPSERT, TENANT_USAGE, tenant_from_fields, usage_from_rows
 from ._postgres_sql import jsonb, param
 
 Conn = AsyncConnection[DictRow]
@@ -21,10 +21,6 @@ _SAVE = (
     f"INSERT INTO tenants ({', '.join(TENANT_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(TENANT_COLUMNS))}) "
     f"{TENANT_UPSERT} RETURNING *"
-)
-_USAGE = (
-    "SELECT tenant_id, status, count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING') "
-    "GROUP BY tenant_id, status"
 )
 
 
@@ -73,5 +69,5 @@ class PostgresTenants:
         return int(rows[0]["n"])
 
     async def tenant_usage(self) -> dict[str, TenantUsage]:
-        rows = await self._fetch(_USAGE, [])
+        rows = await self._fetch(TENANT_USAGE, [])
         return usage_from_rows((r["tenant_id"], r["status"], r["n"]) for r in rows)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..domain import Tenant, TenantUsage
-from ._codec import TENANT_COLUMNS, TENANT_UPSERT, tenant_from_fields, usage_from_rows
+from ._codec import TENANT_COLUMNS, TENANT_UPSERT, TENANT_USAGE, tenant_from_fields, usage_from_rows
 from ._sqlite_db import SQLiteDatabase, from_db, marks, to_db
 
 _SAVE = (
@@ -14,10 +14,6 @@ _SAVE = (
     f"{TENANT_UPSERT} RETURNING *"
 )
 _SAVE_OLD = _SAVE.removesuffix(" RETURNING *")
-_USAGE = (
-    "SELECT tenant_id, status, count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING') "
-    "GROUP BY tenant_id, status"
-)
 
 
 class SQLiteTenants(SQLiteDatabase):
@@ -63,5 +59,5 @@ class SQLiteTenants(SQLiteDatabase):
         return int(row[0]) if row is not None else 0
 
     async def tenant_usage(self) -> dict[str, TenantUsage]:
-        rows = await self._run(lambda conn: conn.execute(_USAGE).fetchall())
+        rows = await self._run(lambda conn: conn.execute(TENANT_USAGE).fetchall())
         return usage_from_rows((r["tenant_id"], r["status"], r["n"]) for r in rows)

@@ -96,10 +96,11 @@ class Store(Protocol):
         policy: SharePolicy = DEFAULT_SHARE,
     ) -> Job | None:
         """Atomically take the PENDING job of one of ``job_types`` that fair share gives the
-        slot (``_fair``): of the tenants under their ``max_running``, the one with the fewest
-        running jobs per unit of weight (then the one waiting longest), and of its jobs the
-        highest ``priority``, then oldest ``created_at``, then ``id``. A tenant without its
-        own weight or ``max_running`` takes ``policy``'s. The job becomes RUNNING with
+        slot (``_fair``): of the tenants under their ``max_running`` (and the job type under
+        their ``max_running_by_type``), the one with the fewest running jobs per unit of
+        weight, then the one whose turn it is, and of its jobs the highest ``priority``, then
+        oldest ``created_at``, then ``id``. A tenant without its own ``max_running`` takes
+        ``policy``'s. The job becomes RUNNING with
         ``started_at = now``, ``lease_owner = owner`` and ``lease_expires_at``. None if
         nothing is claimable. Safe across processes: a job is claimed by exactly one caller,
         and the choice is made once for all of them."""

@@ -2,8 +2,13 @@
 
 psycopg 3 with an async connection pool; every operation is one autocommitted statement, and
 every state change one conditional ``UPDATE``, so row locks alone keep concurrent engines
-consistent. The queue is claimed with ``FOR UPDATE SKIP LOCKED``: claimers never wait for each
-other and never take the same job.
+consistent. The one exception is the claim: fair share between tenants (``_fair``) is one
+decision for every process, so claims take turns under a transaction-scoped advisory lock,
+the lock and the claiming ``UPDATE`` in one short transaction.
+
+One class over 500 lines: the jobs' queries, the pool and the schema's life cycle belong
+together; batches, webhooks and tenants are its mixins (``_postgres_*.py``), its longer
+statements in ``_postgres_sql``.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ def internal_error(request_id: str) -> ServiceError:
     )
 
 
+def retry_after_value(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
 def retry_headers(exc: ServiceError) -> Headers:
     """What the error tells a client about retrying: ``Retry-After`` (whole seconds, at least
     1) when it should wait, ``X-Should-Retry: false`` when retrying cannot help."""
@@ -40,7 +45,7 @@ def retry_headers(exc: ServiceError) -> Headers:
         return ((b"x-should-retry", b"false"),)
     if exc.retry_after is None:
         return ()
-    return ((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()),)
+    return ((b"retry-after", retry_after_value(exc.retry_after).encode()),)
 
 
 def error_answer(exc: ServiceError, request_id: str) -> tuple[int, bytes, Headers]:
